@@ -1,0 +1,160 @@
+//! The `file` sink.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_core::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use sluice_core::arrow::compute::{cast, take_record_batch};
+use sluice_core::arrow::datatypes::{DataType, SchemaRef};
+use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line (`.json`).
+    #[default]
+    Json,
+    /// CSV with a header row (`.csv`).
+    Csv,
+    /// Apache Parquet, zstd-compressed (`.parquet`).
+    Parquet,
+}
+
+impl OutputFormat {
+    fn ext(self) -> &'static str {
+        match self {
+            OutputFormat::Json => "json",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// `[sinks.NAME] type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The output directory (created if missing).
+    pub path: String,
+    /// `json` (JSON lines), `csv` or `parquet`.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// File name prefix; default: the job's name.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Columns whose values make `col=value/` sub-folders (Hive-style partitions).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Write a file for a batch with no rows too (default false).
+    #[serde(default)]
+    pub write_empty: bool,
+}
+
+pub struct FileSinkFactory;
+
+impl SinkFactory for FileSinkFactory {
+    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError> {
+        let cfg: FileSinkConfig = sluice_core::options::parse(path, options)?;
+        let dir = cx.resolve(&cfg.path);
+        if dir.exists() && !dir.is_dir() {
+            return Err(ConfigError::new(format!("{path}.path"), "a directory", format!("\"{}\", a file", cfg.path)));
+        }
+        Ok(Box::new(FileSink { cfg, dir }))
+    }
+}
+
+pub struct FileSink {
+    cfg: FileSinkConfig,
+    dir: PathBuf,
+}
+
+fn encode(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    Ok(match format {
+        OutputFormat::Json => sluice_formats::encode_json_lines(batches)?,
+        OutputFormat::Csv => sluice_formats::encode_csv(schema, batches)?,
+        OutputFormat::Parquet => {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+                .map_err(|e| Error::msg(e.to_string()))?;
+            for b in batches {
+                w.write(b).map_err(|e| Error::msg(e.to_string()))?;
+            }
+            w.into_inner().map_err(|e| Error::msg(e.to_string()))?
+        }
+    })
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("file in a folder");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl FileSink {
+    /// Split rows by the partition columns' values.
+    fn partitions(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
+        let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        if self.cfg.partition_by.is_empty() {
+            parts.insert(String::new(), batches.to_vec());
+            return Ok(parts);
+        }
+        let idx: Vec<usize> = self
+            .cfg
+            .partition_by
+            .iter()
+            .map(|c| schema.index_of(c).map_err(|_| Error::msg(format!("partition column `{c}` is not in the job's output"))))
+            .collect::<Result<_>>()?;
+        for b in batches {
+            let cols = idx.iter().map(|&i| cast(b.column(i), &DataType::Utf8)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut rows: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            for r in 0..b.num_rows() {
+                let key = idx
+                    .iter()
+                    .zip(&cols)
+                    .map(|(&i, c)| {
+                        let v = if c.is_null(r) { "__null__".to_string() } else { c.as_string::<i32>().value(r).replace('/', "%2F") };
+                        format!("{}={}", schema.field(i).name(), v)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                rows.entry(key).or_default().push(r as u32);
+            }
+            for (k, r) in rows {
+                parts.entry(k).or_default().push(take_record_batch(b, &UInt32Array::from(r))?);
+            }
+        }
+        Ok(parts)
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
+        if batch.num_rows() == 0 && !self.cfg.write_empty {
+            return Ok(());
+        }
+        let prefix = self.cfg.prefix.clone().unwrap_or_else(|| batch.job.to_string());
+        let name = format!("{prefix}-{}.{}", batch.time.millis(), self.cfg.format.ext());
+        for (part, rows) in self.partitions(&batch.schema, batch.batches)? {
+            let dir = if part.is_empty() { self.dir.clone() } else { self.dir.join(part) };
+            let bytes = encode(self.cfg.format, &batch.schema, &rows)?;
+            write_atomically(&dir.join(&name), &bytes)?;
+        }
+        Ok(())
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+}

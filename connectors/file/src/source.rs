@@ -1,0 +1,141 @@
+//! The `file` source: new files in a directory.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::{
+    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Error, Guarantee, ReplayableSource, Result,
+    SourceFactory, SourceRuntime,
+};
+use sluice_formats::{Decoder, Format};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+/// `[sources.NAME] type = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The directory to watch.
+    pub path: String,
+    /// `text` (a `line` column per line), `json` (JSON lines) or `csv`, with `schema`.
+    #[serde(default)]
+    pub format: Format,
+    /// Columns for `json` / `csv`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// CSV: the first line of each file is a header to skip (default false).
+    #[serde(default)]
+    pub header: bool,
+    /// CSV field delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// Only files whose name ends with this (e.g. `.json`).
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Read the files already in the directory at start (default false: new files only, like
+    /// Spark's `textFileStream`).
+    #[serde(default)]
+    pub include_existing: bool,
+    /// At most this many files per batch (default: all new files).
+    #[serde(default)]
+    pub max_files_per_batch: Option<usize>,
+}
+
+pub struct FileSourceFactory;
+
+impl SourceFactory for FileSourceFactory {
+    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+        let cfg: FileSourceConfig = sluice_core::options::parse(path, options)?;
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        if cfg.max_files_per_batch == Some(0) {
+            return Err(ConfigError::new(format!("{path}.max_files_per_batch"), "at least 1", "0"));
+        }
+        let dir = cx.resolve(&cfg.path);
+        Ok(BuiltSource {
+            schema: decoder.schema(),
+            guarantee: Guarantee::Replayable,
+            runtime: SourceRuntime::Replayable(Box::new(FileSource { cfg, dir, decoder, seen: HashSet::new(), started: false })),
+        })
+    }
+}
+
+pub struct FileSource {
+    cfg: FileSourceConfig,
+    dir: PathBuf,
+    decoder: Decoder,
+    seen: HashSet<String>,
+    started: bool,
+}
+
+impl FileSource {
+    fn list(&self) -> Result<Vec<(std::time::SystemTime, String)>> {
+        let mut files = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+            Err(e) => return Err(Error::msg(format!("cannot list {}: {e}", self.dir.display()))),
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            if self.cfg.suffix.as_ref().is_some_and(|s| !name.ends_with(s.as_str())) {
+                continue;
+            }
+            let meta = e.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            files.push((meta.modified()?, name));
+        }
+        files.sort();
+        Ok(files)
+    }
+}
+
+#[async_trait]
+impl ReplayableSource for FileSource {
+    async fn plan(&mut self, _time: BatchTime, _max_records: Option<u64>) -> Result<serde_json::Value> {
+        let files = self.list()?;
+        if !self.started {
+            self.started = true;
+            if !self.cfg.include_existing {
+                self.seen.extend(files.into_iter().map(|(_, n)| n));
+                return Ok(serde_json::json!({ "files": [] }));
+            }
+        }
+        let mut new: Vec<String> = files.into_iter().map(|(_, n)| n).filter(|n| !self.seen.contains(n)).collect();
+        if let Some(m) = self.cfg.max_files_per_batch {
+            new.truncate(m);
+        }
+        self.seen.extend(new.iter().cloned());
+        Ok(serde_json::json!({ "files": new }))
+    }
+
+    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+        let files: Vec<String> = serde_json::from_value(range["files"].clone())
+            .map_err(|e| Error::msg(format!("bad file range: {e}")))?;
+        let mut out = Vec::new();
+        for f in files {
+            let p = self.dir.join(&f);
+            let text = tokio::fs::read(&p).await.map_err(|e| Error::msg(format!("cannot read {}: {e}", p.display())))?;
+            let text = String::from_utf8_lossy(&text);
+            let mut lines: Vec<&str> = text.lines().collect();
+            if self.cfg.header && self.decoder.format() == Format::Csv && !lines.is_empty() {
+                lines.remove(0);
+            }
+            if self.decoder.format() != Format::Text {
+                lines.retain(|l| !l.trim().is_empty());
+            }
+            let (batch, bad) = self.decoder.decode(&lines);
+            dead.extend(bad);
+            if batch.num_rows() > 0 {
+                out.push(batch);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,69 @@
+//! The `queue` source: batches listed in the config, one per batch interval.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::{
+    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Guarantee, ReplayableSource, Result, SourceFactory,
+    SourceRuntime,
+};
+use sluice_formats::{Decoder, Format};
+
+/// `[sources.NAME] type = "queue"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The records of each batch, in order: `batches = [["a b", "c"], [], ["d"]]`. After the last
+    /// one, batches are empty (or start again with `repeat = true`).
+    pub batches: Vec<Vec<String>>,
+    #[serde(default)]
+    pub repeat: bool,
+    /// `text` (a `line` column), `json` or `csv` with `schema`.
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+pub struct QueueFactory;
+
+impl SourceFactory for QueueFactory {
+    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+        let cfg: QueueConfig = sluice_core::options::parse(path, options)?;
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), None)?;
+        Ok(BuiltSource {
+            schema: decoder.schema(),
+            guarantee: Guarantee::Replayable,
+            runtime: SourceRuntime::Replayable(Box::new(Queue { cfg, decoder, next: 0 })),
+        })
+    }
+}
+
+struct Queue {
+    cfg: QueueConfig,
+    decoder: Decoder,
+    next: usize,
+}
+
+#[async_trait]
+impl ReplayableSource for Queue {
+    async fn plan(&mut self, _time: BatchTime, _max: Option<u64>) -> Result<serde_json::Value> {
+        let i = self.next;
+        self.next += 1;
+        Ok(serde_json::json!({ "index": i }))
+    }
+
+    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+        let i = range["index"].as_u64().unwrap_or(u64::MAX) as usize;
+        let n = self.cfg.batches.len();
+        let records = match (self.cfg.batches.get(i), self.cfg.repeat && n > 0) {
+            (Some(b), _) => b,
+            (None, true) => &self.cfg.batches[i % n],
+            (None, false) => return Ok(Vec::new()),
+        };
+        let (batch, bad) = self.decoder.decode(records);
+        dead.extend(bad);
+        Ok(if batch.num_rows() > 0 { vec![batch] } else { Vec::new() })
+    }
+}

@@ -1,0 +1,254 @@
+//! The `socket` source: text lines from a TCP server, as Spark's `socketTextStream` reads them.
+//!
+//! sluice connects as a client (`nc -lk 9898` is the server in the word count example); when the
+//! server is not there yet, or closes the connection, the receiver retries with exponential backoff
+//! and says so in the logs. Lines are cut into blocks of at most `block_lines` lines or `block_interval`
+//! of time; a block is stored (and the next read made) only once the engine has it, so a slow
+//! pipeline stops reading the socket instead of buffering without bound.
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use serde::Deserialize;
+use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::time::serde_duration;
+use sluice_core::{
+    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Guarantee, Receiver, ReceiverStatus, Result,
+    SourceFactory, SourceRuntime,
+};
+use sluice_formats::{Decoder, Format};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// `[sources.NAME] type = "socket"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSourceConfig {
+    /// Host of the server to read from.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// How each line is decoded: `text` (a `line` column), `json` or `csv` (with `schema`).
+    #[serde(default)]
+    pub format: Format,
+    /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// CSV field delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// Longest line accepted; a longer one goes to the dead-letter output (default 1 MiB).
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// A block is stored after this many lines ... (default 65536)
+    #[serde(default = "default_block_lines")]
+    pub block_lines: usize,
+    /// ... or this much time, whichever comes first (default 100ms; Spark's blockInterval is 200ms).
+    #[serde(default = "default_block_interval", deserialize_with = "serde_duration::deserialize")]
+    pub block_interval: Duration,
+    /// First reconnect delay (default 100ms); doubles up to `retry_max`.
+    #[serde(default = "default_retry_initial", deserialize_with = "serde_duration::deserialize")]
+    pub retry_initial: Duration,
+    /// Longest reconnect delay (default 5s).
+    #[serde(default = "default_retry_max", deserialize_with = "serde_duration::deserialize")]
+    pub retry_max: Duration,
+}
+
+fn default_max_line() -> usize {
+    1 << 20
+}
+fn default_block_lines() -> usize {
+    65_536
+}
+fn default_block_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(5)
+}
+
+pub struct SocketSourceFactory;
+
+impl SourceFactory for SocketSourceFactory {
+    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+        let cfg: SocketSourceConfig = sluice_core::options::parse(path, options)?;
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        if cfg.block_lines == 0 {
+            return Err(ConfigError::new(format!("{path}.block_lines"), "at least 1", "0"));
+        }
+        Ok(BuiltSource {
+            schema: decoder.schema(),
+            guarantee: Guarantee::Unacknowledged,
+            runtime: SourceRuntime::Receiver(Box::new(SocketReceiver { cfg, decoder, name: name.to_string() })),
+        })
+    }
+}
+
+pub struct SocketReceiver {
+    cfg: SocketSourceConfig,
+    decoder: Decoder,
+    name: String,
+}
+
+/// Lines collected for the next block.
+struct Pending {
+    text: Vec<u8>,
+    offsets: Vec<usize>,
+    started: Option<Instant>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+impl SocketReceiver {
+    async fn connect(&self, out: &Arc<dyn BlockWriter>) -> Option<TcpStream> {
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(self.cfg.retry_initial)
+            .with_max_delay(self.cfg.retry_max)
+            .without_max_times()
+            .build();
+        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let mut attempt = 0;
+        loop {
+            if out.is_stopping() {
+                return None;
+            }
+            match TcpStream::connect(&addr).await {
+                Ok(s) => {
+                    out.set_status(ReceiverStatus::Connected(addr.clone()));
+                    return Some(s);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    out.set_status(ReceiverStatus::Retrying { attempt, error: format!("{addr}: {e}") });
+                    let delay = backoff.next().unwrap_or(self.cfg.retry_max);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = out.stopped() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Split complete lines off `buf` into `pending`; returns the number of bytes consumed.
+    fn split_lines(&self, buf: &[u8], pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> usize {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', buf) {
+            let mut line = &buf[start..nl];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            start = nl + 1;
+            if line.len() > self.cfg.max_line_bytes {
+                out.dead_letters().push(self.dead(format!("line longer than max_line_bytes ({})", self.cfg.max_line_bytes), line));
+                continue;
+            }
+            match std::str::from_utf8(line) {
+                Ok(_) => {
+                    pending.text.extend_from_slice(line);
+                    pending.offsets.push(pending.text.len());
+                }
+                Err(_) => out.dead_letters().push(self.dead("line is not valid UTF-8".into(), line)),
+            }
+        }
+        if pending.started.is_none() && pending.len() > 0 {
+            pending.started = Some(Instant::now());
+        }
+        start
+    }
+
+    fn dead(&self, reason: String, line: &[u8]) -> DeadLetter {
+        let shown = &line[..line.len().min(4096)];
+        DeadLetter { origin: self.name.clone(), reason, payload: String::from_utf8_lossy(shown).into_owned() }
+    }
+
+    fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> RecordBatch {
+        let text = std::str::from_utf8(&pending.text).expect("lines were checked");
+        let mut lines: Vec<&str> = Vec::with_capacity(pending.offsets.len());
+        let mut prev = 0;
+        for &o in &pending.offsets {
+            lines.push(&text[prev..o]);
+            prev = o;
+        }
+        let (batch, dead) = self.decoder.decode(&lines);
+        out.dead_letters().extend(dead);
+        pending.text.clear();
+        pending.offsets.clear();
+        pending.started = None;
+        batch
+    }
+}
+
+#[async_trait]
+impl Receiver for SocketReceiver {
+    async fn run(self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0;
+        let mut pending = Pending { text: Vec::new(), offsets: Vec::new(), started: None };
+        'connections: while let Some(mut stream) = self.connect(&out).await {
+            loop {
+                let flush_in = pending
+                    .started
+                    .map(|s| self.cfg.block_interval.saturating_sub(s.elapsed()))
+                    .unwrap_or(Duration::from_secs(3600));
+                let read = tokio::select! {
+                    r = stream.read(&mut buf[filled..]) => Some(r),
+                    _ = tokio::time::sleep(flush_in) => None,
+                    _ = out.stopped() => break 'connections,
+                };
+                match read {
+                    None => {}
+                    Some(Ok(0)) => {
+                        out.set_status(ReceiverStatus::Retrying { attempt: 0, error: "connection closed by peer".into() });
+                        if pending.len() > 0 {
+                            let b = self.block(&mut pending, &out);
+                            out.store(b).await?;
+                        }
+                        continue 'connections;
+                    }
+                    Some(Ok(n)) => {
+                        filled += n;
+                        let used = self.split_lines(&buf[..filled], &mut pending, &out);
+                        buf.copy_within(used..filled, 0);
+                        filled -= used;
+                        if filled == buf.len() {
+                            // A line longer than the buffer: drop it whole.
+                            let line = buf[..filled.min(4096)].to_vec();
+                            out.dead_letters().push(self.dead("line longer than the read buffer".into(), &line));
+                            filled = 0;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        out.set_status(ReceiverStatus::Retrying { attempt: 0, error: e.to_string() });
+                        continue 'connections;
+                    }
+                }
+                let due = pending.started.is_some_and(|s| s.elapsed() >= self.cfg.block_interval);
+                if pending.len() >= self.cfg.block_lines || (due && pending.len() > 0) {
+                    let b = self.block(&mut pending, &out);
+                    out.store(b).await?;
+                }
+            }
+        }
+        // Stopping: what was received is stored before the receiver ends (graceful stop drains it).
+        if filled > 0 && !buf[..filled].contains(&b'\n') {
+            buf[filled] = b'\n';
+            self.split_lines(&buf[..filled + 1], &mut pending, &out);
+        }
+        if pending.len() > 0 {
+            let b = self.block(&mut pending, &out);
+            out.store(b).await?;
+        }
+        out.set_status(ReceiverStatus::Stopped);
+        Ok(())
+    }
+}

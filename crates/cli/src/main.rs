@@ -1,0 +1,127 @@
+//! The `sluice` command.
+
+use clap::{Parser, Subcommand};
+use sluice::{bench, registry, RunOptions, Shutdown};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A streaming integration gateway: micro-batches and SQL jobs from a config file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until Ctrl-C / SIGTERM (or --duration).
+    Run {
+        config: PathBuf,
+        /// Stop gracefully after this long, e.g. `30s`.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Stop after this many batches.
+        #[arg(long)]
+        batches: Option<u64>,
+    },
+    /// Check a config: keys, connector options and SQL. Exit 2 on a problem.
+    Validate {
+        config: PathBuf,
+        /// Print each job's optimised plan.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Benchmarks with fixed, seeded workloads.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    sluice_core::time::parse_duration(s).map_err(|e| format!("expected a duration such as 500ms, 10s or 5m: {e}"))
+}
+
+fn report(diags: &[sluice::Diagnostic]) -> ExitCode {
+    for d in diags {
+        eprintln!("error: {d}");
+    }
+    eprintln!("{} problem(s) found", diags.len());
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let reg = registry();
+        match cli.command {
+            Command::Validate { config, explain } => match sluice::load(&config, &reg).await {
+                Err(d) => report(&d),
+                Ok(p) => {
+                    println!("{}: ok", config.display());
+                    for l in p.describe() {
+                        println!("{l}");
+                    }
+                    if explain {
+                        for (job, plan) in p.explain() {
+                            println!("\njob `{job}`:\n{plan}");
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+            },
+            Command::Run { config, duration, batches } => {
+                let pipeline = match sluice::load(&config, &reg).await {
+                    Err(d) => return report(&d),
+                    Ok(p) => p,
+                };
+                let shutdown = Shutdown::default();
+                spawn_signal_handler(shutdown.clone());
+                let opts = RunOptions { duration, max_batches: batches, manual_clock: None, shutdown };
+                match pipeline.run(opts).await {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
+            Command::Bench { which } => match bench::run(which).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
+        }
+    })
+}
+
+/// Ctrl-C and SIGTERM ask for a graceful stop; a second one exits at once.
+fn spawn_signal_handler(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        for i in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if i > 0 {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("stopping gracefully (signal again to exit at once)");
+            shutdown.trigger();
+        }
+    });
+}

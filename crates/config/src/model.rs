@@ -1,0 +1,194 @@
+//! The config model. The doc comments of these structs are the user documentation of each key
+//! (`docs/configuration.md` follows them).
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_core::time::serde_duration;
+use std::time::Duration;
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileModel {
+    pub app: AppSection,
+    #[serde(default)]
+    pub sources: IndexMap<String, Value>,
+    #[serde(default)]
+    pub tables: IndexMap<String, TableConfig>,
+    #[serde(default)]
+    pub jobs: IndexMap<String, JobConfig>,
+    #[serde(default)]
+    pub sinks: IndexMap<String, Value>,
+}
+
+/// `[app]`: the application as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    /// A name for logs and output files.
+    pub name: String,
+    /// How often a batch is cut, e.g. `"1s"` (Spark's `batchDuration`).
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub batch_interval: Duration,
+    /// Where checkpoints and the write-ahead log live (used by the reliability layer).
+    #[serde(default)]
+    pub checkpoint_dir: Option<String>,
+    /// The sink that receives records that failed to decode or arrived after the watermark.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// How long a graceful stop may take to drain received data (default 10 × batch_interval).
+    #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    pub graceful_stop_timeout: Option<Duration>,
+}
+
+/// `[tables.NAME]`: a reference table read from a file, joined by jobs (Spark's `transform` with a
+/// static RDD). It is re-read when the file's modification time changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Path of the file (relative to the working directory).
+    pub path: String,
+    /// `csv` (with a header row), `json` (JSON lines) or `parquet`. Default: from the extension.
+    #[serde(default)]
+    pub format: Option<TableFormat>,
+    /// Column types (`"device string, site string"`); optional for csv/json (inferred) and parquet.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Re-read the file when it changes (default true).
+    #[serde(default = "yes")]
+    pub reload: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// `[jobs.NAME]`: one SQL query run on every batch (or every window slide).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// The query. It reads sources, reference tables and other jobs by name, and `state` in a
+    /// stateful job.
+    pub sql: String,
+    /// Names of the sinks the output goes to.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    /// A processing-time window over the inputs (Spark's `window`): `length` and `slide` are
+    /// multiples of the batch interval; the job runs once per slide over the last `length` of input.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// An event-time window on a timestamp column with a watermark.
+    #[serde(default)]
+    pub event_time: Option<EventTimeConfig>,
+    /// Keyed state (Spark's `updateStateByKey` / `mapWithState`).
+    #[serde(default)]
+    pub state: Option<StateConfig>,
+    /// Number of partitions DataFusion uses for the query (Spark's `repartition`).
+    #[serde(default)]
+    pub partitions: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub length: Duration,
+    /// Default: the batch interval.
+    #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    pub slide: Option<Duration>,
+}
+
+/// Event-time windows: rows are grouped into windows `[start, start + length)` by `column`; a window
+/// is emitted once, when the watermark (the largest event time seen minus `watermark`) passes its end.
+/// The input tables of the job get two more columns, `window_start` and `window_end`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The timestamp column (type timestamp, or int64 milliseconds).
+    pub column: String,
+    /// Window length.
+    #[serde(deserialize_with = "serde_duration::deserialize")]
+    pub length: Duration,
+    /// Window slide; default: the length (tumbling windows).
+    #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    pub slide: Option<Duration>,
+    /// How late a record may be; default 0s.
+    #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    pub watermark: Option<Duration>,
+    /// What happens to records older than the watermark: `dead_letter` or `drop` (both count them).
+    #[serde(default)]
+    pub late: LateRecords,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LateRecords {
+    DeadLetter,
+    #[default]
+    Drop,
+}
+
+/// Keyed state: the query reads a table `state` (the previous state, with `schema`) and its result
+/// becomes the new state; a key whose non-key columns are all NULL is removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The key columns.
+    pub key: Vec<String>,
+    /// The state's columns, e.g. `"word string, n bigint"`.
+    pub schema: String,
+    /// Keys whose state has not changed for this long get one final emission (with `timed_out` =
+    /// true) and are dropped (Spark's `mapWithState` timeout).
+    #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    pub timeout: Option<Duration>,
+    /// What the job emits each batch: `all` keys (Spark's updateStateByKey) or only `updated` ones.
+    #[serde(default)]
+    pub emit: StateEmit,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StateEmit {
+    #[default]
+    All,
+    Updated,
+}
+
+/// A source or sink: its `type` and its connector-specific options.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: String,
+    pub kind: String,
+    pub options: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamedTable {
+    pub name: String,
+    pub table: TableConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamedJob {
+    pub name: String,
+    pub job: JobConfig,
+}
+
+/// A checked config.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub app: AppSection,
+    pub sources: Vec<Component>,
+    pub tables: Vec<NamedTable>,
+    pub jobs: Vec<NamedJob>,
+    pub sinks: Vec<Component>,
+}

@@ -1,0 +1,23 @@
+//! sluice-core: the vocabulary every other crate shares — batch time, durations, the record model,
+//! errors that name a key path, the source / receiver / sink traits and the connector registry.
+//!
+//! Connectors depend on this crate (and `sluice-formats`) only; the engine never names a connector.
+
+pub mod dead_letter;
+pub mod error;
+pub mod options;
+pub mod registry;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod time;
+
+pub use arrow;
+pub use dead_letter::{DeadLetter, DeadLetters};
+pub use error::{ConfigError, Error, Result};
+pub use registry::{BuildContext, Registry, SinkFactory, SourceFactory};
+pub use sink::{Sink, SinkBatch};
+pub use source::{
+    BlockWriter, BuiltSource, Guarantee, Receiver, ReceiverStatus, ReplayableSource, SourceRuntime,
+};
+pub use time::BatchTime;

@@ -1,0 +1,178 @@
+//! Typed deserialization of a component's options with errors that name the key path, say what was
+//! expected and what was found, and suggest the closest known key for a misspelt one.
+
+use crate::error::{join_path, ConfigError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Deserialize `value` (the options of the component at `path`) into `T`.
+///
+/// `T` should use `#[serde(deny_unknown_fields)]` so misspelt keys are rejected with a suggestion.
+pub fn parse<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ConfigError> {
+    let found_root = value.clone();
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let inner_path = e.path().to_string();
+        let inner_path = if inner_path == "." { String::new() } else { inner_path };
+        let msg = e.inner().to_string();
+        let full = join_path(path, &inner_path);
+        from_serde_message(&full, &msg, lookup(&found_root, &inner_path))
+    })
+}
+
+fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = root;
+    if path.is_empty() {
+        return Some(cur);
+    }
+    for seg in path.split('.') {
+        cur = match seg.find('[') {
+            Some(i) => {
+                let (name, idx) = seg.split_at(i);
+                let c = if name.is_empty() { cur } else { cur.get(name)? };
+                let n: usize = idx.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
+                c.get(n)?
+            }
+            None => cur.get(seg)?,
+        };
+    }
+    Some(cur)
+}
+
+/// Turns serde's messages into a `ConfigError`.
+fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigError {
+    // "unknown field `prot`, expected one of `host`, `port`"  /  "expected `a` or `b`"
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let known = backticked(tail);
+        let p = join_path(path, field);
+        let err = ConfigError::new(
+            p,
+            if known.is_empty() { "no such key".to_string() } else { format!("one of {}", list(&known)) },
+            format!("unknown key `{field}`"),
+        );
+        return match suggest(field, &known) {
+            Some(s) => err.with_hint(format!("did you mean `{s}`?")),
+            None => err,
+        };
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let (variant, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let known = backticked(tail);
+        let err = ConfigError::new(path, format!("one of {}", list(&known)), format!("\"{variant}\""));
+        return match suggest(variant, &known) {
+            Some(s) => err.with_hint(format!("did you mean \"{s}\"?")),
+            None => err,
+        };
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        return ConfigError::new(join_path(path, field), "a value (this key is required)", "nothing");
+    }
+    // "invalid type: string \"abc\", expected u16" / "invalid value: ..., expected ..."
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
+                return ConfigError::new(path, humanize_expected(expected), found.to_string());
+            }
+        }
+    }
+    ConfigError::new(
+        path,
+        "a valid value",
+        found.map(describe).unwrap_or_else(|| "an invalid value".into()),
+    )
+    .with_hint(msg.to_string())
+}
+
+fn humanize_expected(e: &str) -> String {
+    match e {
+        "u16" => "an integer from 0 to 65535".into(),
+        "u32" | "u64" | "usize" => "a non-negative integer".into(),
+        "i32" | "i64" => "an integer".into(),
+        "f64" | "f32" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        other => other.to_string(),
+    }
+}
+
+fn backticked(s: &str) -> Vec<String> {
+    s.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+fn list(items: &[String]) -> String {
+    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// The closest of `known` to `word`, if it is close enough to be a likely typo.
+pub fn suggest(word: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), k))
+        .filter(|(s, _)| *s >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.clone())
+}
+
+/// A short description of a JSON value for "found ..." messages.
+pub fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing".into(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string \"{s}\""),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a table".into(),
+    }
+}
+
+pub(crate) fn unexpected(v: &Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Unexpected::Signed(i),
+            (_, Some(f)) => Unexpected::Float(f),
+            _ => Unexpected::Other("number"),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Opts {
+        host: String,
+        port: u16,
+    }
+
+    #[test]
+    fn unknown_key_gets_a_suggestion() {
+        let e = parse::<Opts>("sources.x", serde_json::json!({"host": "h", "prot": 1})).unwrap_err();
+        assert_eq!(e.path, "sources.x.prot");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `port`?"));
+    }
+
+    #[test]
+    fn wrong_type_names_path_and_found() {
+        let e = parse::<Opts>("s", serde_json::json!({"host": "h", "port": "abc"})).unwrap_err();
+        assert_eq!(e.path, "s.port");
+        assert_eq!(e.expected, "an integer from 0 to 65535");
+        assert_eq!(e.found, "string \"abc\"");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let e = parse::<Opts>("s", serde_json::json!({"host": "h"})).unwrap_err();
+        assert_eq!(e.path, "s.port");
+        assert_eq!(e.found, "nothing");
+    }
+}

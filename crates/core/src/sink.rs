@@ -1,0 +1,34 @@
+//! The sink side: a sink receives the output of one job for one batch and writes it so that writing
+//! the same (job, batch time) again replaces rather than duplicates.
+
+use crate::error::Result;
+use crate::time::BatchTime;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+/// The output of one job for one batch.
+pub struct SinkBatch<'a> {
+    pub job: &'a str,
+    pub time: BatchTime,
+    pub schema: SchemaRef,
+    pub batches: &'a [RecordBatch],
+    /// True when this batch is being re-run after a restart.
+    pub replay: bool,
+}
+
+impl SinkBatch<'_> {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+#[async_trait]
+pub trait Sink: Send {
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()>;
+    /// Whether writing the same (job, batch time) twice leaves one copy.
+    fn idempotent(&self) -> bool;
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! The source side of a pipeline.
+//!
+//! A source is either a **receiver** (push: socket, generator, MQTT, Flume push) whose task writes
+//! blocks of records through a [`BlockWriter`] that the engine owns (in memory, or the write-ahead log),
+//! or a **replayable** source (pull: files, Kafka, Kinesis) that the engine asks, once per batch, for
+//! the exact range of input of that batch and then to read that range — so a batch can be re-run with
+//! identical inputs.
+
+use crate::dead_letter::DeadLetters;
+use crate::error::Result;
+use crate::time::BatchTime;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use std::fmt;
+
+/// What a source can promise about delivery (see the reliability table in the design).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Input can be read again from offsets recorded in the batch plan.
+    Replayable,
+    /// The peer resends until we acknowledge; we acknowledge once the block is durable.
+    Acknowledged,
+    /// The peer never resends: no loss once received.
+    Unacknowledged,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::Replayable => "replayable",
+            Guarantee::Acknowledged => "acknowledged",
+            Guarantee::Unacknowledged => "unacknowledged",
+        })
+    }
+}
+
+/// A receiver's connection state, shown in logs (and later the UI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverStatus {
+    Starting,
+    Connected(String),
+    Retrying { attempt: u32, error: String },
+    Stopped,
+}
+
+/// The engine's side of a receiver: where received blocks go.
+#[async_trait]
+pub trait BlockWriter: Send + Sync {
+    /// Store one block of received records. Resolves once the block is stored as durably as the
+    /// engine is configured to (the receiver acknowledges upstream only after that). Waits while the
+    /// engine applies backpressure, so a receiver that awaits this stops reading its peer.
+    async fn store(&self, block: RecordBatch) -> Result<()>;
+    /// How many records the receiver may read now before the next `store` (rate limiting).
+    fn budget(&self) -> Option<usize> {
+        None
+    }
+    /// Where undecodable records go.
+    fn dead_letters(&self) -> &DeadLetters;
+    /// Report a connection state change.
+    fn set_status(&self, status: ReceiverStatus);
+    /// Whether the engine asked receivers to stop.
+    fn is_stopping(&self) -> bool;
+    /// Resolves when the engine asks receivers to stop.
+    async fn stopped(&self);
+}
+
+/// A push source: runs as a task until the engine stops it.
+#[async_trait]
+pub trait Receiver: Send {
+    async fn run(self: Box<Self>, out: std::sync::Arc<dyn BlockWriter>) -> Result<()>;
+}
+
+/// A pull source whose input per batch is a recorded, re-readable range.
+#[async_trait]
+pub trait ReplayableSource: Send {
+    /// Decide the input of the batch ending at `time` (at most `max_records` if set). The returned
+    /// range is recorded in the batch plan; it must be re-readable by [`ReplayableSource::read`].
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<serde_json::Value>;
+    /// Read exactly the records of a planned range.
+    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>>;
+    /// The batch that consumed `range` is committed: positions before it will never be read again.
+    async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub enum SourceRuntime {
+    Receiver(Box<dyn Receiver>),
+    Replayable(Box<dyn ReplayableSource>),
+}
+
+/// What a source factory returns: the schema of the records, the delivery promise and the runtime.
+pub struct BuiltSource {
+    pub schema: SchemaRef,
+    pub guarantee: Guarantee,
+    pub runtime: SourceRuntime,
+}

@@ -1,0 +1,335 @@
+//! Building a pipeline from a checked config: connector factories, reference tables, job order and
+//! SQL planning. Everything `sluice validate` checks happens here, before anything starts.
+
+use crate::event_time::{windowed_schema, EventTime};
+use crate::job::{InputKind, JobRuntime, ProcWindow};
+use crate::reference::ReferenceTable;
+use crate::state::KeyedState;
+use sluice_config::{AppConfig, AppSection, DiagnosticKind, NamedJob};
+use sluice_core::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use sluice_core::options::suggest;
+use sluice_core::schema::parse_schema;
+use sluice_core::{BuildContext, ConfigError, DeadLetters, Guarantee, Registry, Sink, SourceRuntime};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// Errors found while building: config keys and SQL.
+#[derive(Debug)]
+pub struct BuildError(pub Vec<DiagnosticKind>);
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        BuildError(vec![DiagnosticKind::Key(e)])
+    }
+}
+
+pub(crate) struct SourceSlot {
+    pub name: String,
+    pub guarantee: Guarantee,
+    pub runtime: Option<SourceRuntime>,
+}
+
+/// A built pipeline, ready to run.
+pub struct Pipeline {
+    pub(crate) app: AppSection,
+    pub(crate) sources: Vec<SourceSlot>,
+    pub(crate) tables: Vec<ReferenceTable>,
+    pub(crate) jobs: Vec<JobRuntime>,
+    pub(crate) sinks: BTreeMap<String, Box<dyn Sink>>,
+    pub(crate) dead: DeadLetters,
+}
+
+impl Pipeline {
+    /// Build every component of `config`. `base_dir` is where relative paths are resolved.
+    pub async fn build(config: AppConfig, registry: &Registry, base_dir: PathBuf) -> Result<Pipeline, BuildError> {
+        let cx = BuildContext {
+            app_name: config.app.name.clone(),
+            batch_interval: config.app.batch_interval,
+            base_dir: base_dir.clone(),
+        };
+        let mut errors = Vec::new();
+        let mut schemas: HashMap<String, (SchemaRef, InputKind)> = HashMap::new();
+
+        let mut sources = Vec::new();
+        for c in &config.sources {
+            let factory = registry.source(&c.kind).expect("type checked by the config");
+            match factory.build(&cx, &format!("sources.{}", c.name), c.options.clone()) {
+                Ok(built) => {
+                    schemas.insert(c.name.clone(), (built.schema.clone(), InputKind::Stream));
+                    sources.push(SourceSlot { name: c.name.clone(), guarantee: built.guarantee, runtime: Some(built.runtime) });
+                }
+                Err(e) => errors.push(DiagnosticKind::Key(e)),
+            }
+        }
+        let mut tables = Vec::new();
+        for t in &config.tables {
+            match ReferenceTable::load(t, &base_dir).await {
+                Ok(rt) => {
+                    schemas.insert(t.name.clone(), (rt.schema.clone(), InputKind::Table));
+                    tables.push(rt);
+                }
+                Err(e) => errors.push(DiagnosticKind::Key(e)),
+            }
+        }
+        let mut sinks = BTreeMap::new();
+        for c in &config.sinks {
+            let factory = registry.sink(&c.kind).expect("type checked by the config");
+            match factory.build(&cx, &format!("sinks.{}", c.name), c.options.clone()) {
+                Ok(s) => {
+                    sinks.insert(c.name.clone(), s);
+                }
+                Err(e) => errors.push(DiagnosticKind::Key(e)),
+            }
+        }
+
+        let order = match job_order(&config.jobs, &schemas) {
+            Ok(o) => o,
+            Err(mut e) => {
+                errors.append(&mut e);
+                return Err(BuildError(errors));
+            }
+        };
+        let mut jobs = Vec::new();
+        for (job, refs) in order {
+            match build_job(&config.app, job, &refs, &schemas).await {
+                Ok(rt) => {
+                    schemas.insert(job.name.clone(), (rt.out_schema.clone(), InputKind::Stream));
+                    jobs.push(rt);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BuildError(errors));
+        }
+        Ok(Pipeline { app: config.app, sources, tables, jobs, sinks, dead: DeadLetters::default() })
+    }
+
+    /// A line per source → sink path with its end-to-end guarantee, for `sluice validate`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for j in &self.jobs {
+            let srcs: Vec<&SourceSlot> = self.sources.iter().filter(|s| j.inputs.iter().any(|(n, _)| n == &s.name)).collect();
+            let plan = j.query.explain().lines().count();
+            lines.push(format!(
+                "job `{}`: reads [{}], writes [{}] ({} plan step(s))",
+                j.name,
+                j.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                j.sinks.join(", "),
+                plan
+            ));
+            for s in srcs {
+                for k in &j.sinks {
+                    let idempotent = self.sinks.get(k).is_some_and(|s| s.idempotent());
+                    let g = match (s.guarantee, idempotent) {
+                        (Guarantee::Replayable, true) => "exactly-once with a checkpoint_dir",
+                        (Guarantee::Acknowledged, true) => "exactly-once after acknowledgement, with a checkpoint_dir",
+                        (Guarantee::Unacknowledged, _) => "no loss once received, with a checkpoint_dir",
+                        (_, false) => "at-least-once (the sink is not idempotent)",
+                    };
+                    lines.push(format!("  {} ({}) -> {}: {}", s.name, s.guarantee, k, g));
+                }
+            }
+        }
+        lines
+    }
+
+    /// The optimised plan of every job.
+    pub fn explain(&self) -> Vec<(String, String)> {
+        self.jobs.iter().map(|j| (j.name.clone(), j.query.explain())).collect()
+    }
+
+    pub fn job_schema(&self, job: &str) -> Option<SchemaRef> {
+        self.jobs.iter().find(|j| j.name == job).map(|j| j.out_schema.clone())
+    }
+}
+
+/// Jobs in dependency order, each with the names it reads. Unknown names and cycles are errors.
+fn job_order<'a>(
+    jobs: &'a [NamedJob],
+    schemas: &HashMap<String, (SchemaRef, InputKind)>,
+) -> Result<Vec<(&'a NamedJob, Vec<String>)>, Vec<DiagnosticKind>> {
+    let mut errors = Vec::new();
+    let mut refs: Vec<(&NamedJob, Vec<String>)> = Vec::new();
+    let job_names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    for j in jobs {
+        let names = match sluice_sql::referenced_tables(&j.job.sql) {
+            Ok(n) => n,
+            Err(message) => {
+                errors.push(DiagnosticKind::Sql { job: j.name.clone(), message });
+                continue;
+            }
+        };
+        let mut known: Vec<String> = schemas.keys().cloned().chain(job_names.iter().cloned()).collect();
+        if j.job.state.is_some() {
+            known.push("state".into());
+        }
+        known.sort();
+        for n in &names {
+            if n == &j.name {
+                errors.push(DiagnosticKind::Key(ConfigError::new(
+                    format!("jobs.{}.sql", j.name),
+                    "a query that does not read its own output (use `state` for that)",
+                    format!("a query reading `{n}`"),
+                )));
+            } else if !known.contains(n) {
+                let e = ConfigError::new(
+                    format!("jobs.{}.sql", j.name),
+                    format!("tables defined in this file ({})", known.join(", ")),
+                    format!("a query reading `{n}`, which is not defined"),
+                );
+                errors.push(DiagnosticKind::Key(match suggest(n, &known) {
+                    Some(s) => e.with_hint(format!("did you mean `{s}`?")),
+                    None => e,
+                }));
+            }
+        }
+        refs.push((j, names));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Kahn's algorithm, keeping file order among ready jobs.
+    let mut done: Vec<String> = Vec::new();
+    let mut ordered = Vec::new();
+    while ordered.len() < refs.len() {
+        let before = ordered.len();
+        for (j, names) in &refs {
+            if done.contains(&j.name) {
+                continue;
+            }
+            if names.iter().all(|n| !job_names.contains(n) || done.contains(n)) {
+                done.push(j.name.clone());
+                ordered.push((*j, names.clone()));
+            }
+        }
+        if ordered.len() == before {
+            let stuck: Vec<String> = refs.iter().map(|(j, _)| j.name.clone()).filter(|n| !done.contains(n)).collect();
+            return Err(vec![DiagnosticKind::Key(ConfigError::new(
+                format!("jobs.{}.sql", stuck[0]),
+                "jobs that do not read each other in a cycle",
+                format!("a cycle among jobs {}", stuck.join(", ")),
+            ))]);
+        }
+    }
+    Ok(ordered)
+}
+
+async fn build_job(
+    app: &AppSection,
+    job: &NamedJob,
+    refs: &[String],
+    schemas: &HashMap<String, (SchemaRef, InputKind)>,
+) -> Result<JobRuntime, DiagnosticKind> {
+    let cfg = &job.job;
+    let key = |k: &str| format!("jobs.{}.{k}", job.name);
+    let mut tables = Vec::new();
+    let mut inputs = Vec::new();
+    let mut state = None;
+    let mut event = None;
+    for n in refs {
+        if n == "state" && cfg.state.is_some() && !schemas.contains_key(n) {
+            let s = cfg.state.as_ref().unwrap();
+            let schema = parse_schema(&s.schema).expect("validated state schema");
+            tables.push((n.clone(), schema.clone()));
+            inputs.push((n.clone(), InputKind::State));
+            state = Some(KeyedState::new(s, schema));
+            continue;
+        }
+        let (schema, kind) = schemas[n].clone();
+        let schema = match (&cfg.event_time, kind) {
+            (Some(et), InputKind::Stream) => match schema.index_of(&et.column) {
+                Ok(i) => {
+                    let ok = matches!(schema.field(i).data_type(), DataType::Timestamp(_, _) | DataType::Int64);
+                    if !ok {
+                        return Err(DiagnosticKind::Key(ConfigError::new(
+                            key("event_time.column"),
+                            "a column of type timestamp or int64 (milliseconds)",
+                            format!("column `{}` of type {}", et.column, schema.field(i).data_type()),
+                        )));
+                    }
+                    if event.is_some() {
+                        return Err(DiagnosticKind::Key(ConfigError::new(
+                            key("event_time"),
+                            "a job that reads one stream (join streams in an upstream job)",
+                            "a job reading several streams",
+                        )));
+                    }
+                    let ms = |d: std::time::Duration| d.as_millis() as i64;
+                    event = Some(EventTime::new(
+                        n,
+                        schema.clone(),
+                        i,
+                        ms(et.length),
+                        ms(et.slide.unwrap_or(et.length)),
+                        ms(et.watermark.unwrap_or_default()),
+                    ));
+                    windowed_schema(&schema)
+                }
+                Err(_) => {
+                    let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                    return Err(DiagnosticKind::Key(ConfigError::new(
+                        key("event_time.column"),
+                        format!("a column of `{n}` ({})", cols.join(", ")),
+                        format!("\"{}\"", et.column),
+                    )));
+                }
+            },
+            _ => schema,
+        };
+        tables.push((n.clone(), schema));
+        inputs.push((n.clone(), kind));
+    }
+    if cfg.event_time.is_some() && event.is_none() {
+        return Err(DiagnosticKind::Key(ConfigError::new(
+            key("event_time"),
+            "a job that reads a source or another job",
+            "a job reading no stream",
+        )));
+    }
+    if let (Some(s), None) = (&cfg.state, &state) {
+        // A stateful job that does not read `state` still keeps it.
+        state = Some(KeyedState::new(s, parse_schema(&s.schema).expect("validated")));
+    }
+    let partitions = cfg.partitions.unwrap_or_else(sluice_sql::default_partitions);
+    let query = sluice_sql::JobQuery::plan(&cfg.sql, &tables, partitions)
+        .await
+        .map_err(|message| DiagnosticKind::Sql { job: job.name.clone(), message })?;
+    let out_schema = match &state {
+        Some(s) => {
+            let q = query.schema();
+            let st = s.schema();
+            if q.fields().len() != st.fields().len() {
+                return Err(DiagnosticKind::Key(ConfigError::new(
+                    key("sql"),
+                    format!("a query returning the {} column(s) of state.schema", st.fields().len()),
+                    format!("a query returning {} column(s)", q.fields().len()),
+                )));
+            }
+            for (a, b) in q.fields().iter().zip(st.fields()) {
+                if !sluice_core::arrow::compute::can_cast_types(a.data_type(), b.data_type()) {
+                    return Err(DiagnosticKind::Key(ConfigError::new(
+                        key("sql"),
+                        format!("column `{}` of a type that converts to {}", b.name(), b.data_type()),
+                        format!("{}", a.data_type()),
+                    )));
+                }
+            }
+            s.out_schema()
+        }
+        None => query.schema(),
+    };
+    let _ = TimeUnit::Millisecond;
+    let window = cfg.window.as_ref().map(|w| ProcWindow::new(w.length, w.slide.unwrap_or(app.batch_interval)));
+    Ok(JobRuntime {
+        name: job.name.clone(),
+        query,
+        sinks: cfg.sinks.clone(),
+        inputs,
+        window,
+        event,
+        late: cfg.event_time.as_ref().map(|e| e.late).unwrap_or_default(),
+        state,
+        out_schema,
+    })
+}

@@ -1,0 +1,136 @@
+//! Event-time windows with a watermark (Structured Streaming's append mode, on micro-batches).
+//!
+//! Rows wait in a buffer until every window that holds them is final. The watermark is the largest
+//! event time seen minus the allowed delay; a window `[start, end)` is emitted once, in the batch
+//! where the watermark reaches `end`. Rows whose event time is below the watermark of the previous
+//! batch (or NULL) are late: counted, and dropped or sent to the dead-letter output.
+
+use sluice_core::arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use sluice_core::arrow::compute::{cast, filter_record_batch, take_record_batch};
+use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use sluice_core::arrow::array::BooleanArray;
+use std::sync::Arc;
+
+pub struct EventTime {
+    pub table: String,
+    column: usize,
+    length: i64,
+    slide: i64,
+    delay: i64,
+    buffer: Vec<RecordBatch>,
+    max_ts: Option<i64>,
+    watermark: Option<i64>,
+    out_schema: SchemaRef,
+}
+
+/// The input schema with `window_start` and `window_end` appended.
+pub fn windowed_schema(input: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    fields.push(Field::new("window_start", ts.clone(), false));
+    fields.push(Field::new("window_end", ts, false));
+    Arc::new(Schema::new(fields))
+}
+
+pub struct Processed {
+    /// Rows of the windows that closed in this batch, with window columns; None if none closed.
+    pub closed: Option<Vec<RecordBatch>>,
+    /// Late rows (input schema).
+    pub late: Vec<RecordBatch>,
+}
+
+impl EventTime {
+    pub fn new(table: &str, schema: SchemaRef, column: usize, length: i64, slide: i64, delay: i64) -> Self {
+        EventTime {
+            table: table.to_string(),
+            column,
+            length,
+            slide,
+            delay,
+            buffer: Vec::new(),
+            max_ts: None,
+            watermark: None,
+            out_schema: windowed_schema(&schema),
+        }
+    }
+
+
+    fn times(&self, b: &RecordBatch) -> Vec<Option<i64>> {
+        let col = b.column(self.column);
+        let col = match col.data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => col.clone(),
+            _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)).expect("validated type"),
+        };
+        let ints = cast(&col, &DataType::Int64).expect("timestamp to int64");
+        ints.as_primitive::<Int64Type>().iter().collect()
+    }
+
+    pub fn process(&mut self, input: Vec<RecordBatch>) -> Processed {
+        let mut late = Vec::new();
+        for b in input {
+            let ts = self.times(&b);
+            let wm = self.watermark;
+            let keep: BooleanArray = ts.iter().map(|t| Some(matches!((t, wm), (Some(t), Some(w)) if *t >= w) || (t.is_some() && wm.is_none()))).collect();
+            let not_keep: BooleanArray = keep.iter().map(|k| k.map(|k| !k)).collect();
+            if keep.true_count() < b.num_rows() {
+                late.push(filter_record_batch(&b, &not_keep).expect("same length"));
+            }
+            let kept = filter_record_batch(&b, &keep).expect("same length");
+            for t in ts.iter().zip(keep.iter()).filter(|(_, k)| *k == Some(true)).filter_map(|(t, _)| *t) {
+                self.max_ts = Some(self.max_ts.map_or(t, |m| m.max(t)));
+            }
+            if kept.num_rows() > 0 {
+                self.buffer.push(kept);
+            }
+        }
+        let Some(max_ts) = self.max_ts else { return Processed { closed: None, late } };
+        let new_wm = max_ts - self.delay;
+        let old_wm = self.watermark;
+        if old_wm.is_some_and(|o| new_wm <= o) {
+            return Processed { closed: None, late };
+        }
+        let mut closed = Vec::new();
+        let mut remaining = Vec::new();
+        for b in std::mem::take(&mut self.buffer) {
+            let ts = self.times(&b);
+            let mut idx = Vec::new();
+            let mut starts = Vec::new();
+            let mut keep = Vec::with_capacity(ts.len());
+            for (i, t) in ts.iter().enumerate() {
+                let t = t.expect("null times are late");
+                let last_start = t.div_euclid(self.slide) * self.slide;
+                let mut start = last_start;
+                while start + self.length > t {
+                    let end = start + self.length;
+                    if end <= new_wm && old_wm.is_none_or(|o| end > o) {
+                        idx.push(i as u32);
+                        starts.push(start);
+                    }
+                    start -= self.slide;
+                }
+                keep.push(last_start + self.length > new_wm);
+            }
+            if !idx.is_empty() {
+                let rows = take_record_batch(&b, &UInt32Array::from(idx)).expect("indices in range");
+                let ends: Vec<i64> = starts.iter().map(|s| s + self.length).collect();
+                let mut cols = rows.columns().to_vec();
+                cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
+                cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
+                closed.push(RecordBatch::try_new(self.out_schema.clone(), cols).expect("windowed schema"));
+            }
+            let keep = BooleanArray::from(keep);
+            if keep.true_count() > 0 {
+                remaining.push(filter_record_batch(&b, &keep).expect("same length"));
+            }
+        }
+        self.buffer = remaining;
+        self.watermark = Some(new_wm);
+        Processed { closed: if closed.is_empty() { None } else { Some(closed) }, late }
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+
+}

@@ -1,0 +1,154 @@
+//! Keyed state (Spark's `updateStateByKey` and `mapWithState`).
+//!
+//! The job's query reads the previous state as table `state`; its result is the new state. A key
+//! whose non-key columns are all NULL is removed. With a `timeout`, a key whose state has not changed
+//! for that long is emitted one last time with `timed_out = true` and dropped.
+
+use sluice_config::{StateConfig, StateEmit};
+use sluice_core::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use sluice_core::arrow::compute::{cast, concat_batches, take_record_batch};
+use sluice_core::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use sluice_core::arrow::row::{RowConverter, SortField};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct KeyedState {
+    schema: SchemaRef,
+    key: Vec<usize>,
+    timeout: Option<i64>,
+    emit: StateEmit,
+    current: RecordBatch,
+    /// key row → (whole row, time of its last change)
+    rows: HashMap<Vec<u8>, (Vec<u8>, i64)>,
+    out_schema: SchemaRef,
+}
+
+impl KeyedState {
+    pub fn new(cfg: &StateConfig, schema: SchemaRef) -> Self {
+        let key = cfg.key.iter().map(|k| schema.index_of(k).expect("validated key")).collect();
+        let out_schema = if cfg.timeout.is_some() {
+            let mut f: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            f.push(Field::new("timed_out", DataType::Boolean, false));
+            Arc::new(Schema::new(f))
+        } else {
+            schema.clone()
+        };
+        KeyedState {
+            current: RecordBatch::new_empty(schema.clone()),
+            schema,
+            key,
+            timeout: cfg.timeout.map(|d| d.as_millis() as i64),
+            emit: cfg.emit,
+            rows: HashMap::new(),
+            out_schema,
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// What the job emits: the state's columns, plus `timed_out` when a timeout is set.
+    pub fn out_schema(&self) -> SchemaRef {
+        self.out_schema.clone()
+    }
+
+    pub fn current(&self) -> RecordBatch {
+        self.current.clone()
+    }
+
+
+    /// Cast the query's output to the state's schema (column by column, by position).
+    fn conform(&self, out: &[RecordBatch]) -> Result<RecordBatch, String> {
+        let mut parts = Vec::with_capacity(out.len());
+        for b in out {
+            if b.num_columns() != self.schema.fields().len() {
+                return Err(format!(
+                    "the query returns {} column(s) but state.schema has {}",
+                    b.num_columns(),
+                    self.schema.fields().len()
+                ));
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
+                .collect::<Result<Vec<ArrayRef>, String>>()?;
+            parts.push(RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())?);
+        }
+        concat_batches(&self.schema, &parts).map_err(|e| e.to_string())
+    }
+
+    /// Apply the query's output of batch `t`; returns what the job emits.
+    pub fn update(&mut self, t: i64, out: &[RecordBatch]) -> Result<Vec<RecordBatch>, String> {
+        let batch = self.conform(out)?;
+        let n = batch.num_rows();
+        let fields = |idx: &[usize]| idx.iter().map(|&i| SortField::new(self.schema.field(i).data_type().clone())).collect::<Vec<_>>();
+        let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let key_conv = RowConverter::new(fields(&self.key)).map_err(|e| e.to_string())?;
+        let row_conv = RowConverter::new(fields(&all)).map_err(|e| e.to_string())?;
+        let key_cols: Vec<ArrayRef> = self.key.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys = key_conv.convert_columns(&key_cols).map_err(|e| e.to_string())?;
+        let whole = row_conv.convert_columns(batch.columns()).map_err(|e| e.to_string())?;
+        let value_cols: Vec<usize> = all.iter().copied().filter(|i| !self.key.contains(i)).collect();
+
+        // The last row of each key that is not removed.
+        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut order = Vec::new();
+        for i in 0..n {
+            let removed = !value_cols.is_empty() && value_cols.iter().all(|&c| batch.column(c).is_null(i));
+            let k = keys.row(i).as_ref().to_vec();
+            if removed {
+                if last.remove(&k).is_some() {
+                    order.retain(|x: &Vec<u8>| x != &k);
+                }
+                continue;
+            }
+            if last.insert(k.clone(), i).is_none() {
+                order.push(k);
+            }
+        }
+        let mut rows = HashMap::with_capacity(order.len());
+        let (mut keep, mut changed, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+        for k in order {
+            let i = last[&k];
+            let row = whole.row(i).as_ref().to_vec();
+            let (is_changed, since) = match self.rows.get(&k) {
+                Some((old, since)) if *old == row => (false, *since),
+                _ => (true, t),
+            };
+            if self.timeout.is_some_and(|to| t - since >= to) {
+                expired.push(i as u32);
+                continue;
+            }
+            keep.push(i as u32);
+            if is_changed {
+                changed.push(i as u32);
+            }
+            rows.insert(k, (row, since));
+        }
+        self.rows = rows;
+        self.current = take_record_batch(&batch, &UInt32Array::from(keep.clone())).map_err(|e| e.to_string())?;
+        let emit_rows = match self.emit {
+            StateEmit::All => keep,
+            StateEmit::Updated => changed,
+        };
+        let mut outs = vec![self.emission(&batch, emit_rows, false)?];
+        if !expired.is_empty() {
+            outs.push(self.emission(&batch, expired, true)?);
+        }
+        Ok(outs.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    fn emission(&self, batch: &RecordBatch, idx: Vec<u32>, timed_out: bool) -> Result<RecordBatch, String> {
+        let n = idx.len();
+        let rows = take_record_batch(batch, &UInt32Array::from(idx)).map_err(|e| e.to_string())?;
+        if self.timeout.is_none() {
+            return Ok(rows);
+        }
+        let mut cols = rows.columns().to_vec();
+        cols.push(Arc::new(BooleanArray::from(vec![timed_out; n])));
+        RecordBatch::try_new(self.out_schema.clone(), cols).map_err(|e| e.to_string())
+    }
+}

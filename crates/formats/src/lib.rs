@@ -1,0 +1,237 @@
+//! Payload codecs shared by every connector: text, JSON lines and CSV decoded into Arrow with a
+//! schema, and encoded from Arrow for sinks. One place, not one per connector.
+//!
+//! A record that does not decode is never an error for the batch: it becomes a [`DeadLetter`] and
+//! the rest of the block is kept.
+
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::datatypes::SchemaRef;
+use serde::Deserialize;
+use sluice_core::schema::{line_schema, parse_schema};
+use sluice_core::{ConfigError, DeadLetter};
+use std::sync::Arc;
+
+/// How a payload is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One `line` column holding the payload as text.
+    #[default]
+    Text,
+    /// One JSON object per record, decoded with `schema`.
+    Json,
+    /// One CSV row per record (no header), decoded with `schema`.
+    Csv,
+}
+
+/// Decodes records (one payload each) of a source into record batches.
+#[derive(Clone)]
+pub struct Decoder {
+    format: Format,
+    schema: SchemaRef,
+    origin: String,
+    delimiter: u8,
+}
+
+impl Decoder {
+    /// `schema` is the config string (`"a string, b int64"`); required for json and csv. `path` is
+    /// the key path of the component, for errors.
+    pub fn new(
+        path: &str,
+        origin: &str,
+        format: Format,
+        schema: Option<&str>,
+        delimiter: Option<char>,
+    ) -> Result<Self, ConfigError> {
+        let schema = match (format, schema) {
+            (Format::Text, None) => line_schema(),
+            (Format::Text, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    "no schema for format \"text\" (text records have one `line` column)",
+                    "a schema",
+                )
+                .with_hint("set format = \"json\" or \"csv\" to decode records with a schema"))
+            }
+            (_, None) => {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    format!("a schema for format \"{}\", e.g. \"device string, temperature double\"", format.name()),
+                    "nothing",
+                ))
+            }
+            (_, Some(s)) => parse_schema(s)
+                .map_err(|e| ConfigError::new(format!("{path}.schema"), e, format!("\"{s}\"")))?,
+        };
+        let delimiter = match delimiter {
+            None => b',',
+            Some(c) if c.is_ascii() => c as u8,
+            Some(c) => {
+                return Err(ConfigError::new(format!("{path}.delimiter"), "a single ASCII character", format!("'{c}'")))
+            }
+        };
+        Ok(Decoder { format, schema, origin: origin.to_string(), delimiter })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Decode the payloads of one block; undecodable ones are returned as dead letters.
+    pub fn decode<S: AsRef<str>>(&self, records: &[S]) -> (RecordBatch, Vec<DeadLetter>) {
+        match self.format {
+            Format::Text => (self.text(records), Vec::new()),
+            Format::Json | Format::Csv => match self.decode_all(records) {
+                Ok(b) => (b, Vec::new()),
+                Err(_) => self.decode_one_by_one(records),
+            },
+        }
+    }
+
+    fn text<S: AsRef<str>>(&self, records: &[S]) -> RecordBatch {
+        let bytes: usize = records.iter().map(|r| r.as_ref().len()).sum();
+        let mut b = StringBuilder::with_capacity(records.len(), bytes);
+        for r in records {
+            b.append_value(r.as_ref());
+        }
+        RecordBatch::try_new(self.schema.clone(), vec![Arc::new(b.finish()) as ArrayRef])
+            .expect("line schema")
+    }
+
+    fn decode_all<S: AsRef<str>>(&self, records: &[S]) -> Result<RecordBatch, String> {
+        let mut buf = String::with_capacity(records.iter().map(|r| r.as_ref().len() + 1).sum());
+        for r in records {
+            let r = r.as_ref();
+            if r.contains('\n') || r.trim().is_empty() {
+                return Err("record spans lines or is empty".into());
+            }
+            buf.push_str(r);
+            buf.push('\n');
+        }
+        self.decode_text(&buf, records.len())
+    }
+
+    fn decode_text(&self, text: &str, expect: usize) -> Result<RecordBatch, String> {
+        let batch = match self.format {
+            Format::Json => {
+                let mut d = arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(expect.max(1))
+                    .build_decoder()
+                    .map_err(|e| e.to_string())?;
+                d.decode(text.as_bytes()).map_err(|e| e.to_string())?;
+                d.flush().map_err(|e| e.to_string())?
+            }
+            Format::Csv => {
+                let mut d = arrow::csv::ReaderBuilder::new(self.schema.clone())
+                    .with_header(false)
+                    .with_delimiter(self.delimiter)
+                    .with_batch_size(expect.max(1))
+                    .build_decoder();
+                let n = d.decode(text.as_bytes()).map_err(|e| e.to_string())?;
+                if n < text.len() {
+                    return Err("trailing bytes".into());
+                }
+                d.flush().map_err(|e| e.to_string())?
+            }
+            Format::Text => unreachable!("text is not decoded"),
+        };
+        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+        if batch.num_rows() != expect {
+            return Err(format!("expected {expect} record(s), decoded {}", batch.num_rows()));
+        }
+        Ok(batch)
+    }
+
+    fn decode_one_by_one<S: AsRef<str>>(&self, records: &[S]) -> (RecordBatch, Vec<DeadLetter>) {
+        let mut good = Vec::new();
+        let mut dead = Vec::new();
+        for r in records {
+            let r = r.as_ref();
+            let res = if r.trim().is_empty() {
+                Err("empty record".to_string())
+            } else if r.contains('\n') {
+                Err("record contains a newline".to_string())
+            } else {
+                self.decode_text(&format!("{r}\n"), 1)
+            };
+            match res {
+                Ok(b) => good.push(b),
+                Err(e) => dead.push(DeadLetter {
+                    origin: self.origin.clone(),
+                    reason: format!("{}: {e}", self.format.name()),
+                    payload: r.to_string(),
+                }),
+            }
+        }
+        let batch = arrow::compute::concat_batches(&self.schema, &good).expect("same schema");
+        (batch, dead)
+    }
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// Encodes record batches as JSON lines.
+pub fn encode_json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    Ok(w.into_inner())
+}
+
+/// Encodes record batches as CSV with a header row.
+pub fn encode_csv(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            w.write(&RecordBatch::new_empty(schema.clone()))?;
+        }
+        for b in batches {
+            w.write(b)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_json_records_become_dead_letters() {
+        let d = Decoder::new("sources.s", "s", Format::Json, Some("a string, n int64"), None).unwrap();
+        let (b, dead) = d.decode(&[r#"{"a":"x","n":1}"#, "not json", r#"{"a":"y","n":2}"#]);
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, "not json");
+        assert!(dead[0].reason.starts_with("json:"), "{}", dead[0].reason);
+    }
+
+    #[test]
+    fn csv_decodes_with_schema() {
+        let d = Decoder::new("s", "s", Format::Csv, Some("a string, n int64"), None).unwrap();
+        let (b, dead) = d.decode(&["x,1", "y,oops", "z,3"]);
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn json_and_csv_need_a_schema() {
+        let e = Decoder::new("sources.s", "s", Format::Json, None, None).err().unwrap();
+        assert_eq!(e.path, "sources.s.schema");
+    }
+}

@@ -1,0 +1,141 @@
+//! sluice-sql: one DataFusion session per job.
+//!
+//! Each table a job reads (a source, another job's output, a reference table, `state`) is a
+//! [`Slot`]: a table whose contents the engine swaps before every run. The SQL is parsed, analysed
+//! and optimised once, when the job is built; each batch only creates the physical plan from the
+//! cached logical plan and runs it (planning from SQL costs most of a small batch's time).
+
+mod slot;
+mod udf;
+
+pub use slot::Slot;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A planned job query.
+pub struct JobQuery {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    slots: BTreeMap<String, Arc<Slot>>,
+    schema: SchemaRef,
+}
+
+/// The names of the tables a query reads (CTE names excluded), lowercased as DataFusion resolves them.
+pub fn referenced_tables(sql: &str) -> Result<Vec<String>, String> {
+    let ctx = SessionContext::new();
+    let state = ctx.state();
+    let stmt = state.sql_to_statement(sql, &datafusion::common::config::Dialect::Generic).map_err(|e| e.strip_backtrace().to_string())?;
+    let refs = state.resolve_table_references(&stmt).map_err(|e| e.strip_backtrace().to_string())?;
+    let mut names: Vec<String> = refs.iter().map(|r| r.table().to_string()).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Default parallelism of a job's query: the machine's cores.
+pub fn default_partitions() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl JobQuery {
+    /// Plan `sql` over `tables` (name, schema). Errors carry DataFusion's message.
+    pub async fn plan(sql: &str, tables: &[(String, SchemaRef)], partitions: usize) -> Result<JobQuery, String> {
+        let config = SessionConfig::new()
+            .with_target_partitions(partitions.max(1))
+            .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        udf::register(&ctx);
+        let mut slots = BTreeMap::new();
+        for (name, schema) in tables {
+            let slot = Arc::new(Slot::new(schema.clone()));
+            ctx.register_table(name.as_str(), slot.clone()).map_err(|e| e.strip_backtrace().to_string())?;
+            slots.insert(name.clone(), slot);
+        }
+        let state = ctx.state();
+        let plan = state.create_logical_plan(sql).await.map_err(|e| e.strip_backtrace().to_string())?;
+        if !matches!(plan, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Sort(_)
+            | LogicalPlan::Filter(_) | LogicalPlan::Limit(_) | LogicalPlan::Union(_) | LogicalPlan::Join(_)
+            | LogicalPlan::Distinct(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::TableScan(_)
+            | LogicalPlan::Window(_) | LogicalPlan::Values(_) | LogicalPlan::Unnest(_))
+        {
+            return Err(format!("expected a query (SELECT ...), found a {} statement", plan.display()));
+        }
+        let plan = state.optimize(&plan).map_err(|e| e.strip_backtrace().to_string())?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        Ok(JobQuery { ctx, plan, slots, schema })
+    }
+
+    /// The schema of the query's output.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// The tables this query reads.
+    pub fn tables(&self) -> impl Iterator<Item = (&String, &Arc<Slot>)> {
+        self.slots.iter()
+    }
+
+    pub fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(name)
+    }
+
+    /// Run the query over the slots' current contents.
+    pub async fn run(&self) -> Result<Vec<RecordBatch>, DataFusionError> {
+        let state = self.ctx.state();
+        let physical = state.query_planner().create_physical_plan(&self.plan, &state).await?;
+        let out = datafusion::physical_plan::collect(physical, self.ctx.task_ctx()).await?;
+        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// The optimised logical plan, for `sluice validate --explain`.
+    pub fn explain(&self) -> String {
+        self.plan.display_indent().to_string()
+    }
+}
+
+/// Format of a reference table file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// Read a whole file (a reference table) into memory.
+pub async fn read_file(
+    path: &std::path::Path,
+    format: FileFormat,
+    schema: Option<SchemaRef>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+    use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let p = path.to_str().ok_or("path is not UTF-8")?;
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    let df = match format {
+        FileFormat::Csv => {
+            let mut o = CsvReadOptions::new().has_header(true).file_extension(&ext);
+            if let Some(s) = &schema {
+                o = o.schema(s);
+            }
+            ctx.read_csv(p, o).await
+        }
+        FileFormat::Json => {
+            let mut o = JsonReadOptions::default().file_extension(&ext);
+            if let Some(s) = &schema {
+                o = o.schema(s);
+            }
+            ctx.read_json(p, o).await
+        }
+        FileFormat::Parquet => ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext)).await,
+    }
+    .map_err(|e| e.strip_backtrace().to_string())?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| e.strip_backtrace().to_string())?;
+    Ok((schema, batches))
+}

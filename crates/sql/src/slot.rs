@@ -1,0 +1,81 @@
+//! A table whose contents the engine replaces before each run of a job.
+
+use async_trait::async_trait;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug)]
+pub struct Slot {
+    schema: SchemaRef,
+    batches: RwLock<Vec<RecordBatch>>,
+}
+
+impl Slot {
+    /// A slot with `schema`'s columns, all nullable (inputs differ in nullability only).
+    pub fn new(schema: SchemaRef) -> Self {
+        let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        Slot { schema: Arc::new(Schema::new(fields)), batches: RwLock::new(Vec::new()) }
+    }
+
+    /// Replace the contents. Columns are cast to the slot's types where they differ.
+    pub fn set(&self, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut conformed = Vec::with_capacity(batches.len());
+        for b in batches {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            if b.schema() == self.schema {
+                conformed.push(b);
+                continue;
+            }
+            let cols = b
+                .columns()
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            conformed.push(RecordBatch::try_new(self.schema.clone(), cols)?);
+        }
+        *self.batches.write().unwrap() = conformed;
+        Ok(())
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+#[async_trait]
+impl TableProvider for Slot {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.batches.read().unwrap().clone();
+        let n = state.config().target_partitions().max(1).min(batches.len().max(1));
+        let mut partitions = vec![Vec::new(); n];
+        for (i, b) in batches.into_iter().enumerate() {
+            partitions[i % n].push(b);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&partitions, self.schema.clone(), projection.cloned())?)
+    }
+}
