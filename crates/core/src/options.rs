@@ -44,9 +44,9 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
         let known = backticked(tail);
-        let p = join_path(path, field);
+        // serde_path_to_error's path already ends with the unknown key.
         let err = ConfigError::new(
-            p,
+            path,
             if known.is_empty() { "no such key".to_string() } else { format!("one of {}", list(&known)) },
             format!("unknown key `{field}`"),
         );
@@ -108,7 +108,7 @@ pub fn suggest(word: &str, known: &[String]) -> Option<String> {
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(word, k), k))
-        .filter(|(s, _)| *s >= 0.8)
+        .filter(|(s, _)| *s >= 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k.clone())
 }

@@ -63,6 +63,8 @@ pub struct JobOutput {
     pub batches: Option<Vec<RecordBatch>>,
     /// Rows later than the watermark.
     pub late: Vec<RecordBatch>,
+    /// The watermark they were later than.
+    pub watermark: Option<i64>,
 }
 
 impl JobRuntime {
@@ -73,6 +75,7 @@ impl JobRuntime {
         tables: &HashMap<String, Vec<RecordBatch>>,
     ) -> Result<JobOutput, String> {
         let mut late = Vec::new();
+        let mut watermark = None;
         let mut runs = true;
         for (name, kind) in &self.inputs {
             let data = match kind {
@@ -83,6 +86,7 @@ impl JobRuntime {
                     if let Some(w) = &mut self.window {
                         w.push(t, name, batch)
                     } else if let Some(e) = self.event.as_mut().filter(|e| e.table == *name) {
+                        watermark = e.watermark();
                         let p = e.process(batch);
                         late = p.late;
                         match p.closed {
@@ -104,13 +108,13 @@ impl JobRuntime {
             runs &= t.is_multiple_of(w.slide);
         }
         if !runs {
-            return Ok(JobOutput { batches: None, late });
+            return Ok(JobOutput { batches: None, late, watermark });
         }
         let out = self.query.run().await.map_err(|e| e.strip_backtrace().to_string())?;
         let out = match &mut self.state {
             Some(s) => s.update(t.millis(), &out)?,
             None => out,
         };
-        Ok(JobOutput { batches: Some(out), late })
+        Ok(JobOutput { batches: Some(out), late, watermark })
     }
 }

@@ -172,7 +172,7 @@ impl Pipeline {
                 summary.late_records += n as u64;
                 tracing::debug!(job = %job.name, late = n, "records later than the watermark");
                 if job.late == LateRecords::DeadLetter {
-                    let wm = job.event.as_ref().and_then(|e| e.watermark()).unwrap_or_default();
+                    let wm = out.watermark.unwrap_or_default();
                     self.dead.extend(late_letters(&job.name, wm, &out.late));
                 }
             }
