@@ -35,8 +35,15 @@ fn check_file(name: &str, file: &Path, expect: &[&str], env: &[(&str, &str)]) {
     }
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "case {name}: exit code; stderr:\n{err}");
-    assert!(err.contains(&file.display().to_string()), "case {name}: names the file:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "case {name}: exit code; stderr:\n{err}"
+    );
+    assert!(
+        err.contains(&file.display().to_string()),
+        "case {name}: names the file:\n{err}"
+    );
     for e in expect {
         assert!(err.contains(e), "case {name}: expected `{e}` in:\n{err}");
     }
@@ -107,7 +114,12 @@ fn yaml_configs_are_checked_the_same_way() {
         "app:\n  name: t\n  batch_interval: 1s\nsources:\n  lines:\n    type: socket\n    host: 127.0.0.1\n    port: nine\njobs:\n  counts:\n    sql: SELECT line FROM lines\n",
     )
     .unwrap();
-    check_file("yaml", &file, &["key `sources.lines.port`", "string \"nine\""], &[]);
+    check_file(
+        "yaml",
+        &file,
+        &["key `sources.lines.port`", "string \"nine\""],
+        &[],
+    );
 }
 
 #[test]
@@ -116,7 +128,12 @@ fn environment_overrides_are_applied_and_checked() {
     let file = dir.path().join("ok.toml");
     std::fs::write(&file, BASE).unwrap();
     assert!(validate(&file).status.success());
-    check_file("env", &file, &["key `sources.lines.port`", "string \"abc\""], &[("SLUICE__SOURCES__LINES__PORT", "abc")]);
+    check_file(
+        "env",
+        &file,
+        &["key `sources.lines.port`", "string \"abc\""],
+        &[("SLUICE__SOURCES__LINES__PORT", "abc")],
+    );
 }
 
 #[test]
@@ -124,7 +141,12 @@ fn wrong_file_kind_and_run_exit_2_as_well() {
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("pipeline.ini");
     std::fs::write(&ini, BASE).unwrap();
-    check_file("ini", &ini, &["expected a .toml, .yaml or .yml file, found a .ini file"], &[]);
+    check_file(
+        "ini",
+        &ini,
+        &["expected a .toml, .yaml or .yml file, found a .ini file"],
+        &[],
+    );
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, with("port = 9", "prot = 9")).unwrap();
     let out = sluice().arg("run").arg(&bad).output().unwrap();

@@ -10,7 +10,9 @@ pub const T0: i64 = 1_700_000_040_000;
 
 /// Run `toml` for `batches` batches back to back from `T0`; returns the console output.
 pub async fn run_toml(toml: &str, batches: u64) -> (String, RunSummary) {
-    try_run_toml(toml, batches).await.unwrap_or_else(|e| panic!("pipeline failed: {e}"))
+    try_run_toml(toml, batches)
+        .await
+        .unwrap_or_else(|e| panic!("pipeline failed: {e}"))
 }
 
 pub async fn try_run_toml(toml: &str, batches: u64) -> Result<(String, RunSummary), String> {
@@ -18,12 +20,23 @@ pub async fn try_run_toml(toml: &str, batches: u64) -> Result<(String, RunSummar
     let mut reg = sluice::registry();
     reg.register_sink("console", CaptureFactory(buf.clone()));
     let path = Path::new("test.toml");
-    let cfg = sluice_config::load_str(toml, config::FileFormat::Toml, path, &reg)
-        .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
-    let p = sluice::build(cfg, path, &reg)
-        .await
-        .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))?;
-    let opts = RunOptions { max_batches: Some(batches), manual_clock: Some(BatchTime(T0)), ..Default::default() };
+    let cfg = sluice_config::load_str(toml, config::FileFormat::Toml, path, &reg).map_err(|d| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let p = sluice::build(cfg, path, &reg).await.map_err(|d| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let opts = RunOptions {
+        max_batches: Some(batches),
+        manual_clock: Some(BatchTime(T0)),
+        ..Default::default()
+    };
     let summary = p.run(opts).await.map_err(|e| e.to_string())?;
     Ok((buf.text(), summary))
 }
@@ -31,9 +44,20 @@ pub async fn try_run_toml(toml: &str, batches: u64) -> Result<(String, RunSummar
 /// The rows printed (header, rule and blank lines removed), one Vec per printed batch.
 pub fn blocks(console: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    for block in console.split("-------------------------------------------\nTime: ").skip(1) {
-        let body = block.split_once("-------------------------------------------\n").map(|x| x.1).unwrap_or("");
-        out.push(body.lines().filter(|l| !l.is_empty()).map(str::to_string).collect());
+    for block in console
+        .split("-------------------------------------------\nTime: ")
+        .skip(1)
+    {
+        let body = block
+            .split_once("-------------------------------------------\n")
+            .map(|x| x.1)
+            .unwrap_or("");
+        out.push(
+            body.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
     }
     out
 }
@@ -50,10 +74,17 @@ pub fn sluice() -> Command {
 }
 
 pub fn validate(path: &Path) -> Output {
-    sluice().arg("validate").arg(path).output().expect("run sluice")
+    sluice()
+        .arg("validate")
+        .arg(path)
+        .output()
+        .expect("run sluice")
 }
 
 /// The repository root (configs/ lives there).
 pub fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }

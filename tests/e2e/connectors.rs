@@ -19,7 +19,11 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let ok = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
     child.wait().unwrap()
 }
@@ -35,7 +39,9 @@ fn capture(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
             if n == 0 {
                 break;
             }
-            t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            t.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     text
@@ -45,7 +51,11 @@ fn capture(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
 fn printed_counts(console: &str) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for l in console.lines().filter(|l| l.starts_with("('")) {
-        let (w, n) = l.trim_start_matches("('").trim_end_matches(')').split_once("', ").unwrap();
+        let (w, n) = l
+            .trim_start_matches("('")
+            .trim_end_matches(')')
+            .split_once("', ")
+            .unwrap();
         *m.entry(w.to_string()).or_default() += n.parse::<u64>().unwrap();
     }
     m
@@ -54,7 +64,11 @@ fn printed_counts(console: &str) -> BTreeMap<String, u64> {
 #[test]
 fn wordcount_config_counts_every_line_from_a_real_socket_peer_and_reconnects() {
     // A free port with nothing listening yet: the source must retry until the peer appears.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = sluice()
         .arg("run")
         .arg(repo().join("configs/wordcount-socket.toml"))
@@ -73,7 +87,11 @@ fn wordcount_config_counts_every_line_from_a_real_socket_peer_and_reconnects() {
         }
     });
     // The receiver reports that it is retrying.
-    let retrying = rx.recv_timeout(Duration::from_secs(60)).into_iter().chain(rx.iter()).find(|l| l.contains("retrying"));
+    let retrying = rx
+        .recv_timeout(Duration::from_secs(60))
+        .into_iter()
+        .chain(rx.iter())
+        .find(|l| l.contains("retrying"));
     assert!(retrying.is_some_and(|l| l.contains(&port.to_string())));
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let (mut peer, _) = listener.accept().unwrap();
@@ -86,18 +104,25 @@ fn wordcount_config_counts_every_line_from_a_real_socket_peer_and_reconnects() {
         writeln!(peer, "{line}").unwrap();
     }
     peer.flush().unwrap();
-    wait_for("every line to be counted", Duration::from_secs(60), || printed_counts(&stdout.lock().unwrap()) == expected);
+    wait_for("every line to be counted", Duration::from_secs(60), || {
+        printed_counts(&stdout.lock().unwrap()) == expected
+    });
     // The peer goes away and comes back: the source reconnects.
     drop(peer);
     let (mut peer, _) = listener.accept().unwrap();
     writeln!(peer, "again again").unwrap();
     peer.flush().unwrap();
     expected.insert("again".into(), 2);
-    wait_for("lines after the reconnect", Duration::from_secs(60), || printed_counts(&stdout.lock().unwrap()) == expected);
+    wait_for("lines after the reconnect", Duration::from_secs(60), || {
+        printed_counts(&stdout.lock().unwrap()) == expected
+    });
     let status = terminate(&mut child);
     assert!(status.success(), "graceful stop exits 0, got {status:?}");
     let console = stdout.lock().unwrap().clone();
-    assert!(console.starts_with("-------------------------------------------\nTime: "), "{console}");
+    assert!(
+        console.starts_with("-------------------------------------------\nTime: "),
+        "{console}"
+    );
     // Every batch block ends with a blank line, and no batch shows more than 10 rows.
     for block in console.split("Time: ").skip(1) {
         let rows = block.lines().filter(|l| l.starts_with("('")).count();
@@ -113,7 +138,9 @@ fn move_in(dir: &Path, name: &str, text: &str) {
 
 fn json_rows(dir: &Path) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return rows };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return rows;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || !name.ends_with(".json") {
@@ -173,21 +200,48 @@ path = "{out}/dlq"
         ),
     )
     .unwrap();
-    let record = |i: u64| format!(r#"{{"id":{i},"device":"d{}","temperature":{}}}"#, i % 3, 15 + (i % 10));
-    let file = |from: u64| (from..from + 100).map(record).collect::<Vec<_>>().join("\n") + "\n";
+    let record = |i: u64| {
+        format!(
+            r#"{{"id":{i},"device":"d{}","temperature":{}}}"#,
+            i % 3,
+            15 + (i % 10)
+        )
+    };
+    let file = |from: u64| {
+        (from..from + 100)
+            .map(record)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
     move_in(&input, "a.json", &file(0));
-    let mut child = sluice().arg("run").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = sluice()
+        .arg("run")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     move_in(&input, "b.json", &file(100));
     move_in(&input, ".hidden.json", &file(1000));
     move_in(&input, "c.json", &(file(200) + "this is not json\n"));
     let expected: Vec<u64> = (0..300).filter(|i| 15 + (i % 10) > 20).collect();
-    wait_for("all hot readings", Duration::from_secs(60), || json_rows(&out.join("json")).len() >= expected.len());
-    wait_for("the rejected line", Duration::from_secs(60), || !json_rows(&out.join("dlq")).is_empty());
+    wait_for("all hot readings", Duration::from_secs(60), || {
+        json_rows(&out.join("json")).len() >= expected.len()
+    });
+    wait_for("the rejected line", Duration::from_secs(60), || {
+        !json_rows(&out.join("dlq")).is_empty()
+    });
     assert!(terminate(&mut child).success());
 
-    let mut ids: Vec<u64> = json_rows(&out.join("json")).iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let mut ids: Vec<u64> = json_rows(&out.join("json"))
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
     ids.sort();
-    assert_eq!(ids, expected, "each record exactly once, none from the hidden file");
+    assert_eq!(
+        ids, expected,
+        "each record exactly once, none from the hidden file"
+    );
     let dlq = json_rows(&out.join("dlq"));
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0]["payload"], "this is not json");
@@ -195,15 +249,25 @@ path = "{out}/dlq"
     // Parquet partitions hold the same rows.
     let mut parquet_rows = 0;
     for d in ["d0", "d1", "d2"] {
-        for e in std::fs::read_dir(out.join("parquet").join(format!("device={d}"))).unwrap().flatten() {
+        for e in std::fs::read_dir(out.join("parquet").join(format!("device={d}")))
+            .unwrap()
+            .flatten()
+        {
             let f = std::fs::File::open(e.path()).unwrap();
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap()
+                .build()
+                .unwrap();
             parquet_rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
         }
     }
     assert_eq!(parquet_rows, expected.len());
     // No temporary file is left behind.
-    let leftovers = std::fs::read_dir(out.join("json")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).count();
+    let leftovers = std::fs::read_dir(out.join("json"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
     assert_eq!(leftovers, 0);
 }
 
@@ -214,8 +278,18 @@ fn every_example_config_validates() {
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "toml" || x == "yaml") {
-            let out = sluice().current_dir(repo()).arg("validate").arg(&p).output().unwrap();
-            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            let out = sluice()
+                .current_dir(repo())
+                .arg("validate")
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }
@@ -227,23 +301,45 @@ fn quickstart_runs_and_writes_console_json_and_parquet() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("configs")).unwrap();
     for f in ["quickstart.toml", "devices.csv"] {
-        std::fs::copy(repo().join("configs").join(f), dir.path().join("configs").join(f)).unwrap();
+        std::fs::copy(
+            repo().join("configs").join(f),
+            dir.path().join("configs").join(f),
+        )
+        .unwrap();
     }
     let out = sluice()
         .current_dir(dir.path())
         .args(["run", "configs/quickstart.toml", "--duration", "6s"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let console = String::from_utf8_lossy(&out.stdout);
     assert!(console.contains("Time: "));
-    assert!(console.contains("('site-0', "), "per-site averages printed:\n{console}");
-    assert!(console.contains("('200', "), "status codes printed:\n{console}");
+    assert!(
+        console.contains("('site-0', "),
+        "per-site averages printed:\n{console}"
+    );
+    assert!(
+        console.contains("('200', "),
+        "status codes printed:\n{console}"
+    );
     let readings = dir.path().join("out/quickstart/readings/site=site-0");
     let files: Vec<_> = std::fs::read_dir(&readings).unwrap().flatten().collect();
     assert!(!files.is_empty());
     let f = std::fs::File::open(files[0].path()).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-    let cols: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
-    assert_eq!(cols, ["device", "site", "owner", "ts", "temperature", "humidity"]);
+    let cols: Vec<String> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        cols,
+        ["device", "site", "owner", "ts", "temperature", "humidity"]
+    );
 }

@@ -4,7 +4,9 @@
 use crate::common::{blocks, rows, run_toml};
 
 fn app(body: &str) -> String {
-    format!("[app]\nname = \"t\"\nbatch_interval = \"1s\"\n\n[sinks.out]\ntype = \"console\"\n\n{body}")
+    format!(
+        "[app]\nname = \"t\"\nbatch_interval = \"1s\"\n\n[sinks.out]\ntype = \"console\"\n\n{body}"
+    )
 }
 
 const WORDS: &str = r#"
@@ -119,7 +121,9 @@ batches = [["b,x", "c,y"]]
 "#;
 
 async fn two(sql: &str) -> Vec<String> {
-    let cfg = app(&format!("{TWO_STREAMS}\n[jobs.j]\nsinks = [\"out\"]\nsql = \"\"\"{sql}\"\"\""));
+    let cfg = app(&format!(
+        "{TWO_STREAMS}\n[jobs.j]\nsinks = [\"out\"]\nsql = \"\"\"{sql}\"\"\""
+    ));
     rows(&run_toml(&cfg, 1).await.0)
 }
 
@@ -135,7 +139,10 @@ async fn union_of_two_streams() {
 async fn count_reduce_and_count_by_value() {
     assert_eq!(two("SELECT count(*) AS n FROM left").await, vec!["3"]);
     assert_eq!(two("SELECT sum(v) AS total FROM left").await, vec!["6"]);
-    assert_eq!(two("SELECT k, count(*) AS n FROM left GROUP BY k ORDER BY k").await, vec!["('a', 1)", "('b', 2)"]);
+    assert_eq!(
+        two("SELECT k, count(*) AS n FROM left GROUP BY k ORDER BY k").await,
+        vec!["('a', 1)", "('b', 2)"]
+    );
 }
 
 #[tokio::test]
@@ -153,18 +160,34 @@ async fn joins_inner_left_right_full() {
             "SELECT l.k AS lk, l.v, r.k AS rk, r.w FROM left l {kind} JOIN right r ON l.k = r.k ORDER BY l.k NULLS LAST, l.v, r.k"
         )
     };
-    assert_eq!(two(&q("INNER")).await, vec!["('b', 2, 'b', 'x')", "('b', 3, 'b', 'x')"]);
+    assert_eq!(
+        two(&q("INNER")).await,
+        vec!["('b', 2, 'b', 'x')", "('b', 3, 'b', 'x')"]
+    );
     assert_eq!(
         two(&q("LEFT")).await,
-        vec!["('a', 1, None, None)", "('b', 2, 'b', 'x')", "('b', 3, 'b', 'x')"]
+        vec![
+            "('a', 1, None, None)",
+            "('b', 2, 'b', 'x')",
+            "('b', 3, 'b', 'x')"
+        ]
     );
     assert_eq!(
         two(&q("RIGHT")).await,
-        vec!["('b', 2, 'b', 'x')", "('b', 3, 'b', 'x')", "(None, None, 'c', 'y')"]
+        vec![
+            "('b', 2, 'b', 'x')",
+            "('b', 3, 'b', 'x')",
+            "(None, None, 'c', 'y')"
+        ]
     );
     assert_eq!(
         two(&q("FULL")).await,
-        vec!["('a', 1, None, None)", "('b', 2, 'b', 'x')", "('b', 3, 'b', 'x')", "(None, None, 'c', 'y')"]
+        vec![
+            "('a', 1, None, None)",
+            "('b', 2, 'b', 'x')",
+            "('b', 3, 'b', 'x')",
+            "(None, None, 'c', 'y')"
+        ]
     );
 }
 
@@ -186,8 +209,14 @@ async fn cogroup_and_cartesian() {
 
 #[tokio::test]
 async fn sort_and_lookup() {
-    assert_eq!(two("SELECT k, v FROM left ORDER BY v DESC").await, vec!["('b', 3)", "('b', 2)", "('a', 1)"]);
-    assert_eq!(two("SELECT v FROM left WHERE k = 'b' ORDER BY v").await, vec!["2", "3"]);
+    assert_eq!(
+        two("SELECT k, v FROM left ORDER BY v DESC").await,
+        vec!["('b', 3)", "('b', 2)", "('a', 1)"]
+    );
+    assert_eq!(
+        two("SELECT v FROM left WHERE k = 'b' ORDER BY v").await,
+        vec!["2", "3"]
+    );
 }
 
 #[tokio::test]
@@ -239,7 +268,10 @@ sinks = ["out"]
     let first_bob = printed.iter().position(|r| r == "('d1', 'bob')").unwrap();
     assert!(first_bob > 0);
     assert!(printed[..first_bob].iter().all(|r| r == "('d1', 'alice')"));
-    assert!(printed[first_bob..].iter().all(|r| r == "('d1', 'bob')"), "no alice after the reload");
+    assert!(
+        printed[first_bob..].iter().all(|r| r == "('d1', 'bob')"),
+        "no alice after the reload"
+    );
 }
 
 #[tokio::test]

@@ -36,22 +36,31 @@ async fn window_holds_the_last_length_of_input_every_slide() {
 
 #[tokio::test]
 async fn count_by_window_and_reduce_by_window() {
-    assert_eq!(windowed("SELECT count(*) AS n FROM s").await, vec![vec!["1"], vec!["4"], vec!["2"]]);
-    assert_eq!(windowed("SELECT max(line) AS m FROM s").await, vec![vec!["a"], vec!["c"], vec!["c"]]);
+    assert_eq!(
+        windowed("SELECT count(*) AS n FROM s").await,
+        vec![vec!["1"], vec!["4"], vec!["2"]]
+    );
+    assert_eq!(
+        windowed("SELECT max(line) AS m FROM s").await,
+        vec![vec!["a"], vec!["c"], vec!["c"]]
+    );
 }
 
 #[tokio::test]
 async fn reduce_by_key_and_count_by_value_and_window() {
     assert_eq!(
         windowed("SELECT line, count(*) AS n FROM s GROUP BY line ORDER BY line").await,
-        vec![vec!["('a', 1)"], vec!["('a', 1)", "('b', 2)", "('c', 1)"], vec!["('a', 1)", "('c', 1)"]]
+        vec![
+            vec!["('a', 1)"],
+            vec!["('a', 1)", "('b', 2)", "('c', 1)"],
+            vec!["('a', 1)", "('c', 1)"]
+        ]
     );
 }
 
 #[tokio::test]
 async fn event_time_windows_close_at_the_watermark_and_late_rows_go_to_the_dead_letter_sink() {
-    let cfg = app(
-        r#"
+    let cfg = app(r#"
 [sources.events]
 type = "queue"
 format = "csv"
@@ -65,8 +74,7 @@ FROM events GROUP BY window_start ORDER BY window_start
 """
 event_time = { column = "ts", length = "10s", watermark = "5s", late = "dead_letter" }
 sinks = ["out"]
-"#,
-    );
+"#);
     let (out, summary) = run_toml(&cfg, 4).await;
     let b = blocks(&out);
     // b0: watermark 7s, nothing closes. b1: watermark 11s closes [0s, 10s); `e` (2s) is late.
@@ -83,8 +91,7 @@ sinks = ["out"]
 
 #[tokio::test]
 async fn sliding_event_time_windows_put_a_row_in_each_window_that_holds_it() {
-    let cfg = app(
-        r#"
+    let cfg = app(r#"
 [sources.events]
 type = "queue"
 format = "json"
@@ -95,8 +102,7 @@ batches = [['{"id":"x","ts":7000}'], ['{"id":"y","ts":30000}']]
 sql = "SELECT window_start, window_end, id FROM events ORDER BY window_start"
 event_time = { column = "ts", length = "10s", slide = "5s" }
 sinks = ["out"]
-"#,
-    );
+"#);
     let (out, _) = run_toml(&cfg, 2).await;
     assert_eq!(
         rows(&out),
@@ -151,7 +157,10 @@ sinks = ["out"]
 "#
     ));
     let (out, _) = run_toml(&cfg, 3).await;
-    assert_eq!(blocks(&out), vec![vec!["('a', 2)"], vec!["('b', 1)"], vec!["('b', 2)"]]);
+    assert_eq!(
+        blocks(&out),
+        vec![vec!["('a', 2)"], vec!["('b', 1)"], vec!["('b', 2)"]]
+    );
 }
 
 #[tokio::test]

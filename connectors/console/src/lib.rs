@@ -52,7 +52,12 @@ pub enum Target {
 pub struct ConsoleFactory;
 
 impl SinkFactory for ConsoleFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ConsoleConfig = sluice_core::options::parse(path, options)?;
         let out: Box<dyn Write + Send> = match cfg.target {
             Target::Stdout => Box::new(std::io::stdout()),
@@ -66,9 +71,17 @@ impl SinkFactory for ConsoleFactory {
 pub struct CaptureFactory(pub SharedBuffer);
 
 impl SinkFactory for CaptureFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ConsoleConfig = sluice_core::options::parse(path, options)?;
-        Ok(Box::new(ConsoleSink::new(cfg.num, Box::new(self.0.clone()))))
+        Ok(Box::new(ConsoleSink::new(
+            cfg.num,
+            Box::new(self.0.clone()),
+        )))
     }
 }
 
@@ -109,10 +122,17 @@ const RULE: &str = "-------------------------------------------";
 pub fn render(batch: &SinkBatch<'_>, num: usize) -> String {
     let mut s = String::new();
     let replay = if batch.replay { " (replay)" } else { "" };
-    s.push_str(&format!("{RULE}\nTime: {}{replay}\n{RULE}\n", batch.time.to_local_string()));
+    s.push_str(&format!(
+        "{RULE}\nTime: {}{replay}\n{RULE}\n",
+        batch.time.to_local_string()
+    ));
     let mut shown = 0;
     'outer: for b in batch.batches {
-        let cols: Vec<Vec<String>> = b.columns().iter().map(|c| column_values(c, b.num_columns() == 1)).collect();
+        let cols: Vec<Vec<String>> = b
+            .columns()
+            .iter()
+            .map(|c| column_values(c, b.num_columns() == 1))
+            .collect();
         for r in 0..b.num_rows() {
             if shown == num {
                 s.push_str("...\n");
@@ -170,15 +190,22 @@ fn column_values(c: &ArrayRef, bare: bool) -> Vec<String> {
             let f = cast(c, &DataType::Float64).expect("float cast");
             let f = f.as_primitive::<sluice_core::arrow::datatypes::Float64Type>();
             for i in 0..n {
-                out.push(if f.is_null(i) { "None".into() } else { py_float_repr(f.value(i)) });
+                out.push(if f.is_null(i) {
+                    "None".into()
+                } else {
+                    py_float_repr(f.value(i))
+                });
             }
         }
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
             let t = match c.data_type() {
-                DataType::Timestamp(_, _) => cast(c, &DataType::Timestamp(TimeUnit::Millisecond, None)).expect("ts cast"),
+                DataType::Timestamp(_, _) => {
+                    cast(c, &DataType::Timestamp(TimeUnit::Millisecond, None)).expect("ts cast")
+                }
                 _ => c.clone(),
             };
-            let opts = FormatOptions::default().with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.3f"));
+            let opts =
+                FormatOptions::default().with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.3f"));
             let f = ArrayFormatter::try_new(t.as_ref(), &opts).expect("formatter");
             for i in 0..n {
                 out.push(if t.is_null(i) {
@@ -203,7 +230,11 @@ fn column_values(c: &ArrayRef, bare: bool) -> Vec<String> {
 
 /// Python's `repr(str)`: single quotes unless the text has a `'` and no `"`.
 pub fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut r = String::with_capacity(s.len() + 2);
     r.push(quote);
     for ch in s.chars() {
@@ -216,7 +247,9 @@ pub fn py_str_repr(s: &str) -> String {
                 r.push('\\');
                 r.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => r.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                r.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => r.push(c),
         }
     }
@@ -277,7 +310,12 @@ pub struct BlackholeConfig {}
 pub struct BlackholeFactory(pub Arc<std::sync::atomic::AtomicU64>);
 
 impl SinkFactory for BlackholeFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
         let _: BlackholeConfig = sluice_core::options::parse(path, options)?;
         Ok(Box::new(Blackhole(self.0.clone())))
     }
@@ -288,7 +326,10 @@ struct Blackhole(Arc<std::sync::atomic::AtomicU64>);
 #[async_trait]
 impl Sink for Blackhole {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
-        self.0.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_add(
+            batch.num_rows() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
     fn idempotent(&self) -> bool {

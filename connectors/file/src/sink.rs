@@ -55,11 +55,20 @@ pub struct FileSinkConfig {
 pub struct FileSinkFactory;
 
 impl SinkFactory for FileSinkFactory {
-    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError> {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: FileSinkConfig = sluice_core::options::parse(path, options)?;
         let dir = cx.resolve(&cfg.path);
         if dir.exists() && !dir.is_dir() {
-            return Err(ConfigError::new(format!("{path}.path"), "a directory", format!("\"{}\", a file", cfg.path)));
+            return Err(ConfigError::new(
+                format!("{path}.path"),
+                "a directory",
+                format!("\"{}\", a file", cfg.path),
+            ));
         }
         Ok(Box::new(FileSink { cfg, dir }))
     }
@@ -78,8 +87,9 @@ fn encode(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> 
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-                .map_err(|e| Error::msg(e.to_string()))?;
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+                    .map_err(|e| Error::msg(e.to_string()))?;
             for b in batches {
                 w.write(b).map_err(|e| Error::msg(e.to_string()))?;
             }
@@ -92,7 +102,10 @@ fn encode(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("file in a folder");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_data()?;
@@ -103,7 +116,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 impl FileSink {
     /// Split rows by the partition columns' values.
-    fn partitions(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
+    fn partitions(
+        &self,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
         let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         if self.cfg.partition_by.is_empty() {
             parts.insert(String::new(), batches.to_vec());
@@ -113,17 +130,28 @@ impl FileSink {
             .cfg
             .partition_by
             .iter()
-            .map(|c| schema.index_of(c).map_err(|_| Error::msg(format!("partition column `{c}` is not in the job's output"))))
+            .map(|c| {
+                schema.index_of(c).map_err(|_| {
+                    Error::msg(format!("partition column `{c}` is not in the job's output"))
+                })
+            })
             .collect::<Result<_>>()?;
         for b in batches {
-            let cols = idx.iter().map(|&i| cast(b.column(i), &DataType::Utf8)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let cols = idx
+                .iter()
+                .map(|&i| cast(b.column(i), &DataType::Utf8))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let mut rows: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for r in 0..b.num_rows() {
                 let key = idx
                     .iter()
                     .zip(&cols)
                     .map(|(&i, c)| {
-                        let v = if c.is_null(r) { "__null__".to_string() } else { c.as_string::<i32>().value(r).replace('/', "%2F") };
+                        let v = if c.is_null(r) {
+                            "__null__".to_string()
+                        } else {
+                            c.as_string::<i32>().value(r).replace('/', "%2F")
+                        };
                         format!("{}={}", schema.field(i).name(), v)
                     })
                     .collect::<Vec<_>>()
@@ -131,7 +159,10 @@ impl FileSink {
                 rows.entry(key).or_default().push(r as u32);
             }
             for (k, r) in rows {
-                parts.entry(k).or_default().push(take_record_batch(b, &UInt32Array::from(r))?);
+                parts
+                    .entry(k)
+                    .or_default()
+                    .push(take_record_batch(b, &UInt32Array::from(r))?);
             }
         }
         Ok(parts)
@@ -144,10 +175,18 @@ impl Sink for FileSink {
         if batch.num_rows() == 0 && !self.cfg.write_empty {
             return Ok(());
         }
-        let prefix = self.cfg.prefix.clone().unwrap_or_else(|| batch.job.to_string());
+        let prefix = self
+            .cfg
+            .prefix
+            .clone()
+            .unwrap_or_else(|| batch.job.to_string());
         let name = format!("{prefix}-{}.{}", batch.time.millis(), self.cfg.format.ext());
         for (part, rows) in self.partitions(&batch.schema, batch.batches)? {
-            let dir = if part.is_empty() { self.dir.clone() } else { self.dir.join(part) };
+            let dir = if part.is_empty() {
+                self.dir.clone()
+            } else {
+                self.dir.join(part)
+            };
             let bytes = encode(self.cfg.format, &batch.schema, &rows)?;
             write_atomically(&dir.join(&name), &bytes)?;
         }

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
-    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Error, Guarantee, ReplayableSource, Result,
-    SourceFactory, SourceRuntime,
+    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Error, Guarantee,
+    ReplayableSource, Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::collections::HashSet;
@@ -44,18 +44,33 @@ pub struct FileSourceConfig {
 pub struct FileSourceFactory;
 
 impl SourceFactory for FileSourceFactory {
-    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
         let cfg: FileSourceConfig = sluice_core::options::parse(path, options)?;
         let name = path.rsplit('.').next().unwrap_or(path);
         let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.max_files_per_batch == Some(0) {
-            return Err(ConfigError::new(format!("{path}.max_files_per_batch"), "at least 1", "0"));
+            return Err(ConfigError::new(
+                format!("{path}.max_files_per_batch"),
+                "at least 1",
+                "0",
+            ));
         }
         let dir = cx.resolve(&cfg.path);
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Replayable,
-            runtime: SourceRuntime::Replayable(Box::new(FileSource { cfg, dir, decoder, seen: HashSet::new(), started: false })),
+            runtime: SourceRuntime::Replayable(Box::new(FileSource {
+                cfg,
+                dir,
+                decoder,
+                seen: HashSet::new(),
+                started: false,
+            })),
         })
     }
 }
@@ -74,7 +89,12 @@ impl FileSource {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
-            Err(e) => return Err(Error::msg(format!("cannot list {}: {e}", self.dir.display()))),
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "cannot list {}: {e}",
+                    self.dir.display()
+                )))
+            }
         };
         for e in entries {
             let e = e?;
@@ -82,7 +102,12 @@ impl FileSource {
             if name.starts_with('.') || name.starts_with('_') {
                 continue;
             }
-            if self.cfg.suffix.as_ref().is_some_and(|s| !name.ends_with(s.as_str())) {
+            if self
+                .cfg
+                .suffix
+                .as_ref()
+                .is_some_and(|s| !name.ends_with(s.as_str()))
+            {
                 continue;
             }
             let meta = e.metadata()?;
@@ -98,7 +123,11 @@ impl FileSource {
 
 #[async_trait]
 impl ReplayableSource for FileSource {
-    async fn plan(&mut self, _time: BatchTime, _max_records: Option<u64>) -> Result<serde_json::Value> {
+    async fn plan(
+        &mut self,
+        _time: BatchTime,
+        _max_records: Option<u64>,
+    ) -> Result<serde_json::Value> {
         let files = self.list()?;
         if !self.started {
             self.started = true;
@@ -107,7 +136,11 @@ impl ReplayableSource for FileSource {
                 return Ok(serde_json::json!({ "files": [] }));
             }
         }
-        let mut new: Vec<String> = files.into_iter().map(|(_, n)| n).filter(|n| !self.seen.contains(n)).collect();
+        let mut new: Vec<String> = files
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| !self.seen.contains(n))
+            .collect();
         if let Some(m) = self.cfg.max_files_per_batch {
             new.truncate(m);
         }
@@ -115,13 +148,19 @@ impl ReplayableSource for FileSource {
         Ok(serde_json::json!({ "files": new }))
     }
 
-    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+    async fn read(
+        &mut self,
+        range: &serde_json::Value,
+        dead: &DeadLetters,
+    ) -> Result<Vec<RecordBatch>> {
         let files: Vec<String> = serde_json::from_value(range["files"].clone())
             .map_err(|e| Error::msg(format!("bad file range: {e}")))?;
         let mut out = Vec::new();
         for f in files {
             let p = self.dir.join(&f);
-            let text = tokio::fs::read(&p).await.map_err(|e| Error::msg(format!("cannot read {}: {e}", p.display())))?;
+            let text = tokio::fs::read(&p)
+                .await
+                .map_err(|e| Error::msg(format!("cannot read {}: {e}", p.display())))?;
             let text = String::from_utf8_lossy(&text);
             let mut lines: Vec<&str> = text.lines().collect();
             if self.cfg.header && self.decoder.format() == Format::Csv && !lines.is_empty() {

@@ -6,8 +6,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use sluice_core::time::now_ms;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, Guarantee, Receiver, ReceiverStatus, Result, SourceFactory,
-    SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, ConfigError, Guarantee, Receiver, ReceiverStatus,
+    Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::sync::Arc;
@@ -88,16 +88,33 @@ fn default_words() -> u32 {
 pub struct GeneratorFactory;
 
 impl SourceFactory for GeneratorFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
         let cfg: GeneratorConfig = sluice_core::options::parse(path, options)?;
         if cfg.rate == 0 {
-            return Err(ConfigError::new(format!("{path}.rate"), "records per second, at least 1", "0"));
+            return Err(ConfigError::new(
+                format!("{path}.rate"),
+                "records per second, at least 1",
+                "0",
+            ));
         }
         if cfg.devices == 0 || cfg.sites == 0 || cfg.vocabulary == 0 {
-            return Err(ConfigError::new(path, "devices, sites and vocabulary of at least 1", "0"));
+            return Err(ConfigError::new(
+                path,
+                "devices, sites and vocabulary of at least 1",
+                "0",
+            ));
         }
         if !(0.0..=1.0).contains(&cfg.anomaly_rate) {
-            return Err(ConfigError::new(format!("{path}.anomaly_rate"), "a fraction from 0 to 1", cfg.anomaly_rate.to_string()));
+            return Err(ConfigError::new(
+                format!("{path}.anomaly_rate"),
+                "a fraction from 0 to 1",
+                cfg.anomaly_rate.to_string(),
+            ));
         }
         let name = path.rsplit('.').next().unwrap_or(path);
         let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), None)?;
@@ -125,7 +142,9 @@ impl Workload {
             (0..cfg.vocabulary)
                 .map(|i| {
                     let len = r.random_range(3..9);
-                    let stem: String = (0..len).map(|_| (b'a' + r.random_range(0..26)) as char).collect();
+                    let stem: String = (0..len)
+                        .map(|_| (b'a' + r.random_range(0..26)) as char)
+                        .collect();
                     format!("{stem}{i}")
                 })
                 .collect()
@@ -170,7 +189,14 @@ impl Workload {
                 );
             }
             Kind::Weblog => {
-                const PATHS: [&str; 6] = ["/", "/index.html", "/api/orders", "/api/users", "/static/app.js", "/login"];
+                const PATHS: [&str; 6] = [
+                    "/",
+                    "/index.html",
+                    "/api/orders",
+                    "/api/users",
+                    "/static/app.js",
+                    "/login",
+                ];
                 const CODES: [u16; 6] = [200, 200, 200, 304, 404, 500];
                 let host = self.rng.random_range(1..255);
                 let p = PATHS[self.rng.random_range(0..PATHS.len())];

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
-    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Guarantee, ReplayableSource, Result, SourceFactory,
-    SourceRuntime,
+    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Guarantee, ReplayableSource,
+    Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 
@@ -28,14 +28,23 @@ pub struct QueueConfig {
 pub struct QueueFactory;
 
 impl SourceFactory for QueueFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
         let cfg: QueueConfig = sluice_core::options::parse(path, options)?;
         let name = path.rsplit('.').next().unwrap_or(path);
         let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), None)?;
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Replayable,
-            runtime: SourceRuntime::Replayable(Box::new(Queue { cfg, decoder, next: 0 })),
+            runtime: SourceRuntime::Replayable(Box::new(Queue {
+                cfg,
+                decoder,
+                next: 0,
+            })),
         })
     }
 }
@@ -54,7 +63,11 @@ impl ReplayableSource for Queue {
         Ok(serde_json::json!({ "index": i }))
     }
 
-    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+    async fn read(
+        &mut self,
+        range: &serde_json::Value,
+        dead: &DeadLetters,
+    ) -> Result<Vec<RecordBatch>> {
         let i = range["index"].as_u64().unwrap_or(u64::MAX) as usize;
         let n = self.cfg.batches.len();
         let records = match (self.cfg.batches.get(i), self.cfg.repeat && n > 0) {
@@ -64,6 +77,10 @@ impl ReplayableSource for Queue {
         };
         let (batch, bad) = self.decoder.decode(records);
         dead.extend(bad);
-        Ok(if batch.num_rows() > 0 { vec![batch] } else { Vec::new() })
+        Ok(if batch.num_rows() > 0 {
+            vec![batch]
+        } else {
+            Vec::new()
+        })
     }
 }

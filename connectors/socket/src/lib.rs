@@ -12,8 +12,8 @@ use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::time::serde_duration;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Guarantee, Receiver, ReceiverStatus, Result,
-    SourceFactory, SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Guarantee, Receiver,
+    ReceiverStatus, Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::sync::Arc;
@@ -45,13 +45,22 @@ pub struct SocketSourceConfig {
     #[serde(default = "default_block_lines")]
     pub block_lines: usize,
     /// ... or this much time, whichever comes first (default 100ms; Spark's blockInterval is 200ms).
-    #[serde(default = "default_block_interval", deserialize_with = "serde_duration::deserialize")]
+    #[serde(
+        default = "default_block_interval",
+        deserialize_with = "serde_duration::deserialize"
+    )]
     pub block_interval: Duration,
     /// First reconnect delay (default 100ms); doubles up to `retry_max`.
-    #[serde(default = "default_retry_initial", deserialize_with = "serde_duration::deserialize")]
+    #[serde(
+        default = "default_retry_initial",
+        deserialize_with = "serde_duration::deserialize"
+    )]
     pub retry_initial: Duration,
     /// Longest reconnect delay (default 5s).
-    #[serde(default = "default_retry_max", deserialize_with = "serde_duration::deserialize")]
+    #[serde(
+        default = "default_retry_max",
+        deserialize_with = "serde_duration::deserialize"
+    )]
     pub retry_max: Duration,
 }
 
@@ -74,17 +83,30 @@ fn default_retry_max() -> Duration {
 pub struct SocketSourceFactory;
 
 impl SourceFactory for SocketSourceFactory {
-    fn build(&self, _cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError> {
+    fn build(
+        &self,
+        _cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
         let cfg: SocketSourceConfig = sluice_core::options::parse(path, options)?;
         let name = path.rsplit('.').next().unwrap_or(path);
         let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.block_lines == 0 {
-            return Err(ConfigError::new(format!("{path}.block_lines"), "at least 1", "0"));
+            return Err(ConfigError::new(
+                format!("{path}.block_lines"),
+                "at least 1",
+                "0",
+            ));
         }
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Unacknowledged,
-            runtime: SourceRuntime::Receiver(Box::new(SocketReceiver { cfg, decoder, name: name.to_string() })),
+            runtime: SourceRuntime::Receiver(Box::new(SocketReceiver {
+                cfg,
+                decoder,
+                name: name.to_string(),
+            })),
         })
     }
 }
@@ -128,7 +150,10 @@ impl SocketReceiver {
                 }
                 Err(e) => {
                     attempt += 1;
-                    out.set_status(ReceiverStatus::Retrying { attempt, error: format!("{addr}: {e}") });
+                    out.set_status(ReceiverStatus::Retrying {
+                        attempt,
+                        error: format!("{addr}: {e}"),
+                    });
                     let delay = backoff.next().unwrap_or(self.cfg.retry_max);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -149,7 +174,13 @@ impl SocketReceiver {
             }
             start = nl + 1;
             if line.len() > self.cfg.max_line_bytes {
-                out.dead_letters().push(self.dead(format!("line longer than max_line_bytes ({})", self.cfg.max_line_bytes), line));
+                out.dead_letters().push(self.dead(
+                    format!(
+                        "line longer than max_line_bytes ({})",
+                        self.cfg.max_line_bytes
+                    ),
+                    line,
+                ));
                 continue;
             }
             match std::str::from_utf8(line) {
@@ -157,7 +188,9 @@ impl SocketReceiver {
                     pending.text.extend_from_slice(line);
                     pending.offsets.push(pending.text.len());
                 }
-                Err(_) => out.dead_letters().push(self.dead("line is not valid UTF-8".into(), line)),
+                Err(_) => out
+                    .dead_letters()
+                    .push(self.dead("line is not valid UTF-8".into(), line)),
             }
         }
         if pending.started.is_none() && pending.len() > 0 {
@@ -168,7 +201,11 @@ impl SocketReceiver {
 
     fn dead(&self, reason: String, line: &[u8]) -> DeadLetter {
         let shown = &line[..line.len().min(4096)];
-        DeadLetter { origin: self.name.clone(), reason, payload: String::from_utf8_lossy(shown).into_owned() }
+        DeadLetter {
+            origin: self.name.clone(),
+            reason,
+            payload: String::from_utf8_lossy(shown).into_owned(),
+        }
     }
 
     fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> RecordBatch {
@@ -193,7 +230,11 @@ impl Receiver for SocketReceiver {
     async fn run(self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         let mut filled = 0;
-        let mut pending = Pending { text: Vec::new(), offsets: Vec::new(), started: None };
+        let mut pending = Pending {
+            text: Vec::new(),
+            offsets: Vec::new(),
+            started: None,
+        };
         'connections: while let Some(mut stream) = self.connect(&out).await {
             loop {
                 let flush_in = pending
@@ -208,7 +249,10 @@ impl Receiver for SocketReceiver {
                 match read {
                     None => {}
                     Some(Ok(0)) => {
-                        out.set_status(ReceiverStatus::Retrying { attempt: 0, error: "connection closed by peer".into() });
+                        out.set_status(ReceiverStatus::Retrying {
+                            attempt: 0,
+                            error: "connection closed by peer".into(),
+                        });
                         if pending.len() > 0 {
                             let b = self.block(&mut pending, &out);
                             out.store(b).await?;
@@ -223,16 +267,22 @@ impl Receiver for SocketReceiver {
                         if filled == buf.len() {
                             // A line longer than the buffer: drop it whole.
                             let line = buf[..filled.min(4096)].to_vec();
-                            out.dead_letters().push(self.dead("line longer than the read buffer".into(), &line));
+                            out.dead_letters()
+                                .push(self.dead("line longer than the read buffer".into(), &line));
                             filled = 0;
                         }
                     }
                     Some(Err(e)) => {
-                        out.set_status(ReceiverStatus::Retrying { attempt: 0, error: e.to_string() });
+                        out.set_status(ReceiverStatus::Retrying {
+                            attempt: 0,
+                            error: e.to_string(),
+                        });
                         continue 'connections;
                     }
                 }
-                let due = pending.started.is_some_and(|s| s.elapsed() >= self.cfg.block_interval);
+                let due = pending
+                    .started
+                    .is_some_and(|s| s.elapsed() >= self.cfg.block_interval);
                 if pending.len() >= self.cfg.block_lines || (due && pending.len() > 0) {
                     let b = self.block(&mut pending, &out);
                     out.store(b).await?;

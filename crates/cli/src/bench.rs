@@ -18,7 +18,11 @@ pub enum Which {
     /// Socket word count: the highest rate at which 1-second batches keep up.
     Wordcount {
         /// Rates to try, in lines per second.
-        #[arg(long, value_delimiter = ',', default_value = "250000,500000,1000000,1500000,2000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "250000,500000,1000000,1500000,2000000"
+        )]
         rates: Vec<u64>,
         /// Seconds per rate.
         #[arg(long, default_value_t = 8)]
@@ -39,7 +43,12 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
                 let r = wordcount_at(rate, seconds).await?;
                 println!(
                     "{rate},{},{:.1},{:.1},{},{},{:.0}",
-                    r.batches, r.max_ms, r.median_ms, r.sustained, r.lines, peak_rss_mb()
+                    r.batches,
+                    r.max_ms,
+                    r.median_ms,
+                    r.sustained,
+                    r.lines,
+                    peak_rss_mb()
                 );
             }
             Ok(())
@@ -47,7 +56,11 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;
-            let opts = RunOptions { max_batches: Some(batches), manual_clock: Some(sluice_core::BatchTime(0)), ..Default::default() };
+            let opts = RunOptions {
+                max_batches: Some(batches),
+                manual_clock: Some(sluice_core::BatchTime(0)),
+                ..Default::default()
+            };
             let started = Instant::now();
             let s = p.run(opts).await?;
             let mut times: Vec<f64> = s.processing.iter().map(|d| d.as_secs_f64() * 1e3).collect();
@@ -77,7 +90,10 @@ sinks = ["out"]
 [sinks.out]
 type = "blackhole"
 "#,
-        source.trim_start_matches("{ ").trim_end_matches(" }").replace(", ", "\n")
+        source
+            .trim_start_matches("{ ")
+            .trim_end_matches(" }")
+            .replace(", ", "\n")
     )
 }
 
@@ -86,7 +102,9 @@ async fn build(config: &str) -> anyhow::Result<sluice_engine::Pipeline> {
     let path = std::path::Path::new("<bench>");
     let cfg = sluice_config::load_str(config, config::FileFormat::Toml, path, &reg)
         .map_err(|d| anyhow::anyhow!("{}", d[0]))?;
-    crate::build(cfg, path, &reg).await.map_err(|d| anyhow::anyhow!("{}", d[0]))
+    crate::build(cfg, path, &reg)
+        .await
+        .map_err(|d| anyhow::anyhow!("{}", d[0]))
 }
 
 struct RateResult {
@@ -146,10 +164,16 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
             Ok(())
         })
     };
-    let config = wordcount_config(&format!("{{ type = \"socket\", host = \"127.0.0.1\", port = {port} }}"));
+    let config = wordcount_config(&format!(
+        "{{ type = \"socket\", host = \"127.0.0.1\", port = {port} }}"
+    ));
     let p = build(&config).await?;
     let shutdown = Shutdown::default();
-    let opts = RunOptions { duration: Some(Duration::from_secs(seconds + 1)), shutdown, ..Default::default() };
+    let opts = RunOptions {
+        duration: Some(Duration::from_secs(seconds + 1)),
+        shutdown,
+        ..Default::default()
+    };
     let summary = p.run(opts).await?;
     done.store(true, Ordering::Relaxed);
     let _ = feeder.join();
@@ -170,7 +194,9 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
         batches: steady.len(),
         max_ms,
         median_ms,
-        sustained: !steady.is_empty() && max_ms < 1000.0 && summary.input_records + rate >= lines_expected,
+        sustained: !steady.is_empty()
+            && max_ms < 1000.0
+            && summary.input_records + rate >= lines_expected,
         lines: summary.input_records,
     })
 }
@@ -179,8 +205,16 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }

@@ -49,7 +49,10 @@ impl StreamingContext {
     pub fn new(app_name: &str, batch_interval: Duration) -> Self {
         let mut app = Map::new();
         app.insert("name".into(), json!(app_name));
-        app.insert("batch_interval".into(), json!(format!("{}ms", batch_interval.as_millis())));
+        app.insert(
+            "batch_interval".into(),
+            json!(format!("{}ms", batch_interval.as_millis())),
+        );
         StreamingContext {
             inner: Arc::new(Mutex::new(Inner {
                 app,
@@ -73,8 +76,15 @@ impl StreamingContext {
     pub fn source(&self, ty: &str, mut options: Value) -> DStream {
         let name = self.fresh("source");
         options["type"] = json!(ty);
-        self.inner.lock().unwrap().sources.insert(name.clone(), options);
-        DStream { ctx: self.clone(), name }
+        self.inner
+            .lock()
+            .unwrap()
+            .sources
+            .insert(name.clone(), options);
+        DStream {
+            ctx: self.clone(),
+            name,
+        }
     }
 
     /// Text lines from a TCP server (Spark's `socketTextStream`); one `line` column.
@@ -116,11 +126,22 @@ impl StreamingContext {
             (raw, i.options.clone())
         };
         let reg = registry();
-        let config = sluice_config::from_value(raw, &reg)
-            .map_err(|e| anyhow!(e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+        let config = sluice_config::from_value(raw, &reg).map_err(|e| {
+            anyhow!(e
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })?;
         let pipeline = crate::build(config, std::path::Path::new("<StreamingContext>"), &reg)
             .await
-            .map_err(|e| anyhow!(e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+            .map_err(|e| {
+                anyhow!(e
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            })?;
         let handle = tokio::spawn(pipeline.run(options));
         self.inner.lock().unwrap().running = Some(handle);
         Ok(())
@@ -128,7 +149,13 @@ impl StreamingContext {
 
     /// Wait until the pipeline stops (its shutdown handle, batch limit, or an error).
     pub async fn await_termination(&self) -> anyhow::Result<RunSummary> {
-        let h = self.inner.lock().unwrap().running.take().context("the context was not started")?;
+        let h = self
+            .inner
+            .lock()
+            .unwrap()
+            .running
+            .take()
+            .context("the context was not started")?;
         Ok(h.await.context("the pipeline task failed")??)
     }
 }
@@ -147,18 +174,34 @@ impl DStream {
                 job[k] = v;
             }
         }
-        self.ctx.inner.lock().unwrap().jobs.insert(name.clone(), job);
-        DStream { ctx: self.ctx.clone(), name }
+        self.ctx
+            .inner
+            .lock()
+            .unwrap()
+            .jobs
+            .insert(name.clone(), job);
+        DStream {
+            ctx: self.ctx.clone(),
+            name,
+        }
     }
 
     /// Any query over this stream, read as `{}` (Spark's `transform`).
     pub fn transform(&self, sql_with_placeholder: &str) -> DStream {
-        self.job("transform", sql_with_placeholder.replace("{}", &self.name), json!({}))
+        self.job(
+            "transform",
+            sql_with_placeholder.replace("{}", &self.name),
+            json!({}),
+        )
     }
 
     /// `SELECT <columns> FROM this` (Spark's `map`).
     pub fn map(&self, columns: &str) -> DStream {
-        self.job("map", format!("SELECT {columns} FROM {}", self.name), json!({}))
+        self.job(
+            "map",
+            format!("SELECT {columns} FROM {}", self.name),
+            json!({}),
+        )
     }
 
     /// `SELECT <expression producing many rows, e.g. unnest(...)> FROM this` (Spark's `flatMap`).
@@ -168,17 +211,32 @@ impl DStream {
 
     /// `SELECT * FROM this WHERE <predicate>` (Spark's `filter`).
     pub fn filter(&self, predicate: &str) -> DStream {
-        self.job("filter", format!("SELECT * FROM {} WHERE {predicate}", self.name), json!({}))
+        self.job(
+            "filter",
+            format!("SELECT * FROM {} WHERE {predicate}", self.name),
+            json!({}),
+        )
     }
 
     /// `SELECT key, <aggregate> FROM this GROUP BY key` (Spark's `reduceByKey`).
     pub fn reduce_by_key(&self, key: &str, aggregate: &str) -> DStream {
-        self.job("reduce", format!("SELECT {key}, {aggregate} FROM {} GROUP BY {key}", self.name), json!({}))
+        self.job(
+            "reduce",
+            format!(
+                "SELECT {key}, {aggregate} FROM {} GROUP BY {key}",
+                self.name
+            ),
+            json!({}),
+        )
     }
 
     /// `SELECT count(*) FROM this` (Spark's `count`).
     pub fn count(&self) -> DStream {
-        self.job("count", format!("SELECT count(*) AS count FROM {}", self.name), json!({}))
+        self.job(
+            "count",
+            format!("SELECT count(*) AS count FROM {}", self.name),
+            json!({}),
+        )
     }
 
     /// The same stream over a sliding window (Spark's `window`).
@@ -206,10 +264,16 @@ impl DStream {
             // A source printed directly: pass it through a job.
             let passthrough = self.map("*");
             let mut i = self.ctx.inner.lock().unwrap();
-            i.jobs[&passthrough.name]["sinks"].as_array_mut().unwrap().push(json!(sink));
+            i.jobs[&passthrough.name]["sinks"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(sink));
             return self;
         }
-        i.jobs[&self.name]["sinks"].as_array_mut().unwrap().push(json!(sink));
+        i.jobs[&self.name]["sinks"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!(sink));
         self
     }
 }

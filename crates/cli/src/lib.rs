@@ -20,7 +20,10 @@ pub fn registry() -> Registry {
         .register_source("queue", sluice_generator::QueueFactory)
         .register_sink("console", sluice_console::ConsoleFactory)
         .register_sink("file", sluice_file::FileSinkFactory)
-        .register_sink("blackhole", sluice_console::BlackholeFactory(Default::default()));
+        .register_sink(
+            "blackhole",
+            sluice_console::BlackholeFactory(Default::default()),
+        );
     r
 }
 
@@ -32,9 +35,18 @@ pub async fn load(path: &Path, registry: &Registry) -> Result<Pipeline, Vec<Diag
 }
 
 /// Build a checked config; errors are attributed to `path`.
-pub async fn build(config: AppConfig, path: &Path, registry: &Registry) -> Result<Pipeline, Vec<Diagnostic>> {
+pub async fn build(
+    config: AppConfig,
+    path: &Path,
+    registry: &Registry,
+) -> Result<Pipeline, Vec<Diagnostic>> {
     let base = std::env::current_dir().unwrap_or_default();
-    Pipeline::build(config, registry, base)
-        .await
-        .map_err(|e| e.0.into_iter().map(|kind| Diagnostic { file: path.to_path_buf(), kind }).collect())
+    Pipeline::build(config, registry, base).await.map_err(|e| {
+        e.0.into_iter()
+            .map(|kind| Diagnostic {
+                file: path.to_path_buf(),
+                kind,
+            })
+            .collect()
+    })
 }

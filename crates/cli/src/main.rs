@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A streaming integration gateway: micro-batches and SQL jobs from a config file")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A streaming integration gateway: micro-batches and SQL jobs from a config file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,8 @@ enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    sluice_core::time::parse_duration(s).map_err(|e| format!("expected a duration such as 500ms, 10s or 5m: {e}"))
+    sluice_core::time::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 500ms, 10s or 5m: {e}"))
 }
 
 fn report(diags: &[sluice::Diagnostic]) -> ExitCode {
@@ -61,7 +66,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async move {
         let reg = registry();
         match cli.command {
@@ -80,14 +88,23 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
             },
-            Command::Run { config, duration, batches } => {
+            Command::Run {
+                config,
+                duration,
+                batches,
+            } => {
                 let pipeline = match sluice::load(&config, &reg).await {
                     Err(d) => return report(&d),
                     Ok(p) => p,
                 };
                 let shutdown = Shutdown::default();
                 spawn_signal_handler(shutdown.clone());
-                let opts = RunOptions { duration, max_batches: batches, manual_clock: None, shutdown };
+                let opts = RunOptions {
+                    duration,
+                    max_batches: batches,
+                    manual_clock: None,
+                    shutdown,
+                };
                 match pipeline.run(opts).await {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -110,7 +127,8 @@ fn main() -> ExitCode {
 /// Ctrl-C and SIGTERM ask for a graceful stop; a second one exits at once.
 fn spawn_signal_handler(shutdown: Shutdown) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         for i in 0.. {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

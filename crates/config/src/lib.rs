@@ -39,7 +39,10 @@ impl fmt::Display for Diagnostic {
             DiagnosticKind::Syntax(m) => write!(f, "{file}: {m}"),
             DiagnosticKind::Key(e) => write!(f, "{file}: {e}"),
             DiagnosticKind::Sql { job, message } => {
-                write!(f, "{file}: key `jobs.{job}.sql`: the SQL of job `{job}` does not plan: {message}")
+                write!(
+                    f,
+                    "{file}: key `jobs.{job}.sql`: the SQL of job `{job}` does not plan: {message}"
+                )
             }
         }
     }
@@ -50,18 +53,26 @@ impl std::error::Error for Diagnostic {}
 /// Read a config file (`.toml`, `.yaml` or `.yml`) with `SLUICE__` environment overrides
 /// (`SLUICE__SOURCES__LINES__PORT=9999` sets `sources.lines.port`) and check its structure.
 pub fn load(path: &Path, registry: &Registry) -> Result<AppConfig, Vec<Diagnostic>> {
-    let syntax = |m: String| vec![Diagnostic { file: path.to_path_buf(), kind: DiagnosticKind::Syntax(m) }];
+    let syntax = |m: String| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            kind: DiagnosticKind::Syntax(m),
+        }]
+    };
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => config::FileFormat::Toml,
         Some("yaml") | Some("yml") => config::FileFormat::Yaml,
         other => {
             return Err(syntax(format!(
                 "expected a .toml, .yaml or .yml file, found {}",
-                other.map(|e| format!("a .{e} file")).unwrap_or_else(|| "no extension".into())
+                other
+                    .map(|e| format!("a .{e} file"))
+                    .unwrap_or_else(|| "no extension".into())
             )))
         }
     };
-    let text = std::fs::read_to_string(path).map_err(|e| syntax(format!("cannot read the file: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| syntax(format!("cannot read the file: {e}")))?;
     load_str(&text, format, path, registry)
 }
 
@@ -72,17 +83,33 @@ pub fn load_str(
     path: &Path,
     registry: &Registry,
 ) -> Result<AppConfig, Vec<Diagnostic>> {
-    let syntax = |m: String| vec![Diagnostic { file: path.to_path_buf(), kind: DiagnosticKind::Syntax(m) }];
+    let syntax = |m: String| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            kind: DiagnosticKind::Syntax(m),
+        }]
+    };
     let cfg = config::Config::builder()
         .add_source(config::File::from_str(text, format))
         .add_source(
-            config::Environment::with_prefix("SLUICE").prefix_separator("__").separator("__").try_parsing(true),
+            config::Environment::with_prefix("SLUICE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
         )
         .build()
         .map_err(|e| syntax(format!("the file does not parse: {e}")))?;
-    let raw: Value = cfg.try_deserialize().map_err(|e| syntax(format!("the file does not parse: {e}")))?;
-    from_value(raw, registry)
-        .map_err(|errs| errs.into_iter().map(|e| Diagnostic { file: path.to_path_buf(), kind: DiagnosticKind::Key(e) }).collect())
+    let raw: Value = cfg
+        .try_deserialize()
+        .map_err(|e| syntax(format!("the file does not parse: {e}")))?;
+    from_value(raw, registry).map_err(|errs| {
+        errs.into_iter()
+            .map(|e| Diagnostic {
+                file: path.to_path_buf(),
+                kind: DiagnosticKind::Key(e),
+            })
+            .collect()
+    })
 }
 
 /// Check a raw config tree and build the typed model.
@@ -91,12 +118,21 @@ pub fn from_value(raw: Value, registry: &Registry) -> Result<AppConfig, Vec<Conf
     let mut errors = Vec::new();
     let app = file.app;
     if app.batch_interval.is_zero() {
-        errors.push(ConfigError::new("app.batch_interval", "a duration greater than zero", "\"0s\""));
+        errors.push(ConfigError::new(
+            "app.batch_interval",
+            "a duration greater than zero",
+            "\"0s\"",
+        ));
     }
     let mut names: Vec<(String, &'static str)> = Vec::new();
     let mut check_name = |section: &'static str, name: &str, errors: &mut Vec<ConfigError>| {
-        let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !ok {
             errors.push(ConfigError::new(
                 format!("{section}.{name}"),
@@ -150,40 +186,90 @@ pub fn from_value(raw: Value, registry: &Registry) -> Result<AppConfig, Vec<Conf
         }
     }
     if jobs.is_empty() {
-        errors.push(ConfigError::new("jobs", "at least one job (a [jobs.NAME] table with `sql`)", "none"));
+        errors.push(ConfigError::new(
+            "jobs",
+            "at least one job (a [jobs.NAME] table with `sql`)",
+            "none",
+        ));
     }
     if errors.is_empty() {
-        Ok(AppConfig { app, sources, tables, jobs, sinks })
+        Ok(AppConfig {
+            app,
+            sources,
+            tables,
+            jobs,
+            sinks,
+        })
     } else {
         Err(errors)
     }
 }
 
-fn component(section: &str, name: &str, v: Value, known: &[String]) -> Result<Component, ConfigError> {
+fn component(
+    section: &str,
+    name: &str,
+    v: Value,
+    known: &[String],
+) -> Result<Component, ConfigError> {
     let path = format!("{section}.{name}");
     let Value::Object(mut map) = v else {
-        return Err(ConfigError::new(path, "a table with a `type` key", describe(&v)));
+        return Err(ConfigError::new(
+            path,
+            "a table with a `type` key",
+            describe(&v),
+        ));
     };
-    let kinds = known.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+    let kinds = known
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let ty = match map.shift_remove("type") {
         Some(Value::String(s)) => s,
-        Some(other) => return Err(ConfigError::new(format!("{path}.type"), format!("one of {kinds}"), describe(&other))),
-        None => return Err(ConfigError::new(format!("{path}.type"), format!("one of {kinds}"), "nothing")),
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("one of {kinds}"),
+                describe(&other),
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("one of {kinds}"),
+                "nothing",
+            ))
+        }
     };
     if !known.contains(&ty) {
-        let e = ConfigError::new(format!("{path}.type"), format!("one of {kinds}"), format!("\"{ty}\""));
+        let e = ConfigError::new(
+            format!("{path}.type"),
+            format!("one of {kinds}"),
+            format!("\"{ty}\""),
+        );
         return Err(match suggest(&ty, known) {
             Some(s) => e.with_hint(format!("did you mean \"{s}\"?")),
             None => e,
         });
     }
-    Ok(Component { name: name.to_string(), kind: ty, options: Value::Object(map) })
+    Ok(Component {
+        name: name.to_string(),
+        kind: ty,
+        options: Value::Object(map),
+    })
 }
 
 fn unknown_ref(path: &str, what: &str, name: &str, known: &[String]) -> ConfigError {
     let e = ConfigError::new(
         path,
-        format!("the name of a {what} defined in this file ({})", if known.is_empty() { "none is".into() } else { known.join(", ") }),
+        format!(
+            "the name of a {what} defined in this file ({})",
+            if known.is_empty() {
+                "none is".into()
+            } else {
+                known.join(", ")
+            }
+        ),
         format!("\"{name}\""),
     );
     match suggest(name, known) {
@@ -196,7 +282,11 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
     let mut errors = Vec::new();
     let path = format!("jobs.{name}");
     if j.sql.trim().is_empty() {
-        errors.push(ConfigError::new(format!("{path}.sql"), "a SQL query", "an empty string"));
+        errors.push(ConfigError::new(
+            format!("{path}.sql"),
+            "a SQL query",
+            "an empty string",
+        ));
     }
     for (i, s) in j.sinks.iter().enumerate() {
         if !sinks.contains(s) {
@@ -204,7 +294,9 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
         }
     }
     let bi = app.batch_interval;
-    let multiple = |d: std::time::Duration| !bi.is_zero() && d.as_millis() % bi.as_millis() == 0 && !d.is_zero();
+    let multiple = |d: std::time::Duration| {
+        !bi.is_zero() && d.as_millis().is_multiple_of(bi.as_millis()) && !d.is_zero()
+    };
     let fmt = sluice_core::time::format_duration;
     if let Some(w) = &j.window {
         if !multiple(w.length) {
@@ -224,7 +316,10 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
         } else if slide > w.length {
             errors.push(ConfigError::new(
                 format!("{path}.window.slide"),
-                format!("a slide no longer than the window length ({})", fmt(w.length)),
+                format!(
+                    "a slide no longer than the window length ({})",
+                    fmt(w.length)
+                ),
                 format!("\"{}\"", fmt(slide)),
             ));
         }
@@ -238,34 +333,54 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
     }
     if let Some(e) = &j.event_time {
         if e.length.is_zero() {
-            errors.push(ConfigError::new(format!("{path}.event_time.length"), "a duration greater than zero", "\"0s\""));
+            errors.push(ConfigError::new(
+                format!("{path}.event_time.length"),
+                "a duration greater than zero",
+                "\"0s\"",
+            ));
         }
         if let Some(s) = e.slide {
-            if s.is_zero() || s > e.length || e.length.as_millis() % s.as_millis() != 0 {
+            if s.is_zero() || s > e.length || !e.length.as_millis().is_multiple_of(s.as_millis()) {
                 errors.push(ConfigError::new(
                     format!("{path}.event_time.slide"),
-                    format!("a duration that divides the window length ({})", fmt(e.length)),
+                    format!(
+                        "a duration that divides the window length ({})",
+                        fmt(e.length)
+                    ),
                     format!("\"{}\"", fmt(s)),
                 ));
             }
         }
         if e.late == LateRecords::DeadLetter && app.dead_letter.is_none() {
             errors.push(
-                ConfigError::new(format!("{path}.event_time.late"), "\"drop\" when the app has no dead-letter sink", "\"dead_letter\"")
-                    .with_hint("set app.dead_letter to a sink name, or late = \"drop\""),
+                ConfigError::new(
+                    format!("{path}.event_time.late"),
+                    "\"drop\" when the app has no dead-letter sink",
+                    "\"dead_letter\"",
+                )
+                .with_hint("set app.dead_letter to a sink name, or late = \"drop\""),
             );
         }
     }
     if let Some(s) = &j.state {
         match sluice_core::schema::parse_schema(&s.schema) {
-            Err(e) => errors.push(ConfigError::new(format!("{path}.state.schema"), e, format!("\"{}\"", s.schema))),
+            Err(e) => errors.push(ConfigError::new(
+                format!("{path}.state.schema"),
+                e,
+                format!("\"{}\"", s.schema),
+            )),
             Ok(schema) => {
                 if s.key.is_empty() {
-                    errors.push(ConfigError::new(format!("{path}.state.key"), "at least one key column", "an empty list"));
+                    errors.push(ConfigError::new(
+                        format!("{path}.state.key"),
+                        "at least one key column",
+                        "an empty list",
+                    ));
                 }
                 for (i, k) in s.key.iter().enumerate() {
                     if schema.field_with_name(k).is_err() {
-                        let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                        let cols: Vec<String> =
+                            schema.fields().iter().map(|f| f.name().clone()).collect();
                         let e = ConfigError::new(
                             format!("{path}.state.key[{i}]"),
                             format!("a column of state.schema ({})", cols.join(", ")),
@@ -288,7 +403,11 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
         }
     }
     if j.partitions == Some(0) {
-        errors.push(ConfigError::new(format!("{path}.partitions"), "a number of partitions of at least 1", "0"));
+        errors.push(ConfigError::new(
+            format!("{path}.partitions"),
+            "a number of partitions of at least 1",
+            "0",
+        ));
     }
     errors
 }

@@ -46,15 +46,23 @@ impl DeadLetters {
     /// The dead letters of one batch as a record batch with [`DeadLetters::schema`].
     pub fn to_batch(batch_time: i64, dls: &[DeadLetter]) -> RecordBatch {
         let mut t = Int64Builder::new();
-        let (mut o, mut r, mut p) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+        let (mut o, mut r, mut p) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
         for d in dls {
             t.append_value(batch_time);
             o.append_value(&d.origin);
             r.append_value(&d.reason);
             p.append_value(&d.payload);
         }
-        let cols: Vec<ArrayRef> =
-            vec![Arc::new(t.finish()), Arc::new(o.finish()), Arc::new(r.finish()), Arc::new(p.finish())];
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(t.finish()),
+            Arc::new(o.finish()),
+            Arc::new(r.finish()),
+            Arc::new(p.finish()),
+        ];
         RecordBatch::try_new(Self::schema(), cols).expect("dead letter schema matches")
     }
 }

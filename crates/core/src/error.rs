@@ -17,8 +17,17 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(path: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), expected: expected.into(), found: found.into(), hint: None }
+    pub fn new(
+        path: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            path: path.into(),
+            expected: expected.into(),
+            found: found.into(),
+            hint: None,
+        }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -42,7 +51,11 @@ pub fn join_path(parent: &str, child: &str) -> String {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "key `{}`: expected {}, found {}", self.path, self.expected, self.found)?;
+        write!(
+            f,
+            "key `{}`: expected {}, found {}",
+            self.path, self.expected, self.found
+        )?;
         if let Some(h) = &self.hint {
             write!(f, " ({h})")?;
         }

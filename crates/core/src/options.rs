@@ -12,7 +12,11 @@ pub fn parse<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ConfigE
     let found_root = value.clone();
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let inner_path = e.path().to_string();
-        let inner_path = if inner_path == "." { String::new() } else { inner_path };
+        let inner_path = if inner_path == "." {
+            String::new()
+        } else {
+            inner_path
+        };
         let msg = e.inner().to_string();
         let full = join_path(path, &inner_path);
         from_serde_message(&full, &msg, lookup(&found_root, &inner_path))
@@ -47,7 +51,11 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
         // serde_path_to_error's path already ends with the unknown key.
         let err = ConfigError::new(
             path,
-            if known.is_empty() { "no such key".to_string() } else { format!("one of {}", list(&known)) },
+            if known.is_empty() {
+                "no such key".to_string()
+            } else {
+                format!("one of {}", list(&known))
+            },
             format!("unknown key `{field}`"),
         );
         return match suggest(field, &known) {
@@ -58,7 +66,11 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
     if let Some(rest) = msg.strip_prefix("unknown variant `") {
         let (variant, tail) = rest.split_once('`').unwrap_or((rest, ""));
         let known = backticked(tail);
-        let err = ConfigError::new(path, format!("one of {}", list(&known)), format!("\"{variant}\""));
+        let err = ConfigError::new(
+            path,
+            format!("one of {}", list(&known)),
+            format!("\"{variant}\""),
+        );
         return match suggest(variant, &known) {
             Some(s) => err.with_hint(format!("did you mean \"{s}\"?")),
             None => err,
@@ -66,7 +78,11 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
-        return ConfigError::new(join_path(path, field), "a value (this key is required)", "nothing");
+        return ConfigError::new(
+            join_path(path, field),
+            "a value (this key is required)",
+            "nothing",
+        );
     }
     // "invalid type: string \"abc\", expected u16" / "invalid value: ..., expected ..."
     for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
@@ -79,7 +95,9 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
     ConfigError::new(
         path,
         "a valid value",
-        found.map(describe).unwrap_or_else(|| "an invalid value".into()),
+        found
+            .map(describe)
+            .unwrap_or_else(|| "an invalid value".into()),
     )
     .with_hint(msg.to_string())
 }
@@ -96,11 +114,19 @@ fn humanize_expected(e: &str) -> String {
 }
 
 fn backticked(s: &str) -> Vec<String> {
-    s.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    s.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 fn list(items: &[String]) -> String {
-    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The closest of `known` to `word`, if it is close enough to be a likely typo.
@@ -156,7 +182,8 @@ mod tests {
 
     #[test]
     fn unknown_key_gets_a_suggestion() {
-        let e = parse::<Opts>("sources.x", serde_json::json!({"host": "h", "prot": 1})).unwrap_err();
+        let e =
+            parse::<Opts>("sources.x", serde_json::json!({"host": "h", "prot": 1})).unwrap_err();
         assert_eq!(e.path, "sources.x.prot");
         assert_eq!(e.hint.as_deref(), Some("did you mean `port`?"));
     }

@@ -32,11 +32,21 @@ impl BuildContext {
 pub trait SourceFactory: Send + Sync {
     /// Build the source called `name` from its options (everything but `type`). `path` is the key
     /// path of the options (`sources.lines`), for error messages.
-    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<BuiltSource, ConfigError>;
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError>;
 }
 
 pub trait SinkFactory: Send + Sync {
-    fn build(&self, cx: &BuildContext, path: &str, options: serde_json::Value) -> Result<Box<dyn Sink>, ConfigError>;
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError>;
 }
 
 #[derive(Default, Clone)]

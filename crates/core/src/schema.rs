@@ -20,12 +20,18 @@ pub const TYPE_NAMES: &[(&str, DataType)] = &[
     ("double", DataType::Float64),
     ("float64", DataType::Float64),
     ("date", DataType::Date32),
-    ("timestamp", DataType::Timestamp(TimeUnit::Millisecond, None)),
+    (
+        "timestamp",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+    ),
 ];
 
 fn type_from_name(name: &str) -> Option<DataType> {
     let lower = name.to_ascii_lowercase();
-    TYPE_NAMES.iter().find(|(n, _)| *n == lower).map(|(_, t)| t.clone())
+    TYPE_NAMES
+        .iter()
+        .find(|(n, _)| *n == lower)
+        .map(|(_, t)| t.clone())
 }
 
 /// Parse `"a string, b int64"`. The error says which column and which types are known.
@@ -45,7 +51,10 @@ pub fn parse_schema(s: &str) -> Result<SchemaRef, String> {
         };
         let Some(dt) = type_from_name(ty) else {
             let known: Vec<&str> = TYPE_NAMES.iter().map(|(n, _)| *n).collect();
-            return Err(format!("column `{name}` has unknown type `{ty}` (known: {})", known.join(", ")));
+            return Err(format!(
+                "column `{name}` has unknown type `{ty}` (known: {})",
+                known.join(", ")
+            ));
         };
         if fields.iter().any(|f: &Field| f.name() == name) {
             return Err(format!("column `{name}` is declared twice"));

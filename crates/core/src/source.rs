@@ -76,9 +76,17 @@ pub trait Receiver: Send {
 pub trait ReplayableSource: Send {
     /// Decide the input of the batch ending at `time` (at most `max_records` if set). The returned
     /// range is recorded in the batch plan; it must be re-readable by [`ReplayableSource::read`].
-    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<serde_json::Value>;
+    async fn plan(
+        &mut self,
+        time: BatchTime,
+        max_records: Option<u64>,
+    ) -> Result<serde_json::Value>;
     /// Read exactly the records of a planned range.
-    async fn read(&mut self, range: &serde_json::Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>>;
+    async fn read(
+        &mut self,
+        range: &serde_json::Value,
+        dead: &DeadLetters,
+    ) -> Result<Vec<RecordBatch>>;
     /// The batch that consumed `range` is committed: positions before it will never be read again.
     async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
         Ok(())

@@ -4,7 +4,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The end of a batch interval, in milliseconds since the Unix epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct BatchTime(pub i64);
 
 impl BatchTime {
@@ -34,7 +36,10 @@ impl BatchTime {
     /// time has milliseconds (as Python's `str(datetime)` prints it in Spark's `pprint`).
     pub fn to_local_string(self) -> String {
         use chrono::{Local, TimeZone};
-        let dt = Local.timestamp_millis_opt(self.0).single().unwrap_or_default();
+        let dt = Local
+            .timestamp_millis_opt(self.0)
+            .single()
+            .unwrap_or_default();
         if self.0.rem_euclid(1000) == 0 {
             dt.format("%Y-%m-%d %H:%M:%S").to_string()
         } else {
@@ -50,7 +55,10 @@ impl fmt::Display for BatchTime {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Parses `500ms`, `1s`, `5m`, `1h 30m` (humantime syntax).
@@ -76,10 +84,12 @@ pub mod serde_duration {
 
     pub fn from_value<E: de::Error>(v: &serde_json::Value) -> Result<Duration, E> {
         match v {
-            serde_json::Value::String(s) => super::parse_duration(s).map_err(|_| {
-                E::invalid_value(de::Unexpected::Str(s), &EXPECTED)
-            }),
-            other => Err(E::invalid_type(super::super::options::unexpected(other), &EXPECTED)),
+            serde_json::Value::String(s) => super::parse_duration(s)
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(s), &EXPECTED)),
+            other => Err(E::invalid_type(
+                super::super::options::unexpected(other),
+                &EXPECTED,
+            )),
         }
     }
 
@@ -104,7 +114,10 @@ mod tests {
     fn next_multiple_aligns_to_interval() {
         let t = BatchTime(1_234);
         assert_eq!(t.next_multiple(Duration::from_secs(1)), BatchTime(2_000));
-        assert_eq!(BatchTime(2_000).next_multiple(Duration::from_secs(1)), BatchTime(3_000));
+        assert_eq!(
+            BatchTime(2_000).next_multiple(Duration::from_secs(1)),
+            BatchTime(3_000)
+        );
         assert!(BatchTime(10_000).is_multiple_of(Duration::from_secs(5)));
         assert!(!BatchTime(11_000).is_multiple_of(Duration::from_secs(5)));
     }

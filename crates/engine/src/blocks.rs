@@ -51,7 +51,6 @@ impl ReceiverBlocks {
         self.stop.notify_waiters();
         self.space.notify_waiters();
     }
-
 }
 
 #[async_trait]
@@ -64,7 +63,10 @@ impl BlockWriter for ReceiverBlocks {
         loop {
             let notified = self.space.notified();
             let buffered = self.buffered.load(Ordering::SeqCst);
-            if buffered == 0 || buffered + n <= self.capacity || self.stopping.load(Ordering::SeqCst) {
+            if buffered == 0
+                || buffered + n <= self.capacity
+                || self.stopping.load(Ordering::SeqCst)
+            {
                 self.blocks.lock().unwrap().push(block);
                 self.buffered.fetch_add(n, Ordering::SeqCst);
                 return Ok(());
@@ -74,7 +76,11 @@ impl BlockWriter for ReceiverBlocks {
     }
 
     fn budget(&self) -> Option<usize> {
-        Some(self.capacity.saturating_sub(self.buffered.load(Ordering::SeqCst)).max(1))
+        Some(
+            self.capacity
+                .saturating_sub(self.buffered.load(Ordering::SeqCst))
+                .max(1),
+        )
     }
 
     fn dead_letters(&self) -> &DeadLetters {
@@ -88,7 +94,9 @@ impl BlockWriter for ReceiverBlocks {
                 ReceiverStatus::Retrying { attempt, error } => {
                     tracing::warn!(receiver = %self.name, attempt, %error, "receiver not connected; retrying")
                 }
-                ReceiverStatus::Connected(peer) => tracing::info!(receiver = %self.name, %peer, "receiver connected"),
+                ReceiverStatus::Connected(peer) => {
+                    tracing::info!(receiver = %self.name, %peer, "receiver connected")
+                }
                 other => tracing::debug!(receiver = %self.name, status = ?other, "receiver status"),
             }
             *s = status;

@@ -6,10 +6,12 @@ use crate::job::{InputKind, JobRuntime, ProcWindow};
 use crate::reference::ReferenceTable;
 use crate::state::KeyedState;
 use sluice_config::{AppConfig, AppSection, DiagnosticKind, NamedJob};
-use sluice_core::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use sluice_core::arrow::datatypes::{DataType, SchemaRef};
 use sluice_core::options::suggest;
 use sluice_core::schema::parse_schema;
-use sluice_core::{BuildContext, ConfigError, DeadLetters, Guarantee, Registry, Sink, SourceRuntime};
+use sluice_core::{
+    BuildContext, ConfigError, DeadLetters, Guarantee, Registry, Sink, SourceRuntime,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -41,7 +43,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Build every component of `config`. `base_dir` is where relative paths are resolved.
-    pub async fn build(config: AppConfig, registry: &Registry, base_dir: PathBuf) -> Result<Pipeline, BuildError> {
+    pub async fn build(
+        config: AppConfig,
+        registry: &Registry,
+        base_dir: PathBuf,
+    ) -> Result<Pipeline, BuildError> {
         let cx = BuildContext {
             app_name: config.app.name.clone(),
             batch_interval: config.app.batch_interval,
@@ -52,11 +58,17 @@ impl Pipeline {
 
         let mut sources = Vec::new();
         for c in &config.sources {
-            let factory = registry.source(&c.kind).expect("type checked by the config");
+            let factory = registry
+                .source(&c.kind)
+                .expect("type checked by the config");
             match factory.build(&cx, &format!("sources.{}", c.name), c.options.clone()) {
                 Ok(built) => {
                     schemas.insert(c.name.clone(), (built.schema.clone(), InputKind::Stream));
-                    sources.push(SourceSlot { name: c.name.clone(), guarantee: built.guarantee, runtime: Some(built.runtime) });
+                    sources.push(SourceSlot {
+                        name: c.name.clone(),
+                        guarantee: built.guarantee,
+                        runtime: Some(built.runtime),
+                    });
                 }
                 Err(e) => errors.push(DiagnosticKind::Key(e)),
             }
@@ -102,19 +114,34 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(BuildError(errors));
         }
-        Ok(Pipeline { app: config.app, sources, tables, jobs, sinks, dead: DeadLetters::default() })
+        Ok(Pipeline {
+            app: config.app,
+            sources,
+            tables,
+            jobs,
+            sinks,
+            dead: DeadLetters::default(),
+        })
     }
 
     /// A line per source → sink path with its end-to-end guarantee, for `sluice validate`.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for j in &self.jobs {
-            let srcs: Vec<&SourceSlot> = self.sources.iter().filter(|s| j.inputs.iter().any(|(n, _)| n == &s.name)).collect();
+            let srcs: Vec<&SourceSlot> = self
+                .sources
+                .iter()
+                .filter(|s| j.inputs.iter().any(|(n, _)| n == &s.name))
+                .collect();
             let plan = j.query.explain().lines().count();
             lines.push(format!(
                 "job `{}`: reads [{}], writes [{}] ({} plan step(s))",
                 j.name,
-                j.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                j.inputs
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 j.sinks.join(", "),
                 plan
             ));
@@ -123,8 +150,12 @@ impl Pipeline {
                     let idempotent = self.sinks.get(k).is_some_and(|s| s.idempotent());
                     let g = match (s.guarantee, idempotent) {
                         (Guarantee::Replayable, true) => "exactly-once with a checkpoint_dir",
-                        (Guarantee::Acknowledged, true) => "exactly-once after acknowledgement, with a checkpoint_dir",
-                        (Guarantee::Unacknowledged, _) => "no loss once received, with a checkpoint_dir",
+                        (Guarantee::Acknowledged, true) => {
+                            "exactly-once after acknowledgement, with a checkpoint_dir"
+                        }
+                        (Guarantee::Unacknowledged, _) => {
+                            "no loss once received, with a checkpoint_dir"
+                        }
                         (_, false) => "at-least-once (the sink is not idempotent)",
                     };
                     lines.push(format!("  {} ({}) -> {}: {}", s.name, s.guarantee, k, g));
@@ -136,11 +167,17 @@ impl Pipeline {
 
     /// The optimised plan of every job.
     pub fn explain(&self) -> Vec<(String, String)> {
-        self.jobs.iter().map(|j| (j.name.clone(), j.query.explain())).collect()
+        self.jobs
+            .iter()
+            .map(|j| (j.name.clone(), j.query.explain()))
+            .collect()
     }
 
     pub fn job_schema(&self, job: &str) -> Option<SchemaRef> {
-        self.jobs.iter().find(|j| j.name == job).map(|j| j.out_schema.clone())
+        self.jobs
+            .iter()
+            .find(|j| j.name == job)
+            .map(|j| j.out_schema.clone())
     }
 }
 
@@ -156,11 +193,18 @@ fn job_order<'a>(
         let names = match sluice_sql::referenced_tables(&j.job.sql) {
             Ok(n) => n,
             Err(message) => {
-                errors.push(DiagnosticKind::Sql { job: j.name.clone(), message });
+                errors.push(DiagnosticKind::Sql {
+                    job: j.name.clone(),
+                    message,
+                });
                 continue;
             }
         };
-        let mut known: Vec<String> = schemas.keys().cloned().chain(job_names.iter().cloned()).collect();
+        let mut known: Vec<String> = schemas
+            .keys()
+            .cloned()
+            .chain(job_names.iter().cloned())
+            .collect();
         if j.job.state.is_some() {
             known.push("state".into());
         }
@@ -198,13 +242,20 @@ fn job_order<'a>(
             if done.contains(&j.name) {
                 continue;
             }
-            if names.iter().all(|n| !job_names.contains(n) || done.contains(n)) {
+            if names
+                .iter()
+                .all(|n| !job_names.contains(n) || done.contains(n))
+            {
                 done.push(j.name.clone());
                 ordered.push((*j, names.clone()));
             }
         }
         if ordered.len() == before {
-            let stuck: Vec<String> = refs.iter().map(|(j, _)| j.name.clone()).filter(|n| !done.contains(n)).collect();
+            let stuck: Vec<String> = refs
+                .iter()
+                .map(|(j, _)| j.name.clone())
+                .filter(|n| !done.contains(n))
+                .collect();
             return Err(vec![DiagnosticKind::Key(ConfigError::new(
                 format!("jobs.{}.sql", stuck[0]),
                 "jobs that do not read each other in a cycle",
@@ -228,8 +279,7 @@ async fn build_job(
     let mut state = None;
     let mut event = None;
     for n in refs {
-        if n == "state" && cfg.state.is_some() && !schemas.contains_key(n) {
-            let s = cfg.state.as_ref().unwrap();
+        if let (Some(s), true) = (&cfg.state, n == "state" && !schemas.contains_key(n)) {
             let schema = parse_schema(&s.schema).expect("validated state schema");
             tables.push((n.clone(), schema.clone()));
             inputs.push((n.clone(), InputKind::State));
@@ -240,12 +290,19 @@ async fn build_job(
         let schema = match (&cfg.event_time, kind) {
             (Some(et), InputKind::Stream) => match schema.index_of(&et.column) {
                 Ok(i) => {
-                    let ok = matches!(schema.field(i).data_type(), DataType::Timestamp(_, _) | DataType::Int64);
+                    let ok = matches!(
+                        schema.field(i).data_type(),
+                        DataType::Timestamp(_, _) | DataType::Int64
+                    );
                     if !ok {
                         return Err(DiagnosticKind::Key(ConfigError::new(
                             key("event_time.column"),
                             "a column of type timestamp or int64 (milliseconds)",
-                            format!("column `{}` of type {}", et.column, schema.field(i).data_type()),
+                            format!(
+                                "column `{}` of type {}",
+                                et.column,
+                                schema.field(i).data_type()
+                            ),
                         )));
                     }
                     if event.is_some() {
@@ -267,7 +324,8 @@ async fn build_job(
                     windowed_schema(&schema)
                 }
                 Err(_) => {
-                    let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                    let cols: Vec<String> =
+                        schema.fields().iter().map(|f| f.name().clone()).collect();
                     return Err(DiagnosticKind::Key(ConfigError::new(
                         key("event_time.column"),
                         format!("a column of `{n}` ({})", cols.join(", ")),
@@ -289,12 +347,20 @@ async fn build_job(
     }
     if let (Some(s), None) = (&cfg.state, &state) {
         // A stateful job that does not read `state` still keeps it.
-        state = Some(KeyedState::new(s, parse_schema(&s.schema).expect("validated")));
+        state = Some(KeyedState::new(
+            s,
+            parse_schema(&s.schema).expect("validated"),
+        ));
     }
-    let partitions = cfg.partitions.unwrap_or_else(sluice_sql::default_partitions);
+    let partitions = cfg
+        .partitions
+        .unwrap_or_else(sluice_sql::default_partitions);
     let query = sluice_sql::JobQuery::plan(&cfg.sql, &tables, partitions)
         .await
-        .map_err(|message| DiagnosticKind::Sql { job: job.name.clone(), message })?;
+        .map_err(|message| DiagnosticKind::Sql {
+            job: job.name.clone(),
+            message,
+        })?;
     let out_schema = match &state {
         Some(s) => {
             let q = query.schema();
@@ -302,7 +368,10 @@ async fn build_job(
             if q.fields().len() != st.fields().len() {
                 return Err(DiagnosticKind::Key(ConfigError::new(
                     key("sql"),
-                    format!("a query returning the {} column(s) of state.schema", st.fields().len()),
+                    format!(
+                        "a query returning the {} column(s) of state.schema",
+                        st.fields().len()
+                    ),
                     format!("a query returning {} column(s)", q.fields().len()),
                 )));
             }
@@ -310,7 +379,11 @@ async fn build_job(
                 if !sluice_core::arrow::compute::can_cast_types(a.data_type(), b.data_type()) {
                     return Err(DiagnosticKind::Key(ConfigError::new(
                         key("sql"),
-                        format!("column `{}` of a type that converts to {}", b.name(), b.data_type()),
+                        format!(
+                            "column `{}` of a type that converts to {}",
+                            b.name(),
+                            b.data_type()
+                        ),
                         format!("{}", a.data_type()),
                     )));
                 }
@@ -319,8 +392,10 @@ async fn build_job(
         }
         None => query.schema(),
     };
-    let _ = TimeUnit::Millisecond;
-    let window = cfg.window.as_ref().map(|w| ProcWindow::new(w.length, w.slide.unwrap_or(app.batch_interval)));
+    let window = cfg
+        .window
+        .as_ref()
+        .map(|w| ProcWindow::new(w.length, w.slide.unwrap_or(app.batch_interval)));
     Ok(JobRuntime {
         name: job.name.clone(),
         query,

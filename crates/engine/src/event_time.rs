@@ -5,10 +5,12 @@
 //! where the watermark reaches `end`. Rows whose event time is below the watermark of the previous
 //! batch (or NULL) are late: counted, and dropped or sent to the dead-letter output.
 
-use sluice_core::arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use sluice_core::arrow::array::BooleanArray;
+use sluice_core::arrow::array::{
+    Array, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
 use sluice_core::arrow::compute::{cast, filter_record_batch, take_record_batch};
 use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
-use sluice_core::arrow::array::BooleanArray;
 use std::sync::Arc;
 
 pub struct EventTime {
@@ -40,7 +42,14 @@ pub struct Processed {
 }
 
 impl EventTime {
-    pub fn new(table: &str, schema: SchemaRef, column: usize, length: i64, slide: i64, delay: i64) -> Self {
+    pub fn new(
+        table: &str,
+        schema: SchemaRef,
+        column: usize,
+        length: i64,
+        slide: i64,
+        delay: i64,
+    ) -> Self {
         EventTime {
             table: table.to_string(),
             column,
@@ -54,12 +63,12 @@ impl EventTime {
         }
     }
 
-
     fn times(&self, b: &RecordBatch) -> Vec<Option<i64>> {
         let col = b.column(self.column);
         let col = match col.data_type() {
             DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => col.clone(),
-            _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)).expect("validated type"),
+            _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                .expect("validated type"),
         };
         let ints = cast(&col, &DataType::Int64).expect("timestamp to int64");
         ints.as_primitive::<Int64Type>().iter().collect()
@@ -70,20 +79,35 @@ impl EventTime {
         for b in input {
             let ts = self.times(&b);
             let wm = self.watermark;
-            let keep: BooleanArray = ts.iter().map(|t| Some(matches!((t, wm), (Some(t), Some(w)) if *t >= w) || (t.is_some() && wm.is_none()))).collect();
+            let keep: BooleanArray = ts
+                .iter()
+                .map(|t| {
+                    Some(
+                        matches!((t, wm), (Some(t), Some(w)) if *t >= w)
+                            || (t.is_some() && wm.is_none()),
+                    )
+                })
+                .collect();
             let not_keep: BooleanArray = keep.iter().map(|k| k.map(|k| !k)).collect();
             if keep.true_count() < b.num_rows() {
                 late.push(filter_record_batch(&b, &not_keep).expect("same length"));
             }
             let kept = filter_record_batch(&b, &keep).expect("same length");
-            for t in ts.iter().zip(keep.iter()).filter(|(_, k)| *k == Some(true)).filter_map(|(t, _)| *t) {
+            for t in ts
+                .iter()
+                .zip(keep.iter())
+                .filter(|(_, k)| *k == Some(true))
+                .filter_map(|(t, _)| *t)
+            {
                 self.max_ts = Some(self.max_ts.map_or(t, |m| m.max(t)));
             }
             if kept.num_rows() > 0 {
                 self.buffer.push(kept);
             }
         }
-        let Some(max_ts) = self.max_ts else { return Processed { closed: None, late } };
+        let Some(max_ts) = self.max_ts else {
+            return Processed { closed: None, late };
+        };
         let new_wm = max_ts - self.delay;
         let old_wm = self.watermark;
         if old_wm.is_some_and(|o| new_wm <= o) {
@@ -111,12 +135,15 @@ impl EventTime {
                 keep.push(last_start + self.length > new_wm);
             }
             if !idx.is_empty() {
-                let rows = take_record_batch(&b, &UInt32Array::from(idx)).expect("indices in range");
+                let rows =
+                    take_record_batch(&b, &UInt32Array::from(idx)).expect("indices in range");
                 let ends: Vec<i64> = starts.iter().map(|s| s + self.length).collect();
                 let mut cols = rows.columns().to_vec();
                 cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
                 cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
-                closed.push(RecordBatch::try_new(self.out_schema.clone(), cols).expect("windowed schema"));
+                closed.push(
+                    RecordBatch::try_new(self.out_schema.clone(), cols).expect("windowed schema"),
+                );
             }
             let keep = BooleanArray::from(keep);
             if keep.true_count() > 0 {
@@ -125,12 +152,17 @@ impl EventTime {
         }
         self.buffer = remaining;
         self.watermark = Some(new_wm);
-        Processed { closed: if closed.is_empty() { None } else { Some(closed) }, late }
+        Processed {
+            closed: if closed.is_empty() {
+                None
+            } else {
+                Some(closed)
+            },
+            late,
+        }
     }
 
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
     }
-
-
 }

@@ -29,7 +29,11 @@ pub struct ProcWindow {
 
 impl ProcWindow {
     pub fn new(length: Duration, slide: Duration) -> Self {
-        ProcWindow { length, slide, history: HashMap::new() }
+        ProcWindow {
+            length,
+            slide,
+            history: HashMap::new(),
+        }
     }
 
     fn push(&mut self, t: BatchTime, table: &str, batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
@@ -41,7 +45,6 @@ impl ProcWindow {
         }
         h.iter().flat_map(|(_, b)| b.iter().cloned()).collect()
     }
-
 }
 
 pub struct JobRuntime {
@@ -80,7 +83,11 @@ impl JobRuntime {
         for (name, kind) in &self.inputs {
             let data = match kind {
                 InputKind::Table => tables.get(name).cloned().unwrap_or_default(),
-                InputKind::State => self.state.as_ref().map(|s| vec![s.current()]).unwrap_or_default(),
+                InputKind::State => self
+                    .state
+                    .as_ref()
+                    .map(|s| vec![s.current()])
+                    .unwrap_or_default(),
                 InputKind::Stream => {
                     let batch = streams.get(name).cloned().unwrap_or_default();
                     if let Some(w) = &mut self.window {
@@ -108,13 +115,25 @@ impl JobRuntime {
             runs &= t.is_multiple_of(w.slide);
         }
         if !runs {
-            return Ok(JobOutput { batches: None, late, watermark });
+            return Ok(JobOutput {
+                batches: None,
+                late,
+                watermark,
+            });
         }
-        let out = self.query.run().await.map_err(|e| e.strip_backtrace().to_string())?;
+        let out = self
+            .query
+            .run()
+            .await
+            .map_err(|e| e.strip_backtrace().to_string())?;
         let out = match &mut self.state {
             Some(s) => s.update(t.millis(), &out)?,
             None => out,
         };
-        Ok(JobOutput { batches: Some(out), late, watermark })
+        Ok(JobOutput {
+            batches: Some(out),
+            late,
+            watermark,
+        })
     }
 }

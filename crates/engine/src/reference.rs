@@ -46,10 +46,13 @@ impl ReferenceTable {
                 }
             },
         };
-        let declared = match &t.table.schema {
-            None => None,
-            Some(s) => Some(parse_schema(s).map_err(|e| ConfigError::new(format!("{key}.schema"), e, format!("\"{s}\"")))?),
-        };
+        let declared =
+            match &t.table.schema {
+                None => None,
+                Some(s) => Some(parse_schema(s).map_err(|e| {
+                    ConfigError::new(format!("{key}.schema"), e, format!("\"{s}\""))
+                })?),
+            };
         if !path.is_file() {
             return Err(ConfigError::new(
                 format!("{key}.path"),
@@ -60,7 +63,13 @@ impl ReferenceTable {
         let modified = modified(&path);
         let (schema, batches) = sluice_sql::read_file(&path, format, declared.clone())
             .await
-            .map_err(|e| ConfigError::new(format!("{key}.path"), "a file that reads as the table's format", format!("an error: {e}")))?;
+            .map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.path"),
+                    "a file that reads as the table's format",
+                    format!("an error: {e}"),
+                )
+            })?;
         Ok(ReferenceTable {
             name: t.name.clone(),
             path,
@@ -92,7 +101,9 @@ impl ReferenceTable {
                 tracing::warn!(table = %self.name, "reference table changed its columns; keeping the previous contents");
                 self.modified = m;
             }
-            Err(e) => tracing::warn!(table = %self.name, error = %e, "reference table reload failed; keeping the previous contents"),
+            Err(e) => {
+                tracing::warn!(table = %self.name, error = %e, "reference table reload failed; keeping the previous contents")
+            }
         }
     }
 }

@@ -69,7 +69,11 @@ impl Pipeline {
         for s in &mut self.sources {
             match s.runtime.take().expect("a pipeline runs once") {
                 SourceRuntime::Receiver(r) => {
-                    let blocks = Arc::new(ReceiverBlocks::new(&s.name, RECEIVER_CAPACITY, self.dead.clone()));
+                    let blocks = Arc::new(ReceiverBlocks::new(
+                        &s.name,
+                        RECEIVER_CAPACITY,
+                        self.dead.clone(),
+                    ));
                     let writer: Arc<dyn sluice_core::BlockWriter> = blocks.clone();
                     let name = s.name.clone();
                     receivers.push(tokio::spawn(async move {
@@ -122,9 +126,17 @@ impl Pipeline {
             let took = began.elapsed();
             summary.processing.push(took);
             summary.batches += 1;
-            tracing::debug!(batch = t.millis(), processing_ms = took.as_millis() as u64, "batch done");
+            tracing::debug!(
+                batch = t.millis(),
+                processing_ms = took.as_millis() as u64,
+                "batch done"
+            );
             if took > interval && opts.manual_clock.is_none() {
-                tracing::warn!(batch = t.millis(), processing_ms = took.as_millis() as u64, "batch took longer than the batch interval");
+                tracing::warn!(
+                    batch = t.millis(),
+                    processing_ms = took.as_millis() as u64,
+                    "batch took longer than the batch interval"
+                );
             }
             if stopping {
                 break;
@@ -144,7 +156,12 @@ impl Pipeline {
         Ok(summary)
     }
 
-    async fn run_batch(&mut self, t: BatchTime, inputs: &mut [(String, Input)], summary: &mut RunSummary) -> Result<()> {
+    async fn run_batch(
+        &mut self,
+        t: BatchTime,
+        inputs: &mut [(String, Input)],
+        summary: &mut RunSummary,
+    ) -> Result<()> {
         let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
         for (name, input) in inputs.iter_mut() {
             let batches = match input {
@@ -160,13 +177,19 @@ impl Pipeline {
         for table in &mut self.tables {
             table.refresh().await;
         }
-        let tables: HashMap<String, Vec<RecordBatch>> =
-            self.tables.iter().map(|t| (t.name.clone(), t.batches.clone())).collect();
+        let tables: HashMap<String, Vec<RecordBatch>> = self
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.batches.clone()))
+            .collect();
         for job in &mut self.jobs {
-            let out = job
-                .run(t, &streams, &tables)
-                .await
-                .map_err(|e| Error::msg(format!("job `{}` failed in batch {}: {e}", job.name, t.millis())))?;
+            let out = job.run(t, &streams, &tables).await.map_err(|e| {
+                Error::msg(format!(
+                    "job `{}` failed in batch {}: {e}",
+                    job.name,
+                    t.millis()
+                ))
+            })?;
             if !out.late.is_empty() {
                 let n: usize = out.late.iter().map(|b| b.num_rows()).sum();
                 summary.late_records += n as u64;
@@ -182,9 +205,21 @@ impl Pipeline {
             };
             for sink in &job.sinks {
                 let s = self.sinks.get_mut(sink).expect("sink names checked");
-                s.write(SinkBatch { job: &job.name, time: t, schema: job.out_schema.clone(), batches: &batches, replay: false })
-                    .await
-                    .map_err(|e| Error::msg(format!("sink `{sink}` failed for job `{}` in batch {}: {e}", job.name, t.millis())))?;
+                s.write(SinkBatch {
+                    job: &job.name,
+                    time: t,
+                    schema: job.out_schema.clone(),
+                    batches: &batches,
+                    replay: false,
+                })
+                .await
+                .map_err(|e| {
+                    Error::msg(format!(
+                        "sink `{sink}` failed for job `{}` in batch {}: {e}",
+                        job.name,
+                        t.millis()
+                    ))
+                })?;
             }
             streams.insert(job.name.clone(), batches);
         }
@@ -195,10 +230,18 @@ impl Pipeline {
                 Some(name) => {
                     let batch = DeadLetters::to_batch(t.millis(), &dead);
                     let s = self.sinks.get_mut(name).expect("dead-letter sink checked");
-                    s.write(SinkBatch { job: "dead_letter", time: t, schema: DeadLetters::schema(), batches: &[batch], replay: false })
-                        .await?;
+                    s.write(SinkBatch {
+                        job: "dead_letter",
+                        time: t,
+                        schema: DeadLetters::schema(),
+                        batches: &[batch],
+                        replay: false,
+                    })
+                    .await?;
                 }
-                None => tracing::warn!(count = dead.len(), first = %dead[0].reason, "records rejected (no dead-letter sink configured)"),
+                None => {
+                    tracing::warn!(count = dead.len(), first = %dead[0].reason, "records rejected (no dead-letter sink configured)")
+                }
             }
         }
         Ok(())

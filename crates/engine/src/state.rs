@@ -25,7 +25,11 @@ pub struct KeyedState {
 
 impl KeyedState {
     pub fn new(cfg: &StateConfig, schema: SchemaRef) -> Self {
-        let key = cfg.key.iter().map(|k| schema.index_of(k).expect("validated key")).collect();
+        let key = cfg
+            .key
+            .iter()
+            .map(|k| schema.index_of(k).expect("validated key"))
+            .collect();
         let out_schema = if cfg.timeout.is_some() {
             let mut f: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             f.push(Field::new("timed_out", DataType::Boolean, false));
@@ -57,7 +61,6 @@ impl KeyedState {
         self.current.clone()
     }
 
-
     /// Cast the query's output to the state's schema (column by column, by position).
     fn conform(&self, out: &[RecordBatch]) -> Result<RecordBatch, String> {
         let mut parts = Vec::with_capacity(out.len());
@@ -73,7 +76,9 @@ impl KeyedState {
                 .columns()
                 .iter()
                 .zip(self.schema.fields())
-                .map(|(c, f)| cast(c, f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
+                .map(|(c, f)| {
+                    cast(c, f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name()))
+                })
                 .collect::<Result<Vec<ArrayRef>, String>>()?;
             parts.push(RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())?);
         }
@@ -84,20 +89,33 @@ impl KeyedState {
     pub fn update(&mut self, t: i64, out: &[RecordBatch]) -> Result<Vec<RecordBatch>, String> {
         let batch = self.conform(out)?;
         let n = batch.num_rows();
-        let fields = |idx: &[usize]| idx.iter().map(|&i| SortField::new(self.schema.field(i).data_type().clone())).collect::<Vec<_>>();
+        let fields = |idx: &[usize]| {
+            idx.iter()
+                .map(|&i| SortField::new(self.schema.field(i).data_type().clone()))
+                .collect::<Vec<_>>()
+        };
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let key_conv = RowConverter::new(fields(&self.key)).map_err(|e| e.to_string())?;
         let row_conv = RowConverter::new(fields(&all)).map_err(|e| e.to_string())?;
         let key_cols: Vec<ArrayRef> = self.key.iter().map(|&i| batch.column(i).clone()).collect();
-        let keys = key_conv.convert_columns(&key_cols).map_err(|e| e.to_string())?;
-        let whole = row_conv.convert_columns(batch.columns()).map_err(|e| e.to_string())?;
-        let value_cols: Vec<usize> = all.iter().copied().filter(|i| !self.key.contains(i)).collect();
+        let keys = key_conv
+            .convert_columns(&key_cols)
+            .map_err(|e| e.to_string())?;
+        let whole = row_conv
+            .convert_columns(batch.columns())
+            .map_err(|e| e.to_string())?;
+        let value_cols: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !self.key.contains(i))
+            .collect();
 
         // The last row of each key that is not removed.
         let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut order = Vec::new();
         for i in 0..n {
-            let removed = !value_cols.is_empty() && value_cols.iter().all(|&c| batch.column(c).is_null(i));
+            let removed =
+                !value_cols.is_empty() && value_cols.iter().all(|&c| batch.column(c).is_null(i));
             let k = keys.row(i).as_ref().to_vec();
             if removed {
                 if last.remove(&k).is_some() {
@@ -129,7 +147,8 @@ impl KeyedState {
             rows.insert(k, (row, since));
         }
         self.rows = rows;
-        self.current = take_record_batch(&batch, &UInt32Array::from(keep.clone())).map_err(|e| e.to_string())?;
+        self.current = take_record_batch(&batch, &UInt32Array::from(keep.clone()))
+            .map_err(|e| e.to_string())?;
         let emit_rows = match self.emit {
             StateEmit::All => keep,
             StateEmit::Updated => changed,
@@ -141,7 +160,12 @@ impl KeyedState {
         Ok(outs.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
-    fn emission(&self, batch: &RecordBatch, idx: Vec<u32>, timed_out: bool) -> Result<RecordBatch, String> {
+    fn emission(
+        &self,
+        batch: &RecordBatch,
+        idx: Vec<u32>,
+        timed_out: bool,
+    ) -> Result<RecordBatch, String> {
         let n = idx.len();
         let rows = take_record_batch(batch, &UInt32Array::from(idx)).map_err(|e| e.to_string())?;
         if self.timeout.is_none() {

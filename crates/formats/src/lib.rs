@@ -56,7 +56,10 @@ impl Decoder {
             (_, None) => {
                 return Err(ConfigError::new(
                     format!("{path}.schema"),
-                    format!("a schema for format \"{}\", e.g. \"device string, temperature double\"", format.name()),
+                    format!(
+                        "a schema for format \"{}\", e.g. \"device string, temperature double\"",
+                        format.name()
+                    ),
                     "nothing",
                 ))
             }
@@ -67,10 +70,19 @@ impl Decoder {
             None => b',',
             Some(c) if c.is_ascii() => c as u8,
             Some(c) => {
-                return Err(ConfigError::new(format!("{path}.delimiter"), "a single ASCII character", format!("'{c}'")))
+                return Err(ConfigError::new(
+                    format!("{path}.delimiter"),
+                    "a single ASCII character",
+                    format!("'{c}'"),
+                ))
             }
         };
-        Ok(Decoder { format, schema, origin: origin.to_string(), delimiter })
+        Ok(Decoder {
+            format,
+            schema,
+            origin: origin.to_string(),
+            delimiter,
+        })
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -141,7 +153,10 @@ impl Decoder {
         };
         let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
         if batch.num_rows() != expect {
-            return Err(format!("expected {expect} record(s), decoded {}", batch.num_rows()));
+            return Err(format!(
+                "expected {expect} record(s), decoded {}",
+                batch.num_rows()
+            ));
         }
         Ok(batch)
     }
@@ -193,10 +208,15 @@ pub fn encode_json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::erro
 }
 
 /// Encodes record batches as CSV with a header row.
-pub fn encode_csv(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+pub fn encode_csv(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut out = Vec::new();
     {
-        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut out);
         if batches.iter().all(|b| b.num_rows() == 0) {
             w.write(&RecordBatch::new_empty(schema.clone()))?;
         }
@@ -213,7 +233,14 @@ mod tests {
 
     #[test]
     fn bad_json_records_become_dead_letters() {
-        let d = Decoder::new("sources.s", "s", Format::Json, Some("a string, n int64"), None).unwrap();
+        let d = Decoder::new(
+            "sources.s",
+            "s",
+            Format::Json,
+            Some("a string, n int64"),
+            None,
+        )
+        .unwrap();
         let (b, dead) = d.decode(&[r#"{"a":"x","n":1}"#, "not json", r#"{"a":"y","n":2}"#]);
         assert_eq!(b.num_rows(), 2);
         assert_eq!(dead.len(), 1);
@@ -231,7 +258,9 @@ mod tests {
 
     #[test]
     fn json_and_csv_need_a_schema() {
-        let e = Decoder::new("sources.s", "s", Format::Json, None, None).err().unwrap();
+        let e = Decoder::new("sources.s", "s", Format::Json, None, None)
+            .err()
+            .unwrap();
         assert_eq!(e.path, "sources.s.schema");
     }
 }

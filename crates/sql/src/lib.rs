@@ -30,8 +30,12 @@ pub struct JobQuery {
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>, String> {
     let ctx = SessionContext::new();
     let state = ctx.state();
-    let stmt = state.sql_to_statement(sql, &datafusion::common::config::Dialect::Generic).map_err(|e| e.strip_backtrace().to_string())?;
-    let refs = state.resolve_table_references(&stmt).map_err(|e| e.strip_backtrace().to_string())?;
+    let stmt = state
+        .sql_to_statement(sql, &datafusion::common::config::Dialect::Generic)
+        .map_err(|e| e.strip_backtrace().to_string())?;
+    let refs = state
+        .resolve_table_references(&stmt)
+        .map_err(|e| e.strip_backtrace().to_string())?;
     let mut names: Vec<String> = refs.iter().map(|r| r.table().to_string()).collect();
     names.sort();
     names.dedup();
@@ -40,12 +44,18 @@ pub fn referenced_tables(sql: &str) -> Result<Vec<String>, String> {
 
 /// Default parallelism of a job's query: the machine's cores.
 pub fn default_partitions() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl JobQuery {
     /// Plan `sql` over `tables` (name, schema). Errors carry DataFusion's message.
-    pub async fn plan(sql: &str, tables: &[(String, SchemaRef)], partitions: usize) -> Result<JobQuery, String> {
+    pub async fn plan(
+        sql: &str,
+        tables: &[(String, SchemaRef)],
+        partitions: usize,
+    ) -> Result<JobQuery, String> {
         let config = SessionConfig::new()
             .with_target_partitions(partitions.max(1))
             .with_information_schema(false);
@@ -54,21 +64,46 @@ impl JobQuery {
         let mut slots = BTreeMap::new();
         for (name, schema) in tables {
             let slot = Arc::new(Slot::new(schema.clone()));
-            ctx.register_table(name.as_str(), slot.clone()).map_err(|e| e.strip_backtrace().to_string())?;
+            ctx.register_table(name.as_str(), slot.clone())
+                .map_err(|e| e.strip_backtrace().to_string())?;
             slots.insert(name.clone(), slot);
         }
         let state = ctx.state();
-        let plan = state.create_logical_plan(sql).await.map_err(|e| e.strip_backtrace().to_string())?;
-        if !matches!(plan, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Sort(_)
-            | LogicalPlan::Filter(_) | LogicalPlan::Limit(_) | LogicalPlan::Union(_) | LogicalPlan::Join(_)
-            | LogicalPlan::Distinct(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::TableScan(_)
-            | LogicalPlan::Window(_) | LogicalPlan::Values(_) | LogicalPlan::Unnest(_))
-        {
-            return Err(format!("expected a query (SELECT ...), found a {} statement", plan.display()));
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| e.strip_backtrace().to_string())?;
+        if !matches!(
+            plan,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Aggregate(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::TableScan(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Values(_)
+                | LogicalPlan::Unnest(_)
+        ) {
+            return Err(format!(
+                "expected a query (SELECT ...), found a {} statement",
+                plan.display()
+            ));
         }
-        let plan = state.optimize(&plan).map_err(|e| e.strip_backtrace().to_string())?;
+        let plan = state
+            .optimize(&plan)
+            .map_err(|e| e.strip_backtrace().to_string())?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        Ok(JobQuery { ctx, plan, slots, schema })
+        Ok(JobQuery {
+            ctx,
+            plan,
+            slots,
+            schema,
+        })
     }
 
     /// The schema of the query's output.
@@ -88,7 +123,10 @@ impl JobQuery {
     /// Run the query over the slots' current contents.
     pub async fn run(&self) -> Result<Vec<RecordBatch>, DataFusionError> {
         let state = self.ctx.state();
-        let physical = state.query_planner().create_physical_plan(&self.plan, &state).await?;
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&self.plan, &state)
+            .await?;
         let out = datafusion::physical_plan::collect(physical, self.ctx.task_ctx()).await?;
         Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
@@ -116,7 +154,11 @@ pub async fn read_file(
     use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let p = path.to_str().ok_or("path is not UTF-8")?;
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| format!(".{e}"))
+        .unwrap_or_default();
     let df = match format {
         FileFormat::Csv => {
             let mut o = CsvReadOptions::new().has_header(true).file_extension(&ext);
@@ -132,10 +174,16 @@ pub async fn read_file(
             }
             ctx.read_json(p, o).await
         }
-        FileFormat::Parquet => ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext)).await,
+        FileFormat::Parquet => {
+            ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext))
+                .await
+        }
     }
     .map_err(|e| e.strip_backtrace().to_string())?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| e.strip_backtrace().to_string())?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| e.strip_backtrace().to_string())?;
     Ok((schema, batches))
 }

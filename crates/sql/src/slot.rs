@@ -21,8 +21,15 @@ pub struct Slot {
 impl Slot {
     /// A slot with `schema`'s columns, all nullable (inputs differ in nullability only).
     pub fn new(schema: SchemaRef) -> Self {
-        let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        Slot { schema: Arc::new(Schema::new(fields)), batches: RwLock::new(Vec::new()) }
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        Slot {
+            schema: Arc::new(Schema::new(fields)),
+            batches: RwLock::new(Vec::new()),
+        }
     }
 
     /// Replace the contents. Columns are cast to the slot's types where they differ.
@@ -40,7 +47,13 @@ impl Slot {
                 .columns()
                 .iter()
                 .zip(self.schema.fields())
-                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        cast(c, f.data_type())
+                    }
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             conformed.push(RecordBatch::try_new(self.schema.clone(), cols)?);
         }
@@ -71,11 +84,19 @@ impl TableProvider for Slot {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = self.batches.read().unwrap().clone();
-        let n = state.config().target_partitions().max(1).min(batches.len().max(1));
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(batches.len().max(1));
         let mut partitions = vec![Vec::new(); n];
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % n].push(b);
         }
-        Ok(MemorySourceConfig::try_new_exec(&partitions, self.schema.clone(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &partitions,
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
     }
 }

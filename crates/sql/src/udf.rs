@@ -26,7 +26,9 @@ struct Sample {
 
 impl Sample {
     fn new() -> Self {
-        Sample { signature: Signature::variadic_any(Volatility::Immutable) }
+        Sample {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
     }
 }
 
@@ -65,15 +67,21 @@ impl ScalarUDFImpl for Sample {
         if args.args.len() < 3 {
             return exec_err!("sample(fraction, seed, column, ...) needs a fraction, a seed and at least one column");
         }
-        let (Some(fraction), Some(seed)) = (scalar_f64(&args.args[0]), scalar_f64(&args.args[1])) else {
-            return exec_err!("sample(fraction, seed, ...): fraction and seed must be number literals");
+        let (Some(fraction), Some(seed)) = (scalar_f64(&args.args[0]), scalar_f64(&args.args[1]))
+        else {
+            return exec_err!(
+                "sample(fraction, seed, ...): fraction and seed must be number literals"
+            );
         };
         let n = args.number_rows;
         let cols: Vec<ArrayRef> = args.args[2..]
             .iter()
             .map(|c| c.clone().into_array(n))
             .collect::<Result<_>>()?;
-        let fields = cols.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+        let fields = cols
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect();
         let conv = RowConverter::new(fields)?;
         let rows = conv.convert_columns(&cols)?;
         let threshold = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
