@@ -38,16 +38,21 @@ pub enum Which {
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Wordcount { rates, seconds } => {
-            println!("rate_lines_per_s,batches,max_processing_ms,median_processing_ms,sustained,lines_in,peak_rss_mb");
+            println!(
+                "rate_lines_per_s,batches,max_processing_ms,median_processing_ms,sustained,lines_in,latency_p50_ms,latency_p99_ms,peak_rss_mb"
+            );
             for rate in rates {
+                reset_peak_rss();
                 let r = wordcount_at(rate, seconds).await?;
                 println!(
-                    "{rate},{},{:.1},{:.1},{},{},{:.0}",
+                    "{rate},{},{:.1},{:.1},{},{},{:.0},{:.0},{:.0}",
                     r.batches,
                     r.max_ms,
                     r.median_ms,
                     r.sustained,
                     r.lines,
+                    r.latency_p50_ms,
+                    r.latency_p99_ms,
                     peak_rss_mb()
                 );
             }
@@ -63,7 +68,11 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             };
             let started = Instant::now();
             let s = p.run(opts).await?;
-            let mut times: Vec<f64> = s.processing.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+            let mut times: Vec<f64> = s
+                .stats
+                .iter()
+                .map(|b| b.processing.as_secs_f64() * 1e3)
+                .collect();
             times.sort_by(f64::total_cmp);
             println!(
                 "empty batches: {batches}, total {:.3} s, median {:.3} ms, p99 {:.3} ms per batch",
@@ -113,6 +122,8 @@ struct RateResult {
     median_ms: f64,
     sustained: bool,
     lines: u64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
 }
 
 async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
@@ -142,11 +153,12 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
     }
     let done = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
+    let feed_start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let feeder = {
-        let (done, sent) = (done.clone(), sent.clone());
+        let (done, sent, feed_start) = (done.clone(), sent.clone(), feed_start.clone());
         std::thread::spawn(move || -> std::io::Result<()> {
             let (mut s, _) = listener.accept()?;
-            let started = Instant::now();
+            let started = *feed_start.get_or_init(Instant::now);
             let mut next = 0usize;
             let n_lines = offsets.len() - 1;
             while !done.load(Ordering::Relaxed) {
@@ -178,13 +190,36 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
     done.store(true, Ordering::Relaxed);
     let _ = feeder.join();
     // The first batch is partial and the last one drains: judge the ones in between.
+    let n = summary.stats.len();
     let steady: Vec<f64> = summary
-        .processing
+        .stats
         .iter()
         .skip(1)
-        .take(summary.processing.len().saturating_sub(2))
-        .map(|d| d.as_secs_f64() * 1e3)
+        .take(n.saturating_sub(2))
+        .map(|b| b.processing.as_secs_f64() * 1e3)
         .collect();
+    // Latency of line i: from its paced send time (start + i / rate) to its batch's output. Lines
+    // are counted in order across batches, sampled every 1,000th line.
+    let mut latencies = Vec::new();
+    if let Some(start) = feed_start.get() {
+        let mut first = 0u64;
+        for b in summary.stats.iter().take(n.saturating_sub(1)) {
+            let mut i = first.div_ceil(1000) * 1000;
+            while i < first + b.records {
+                let sent_at = *start + Duration::from_secs_f64(i as f64 / rate as f64);
+                latencies.push(b.finished.saturating_duration_since(sent_at).as_secs_f64() * 1e3);
+                i += 1000;
+            }
+            first += b.records;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: usize| {
+        latencies
+            .get(latencies.len() * p / 100)
+            .copied()
+            .unwrap_or(0.0)
+    };
     let mut sorted = steady.clone();
     sorted.sort_by(f64::total_cmp);
     let max_ms = sorted.last().copied().unwrap_or(0.0);
@@ -198,7 +233,15 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
             && max_ms < 1000.0
             && summary.input_records + rate >= lines_expected,
         lines: summary.input_records,
+        latency_p50_ms: pct(50),
+        latency_p99_ms: pct(99),
     })
+}
+
+/// Reset the kernel's peak-RSS mark of this process (writing 5 to clear_refs), so each rate's peak
+/// is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident set size of this process (VmHWM), in MB.

@@ -15,4 +15,4 @@ mod run;
 mod state;
 
 pub use build::{BuildError, Pipeline};
-pub use run::{RunOptions, RunSummary, Shutdown};
+pub use run::{BatchStat, RunOptions, RunSummary, Shutdown};

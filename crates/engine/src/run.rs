@@ -50,8 +50,20 @@ pub struct RunSummary {
     pub input_records: u64,
     pub dead_letters: u64,
     pub late_records: u64,
-    /// Processing time of each batch.
-    pub processing: Vec<Duration>,
+    /// Each batch in order.
+    pub stats: Vec<BatchStat>,
+}
+
+/// One batch's figures.
+#[derive(Debug, Clone)]
+pub struct BatchStat {
+    pub time: BatchTime,
+    /// Records read from all sources.
+    pub records: u64,
+    /// From the start of the batch to its last sink write.
+    pub processing: Duration,
+    /// When its output was written.
+    pub finished: Instant,
 }
 
 enum Input {
@@ -122,9 +134,16 @@ impl Pipeline {
                 }
             }
             let began = Instant::now();
+            let before = summary.input_records;
             self.run_batch(t, &mut inputs, &mut summary).await?;
-            let took = began.elapsed();
-            summary.processing.push(took);
+            let finished = Instant::now();
+            let took = finished - began;
+            summary.stats.push(BatchStat {
+                time: t,
+                records: summary.input_records - before,
+                processing: took,
+                finished,
+            });
             summary.batches += 1;
             tracing::debug!(
                 batch = t.millis(),

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of sluice: unit tests and the end-to-end suite (tests/e2e), which starts the real
+# `sluice` binary against real peers on 127.0.0.1. Installs what the tests need first.
+#
+# The target dir defaults to a cache outside the clone, so a second run rebuilds only sluice's crates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Everything the current suite needs is the Rust toolchain and `kill` (procps); later connector
+# suites add their servers here (see ../shared/services).
+command -v kill >/dev/null || { apt-get update -qq && apt-get install -y -qq procps; }
+cargo test --workspace "$@"
