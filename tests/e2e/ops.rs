@@ -242,7 +242,10 @@ sinks = ["out"]
     ));
     let buf = sluice_console::SharedBuffer::default();
     let mut reg = sluice::registry();
-    reg.register_sink("console", sluice_console::CaptureFactory(buf.clone()));
+    reg.register_sink(
+        "console",
+        sluice_console::ConsoleFactory::capture(buf.clone()),
+    );
     let path = std::path::Path::new("t.toml");
     let parsed = sluice_config::load_str(&cfg, config::FileFormat::Toml, path, &reg).unwrap();
     let p = sluice::build(parsed, path, &reg).await.unwrap();

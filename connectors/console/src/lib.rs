@@ -49,7 +49,18 @@ pub enum Target {
     Stderr,
 }
 
-pub struct ConsoleFactory;
+/// Builds console sinks: on stdout/stderr, or all into one shared buffer (tests, embedding).
+#[derive(Default)]
+pub struct ConsoleFactory {
+    capture: Option<SharedBuffer>,
+}
+
+impl ConsoleFactory {
+    /// Console sinks that write into `buf` instead of stdout/stderr.
+    pub fn capture(buf: SharedBuffer) -> Self {
+        ConsoleFactory { capture: Some(buf) }
+    }
+}
 
 impl SinkFactory for ConsoleFactory {
     fn build(
@@ -59,29 +70,12 @@ impl SinkFactory for ConsoleFactory {
         options: serde_json::Value,
     ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ConsoleConfig = sluice_core::options::parse(path, options)?;
-        let out: Box<dyn Write + Send> = match cfg.target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::Stderr => Box::new(std::io::stderr()),
+        let out: Box<dyn Write + Send> = match (&self.capture, cfg.target) {
+            (Some(buf), _) => Box::new(buf.clone()),
+            (None, Target::Stdout) => Box::new(std::io::stdout()),
+            (None, Target::Stderr) => Box::new(std::io::stderr()),
         };
         Ok(Box::new(ConsoleSink::new(cfg.num, out)))
-    }
-}
-
-/// A factory whose console sinks all write into one shared buffer (for tests and embedding).
-pub struct CaptureFactory(pub SharedBuffer);
-
-impl SinkFactory for CaptureFactory {
-    fn build(
-        &self,
-        _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
-    ) -> Result<Box<dyn Sink>, ConfigError> {
-        let cfg: ConsoleConfig = sluice_core::options::parse(path, options)?;
-        Ok(Box::new(ConsoleSink::new(
-            cfg.num,
-            Box::new(self.0.clone()),
-        )))
     }
 }
 

@@ -51,8 +51,8 @@ impl SourceFactory for FileSourceFactory {
         options: serde_json::Value,
     ) -> Result<BuiltSource, ConfigError> {
         let cfg: FileSourceConfig = sluice_core::options::parse(path, options)?;
-        let name = path.rsplit('.').next().unwrap_or(path);
-        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        let decoder =
+            Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.max_files_per_batch == Some(0) {
             return Err(ConfigError::new(
                 format!("{path}.max_files_per_batch"),

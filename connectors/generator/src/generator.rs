@@ -116,8 +116,7 @@ impl SourceFactory for GeneratorFactory {
                 cfg.anomaly_rate.to_string(),
             ));
         }
-        let name = path.rsplit('.').next().unwrap_or(path);
-        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), None)?;
+        let decoder = Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), None)?;
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Unacknowledged,

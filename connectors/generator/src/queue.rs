@@ -35,8 +35,7 @@ impl SourceFactory for QueueFactory {
         options: serde_json::Value,
     ) -> Result<BuiltSource, ConfigError> {
         let cfg: QueueConfig = sluice_core::options::parse(path, options)?;
-        let name = path.rsplit('.').next().unwrap_or(path);
-        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), None)?;
+        let decoder = Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), None)?;
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Replayable,

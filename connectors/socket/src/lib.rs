@@ -91,7 +91,8 @@ impl SourceFactory for SocketSourceFactory {
     ) -> Result<BuiltSource, ConfigError> {
         let cfg: SocketSourceConfig = sluice_core::options::parse(path, options)?;
         let name = path.rsplit('.').next().unwrap_or(path);
-        let decoder = Decoder::new(path, name, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        let decoder =
+            Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.block_lines == 0 {
             return Err(ConfigError::new(
                 format!("{path}.block_lines"),

@@ -18,7 +18,7 @@ pub fn registry() -> Registry {
         .register_source("file", sluice_file::FileSourceFactory)
         .register_source("generator", sluice_generator::GeneratorFactory)
         .register_source("queue", sluice_generator::QueueFactory)
-        .register_sink("console", sluice_console::ConsoleFactory)
+        .register_sink("console", sluice_console::ConsoleFactory::default())
         .register_sink("file", sluice_file::FileSinkFactory)
         .register_sink(
             "blackhole",

@@ -85,6 +85,18 @@ impl Decoder {
         })
     }
 
+    /// The decoder of the component at key path `path` (`sources.lines`); dead letters name the
+    /// component (`lines`) as their origin.
+    pub fn for_component(
+        path: &str,
+        format: Format,
+        schema: Option<&str>,
+        delimiter: Option<char>,
+    ) -> Result<Self, ConfigError> {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        Self::new(path, name, format, schema, delimiter)
+    }
+
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
