@@ -98,6 +98,9 @@ impl Pipeline {
                 SourceRuntime::Replayable(r) => inputs.push((s.name.clone(), Input::Replayable(r))),
             }
         }
+        if let Some(dir) = &self.app.checkpoint_dir {
+            tracing::warn!(%dir, "app.checkpoint_dir is not used by this build yet: no write-ahead log or checkpoint is kept");
+        }
         let started = Instant::now();
         let mut t = match opts.manual_clock {
             Some(t0) => t0,
