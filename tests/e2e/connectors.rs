@@ -178,7 +178,7 @@ include_existing = true
 
 [jobs.hot]
 sql = "SELECT id, device, temperature FROM readings WHERE temperature > 20"
-sinks = ["json_out", "parquet_out"]
+sinks = ["json_out", "parquet_out", "csv_out"]
 
 [sinks.json_out]
 type = "file"
@@ -190,6 +190,11 @@ type = "file"
 path = "{out}/parquet"
 format = "parquet"
 partition_by = ["device"]
+
+[sinks.csv_out]
+type = "file"
+path = "{out}/csv"
+format = "csv"
 
 [sinks.rejected]
 type = "file"
@@ -262,6 +267,15 @@ path = "{out}/dlq"
         }
     }
     assert_eq!(parquet_rows, expected.len());
+    // CSV files have a header row and the same rows.
+    let mut csv_rows = 0;
+    for e in std::fs::read_dir(out.join("csv")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("id,device,temperature"));
+        csv_rows += lines.count();
+    }
+    assert_eq!(csv_rows, expected.len());
     // No temporary file is left behind.
     let leftovers = std::fs::read_dir(out.join("json"))
         .unwrap()

@@ -1,15 +1,15 @@
 //! `sluice bench`: benchmarks with fixed, seeded workloads (see docs/performance.md).
 //!
-//! `wordcount` feeds a local socket at fixed rates with seeded lines (10 words from a 10,000-word
-//! vocabulary), runs the word count on 1-second batches, and reports for each rate whether every
-//! batch (after the first) finished within the batch interval, the processing times, and peak RSS.
+//! `wordcount` runs the gateway (`sluice run`, a child process) on the socket word count with
+//! 1-second batches, feeds its socket at fixed rates with seeded lines (10 words from a 10,000-word
+//! vocabulary), and reports for each rate whether every batch kept processing time below the batch
+//! interval with every line counted, the processing times, line latencies and the gateway's peak RSS.
 
-use crate::{registry, RunOptions, Shutdown};
+use crate::{registry, RunOptions};
 use clap::Subcommand;
 use sluice_generator::{GeneratorConfig, Kind, Workload};
 use std::io::Write;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,6 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
                 "rate_lines_per_s,batches,max_processing_ms,median_processing_ms,sustained,lines_in,latency_p50_ms,latency_p99_ms,peak_rss_mb"
             );
             for rate in rates {
-                reset_peak_rss();
                 let r = wordcount_at(rate, seconds).await?;
                 println!(
                     "{rate},{},{:.1},{:.1},{},{},{:.0},{:.0},{:.0}",
@@ -53,7 +52,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
                     r.lines,
                     r.latency_p50_ms,
                     r.latency_p99_ms,
-                    peak_rss_mb()
+                    r.peak_rss_mb
                 );
             }
             Ok(())
@@ -124,8 +123,26 @@ struct RateResult {
     lines: u64,
     latency_p50_ms: f64,
     latency_p99_ms: f64,
+    peak_rss_mb: f64,
 }
 
+/// One `batch done` line of the gateway's log, and when the bench read it.
+struct Seen {
+    at: Instant,
+    processing_ms: f64,
+    records: u64,
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs the gateway as a child `sluice run` process (so its RSS is its own) reading a socket that
+/// this process feeds at `rate` lines per second for `seconds`.
 async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
@@ -144,74 +161,93 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
         format: Default::default(),
         schema: None,
     });
-    let mut pool = Vec::new();
+    let mut pool = String::new();
     let mut offsets = vec![0usize];
-    for line in w.take(200_000) {
-        pool.extend_from_slice(line.as_bytes());
-        pool.push(b'\n');
+    for _ in 0..200_000 {
+        w.next_into(&mut pool);
+        pool.push('\n');
         offsets.push(pool.len());
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let feed_start = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let feeder = {
-        let (done, sent, feed_start) = (done.clone(), sent.clone(), feed_start.clone());
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let (mut s, _) = listener.accept()?;
-            let started = *feed_start.get_or_init(Instant::now);
-            let mut next = 0usize;
-            let n_lines = offsets.len() - 1;
-            while !done.load(Ordering::Relaxed) {
-                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-                let mut behind = due.saturating_sub(sent.load(Ordering::Relaxed)) as usize;
-                while behind > 0 {
-                    let k = behind.min(n_lines - next);
-                    s.write_all(&pool[offsets[next]..offsets[next + k]])?;
-                    sent.fetch_add(k as u64, Ordering::Relaxed);
-                    next = (next + k) % n_lines;
-                    behind -= k;
+    let cfg_path =
+        std::env::temp_dir().join(format!("sluice-bench-{}-{rate}.toml", std::process::id()));
+    std::fs::write(
+        &cfg_path,
+        wordcount_config(&format!(
+            "{{ type = \"socket\", host = \"127.0.0.1\", port = {port} }}"
+        )),
+    )?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "sluice_engine::run=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+    let reader = {
+        let seen = seen.clone();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("batch done") {
+                    if let (Some(us), Some(records)) =
+                        (field(&line, "processing_us"), field(&line, "records"))
+                    {
+                        seen.lock().unwrap().push(Seen {
+                            at: Instant::now(),
+                            processing_ms: us as f64 / 1e3,
+                            records,
+                        });
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(5));
             }
-            Ok(())
         })
     };
-    let config = wordcount_config(&format!(
-        "{{ type = \"socket\", host = \"127.0.0.1\", port = {port} }}"
-    ));
-    let p = build(&config).await?;
-    let shutdown = Shutdown::default();
-    let opts = RunOptions {
-        duration: Some(Duration::from_secs(seconds + 1)),
-        shutdown,
-        ..Default::default()
-    };
-    let summary = p.run(opts).await?;
-    done.store(true, Ordering::Relaxed);
-    let _ = feeder.join();
-    // The first batch is partial and the last one drains: judge the ones in between.
-    let n = summary.stats.len();
-    let steady: Vec<f64> = summary
-        .stats
-        .iter()
-        .skip(1)
-        .take(n.saturating_sub(2))
-        .map(|b| b.processing.as_secs_f64() * 1e3)
-        .collect();
+    let (mut s, _) = listener.accept()?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    let n_lines = offsets.len() - 1;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let mut behind = due.saturating_sub(sent) as usize;
+        while behind > 0 {
+            let k = behind.min(n_lines - next);
+            s.write_all(&pool.as_bytes()[offsets[next]..offsets[next + k]])?;
+            sent += k as u64;
+            next = (next + k) % n_lines;
+            behind -= k;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Let the batch holding the last lines finish, then read the gateway's peak RSS and stop it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let peak_rss_mb = peak_rss_mb(child.id());
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    child.wait()?;
+    reader.join().ok();
+    let _ = std::fs::remove_file(&cfg_path);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let lines: u64 = seen.iter().map(|b| b.records).sum();
     // Latency of line i: from its paced send time (start + i / rate) to its batch's output. Lines
     // are counted in order across batches, sampled every 1,000th line.
     let mut latencies = Vec::new();
-    if let Some(start) = feed_start.get() {
-        let mut first = 0u64;
-        for b in summary.stats.iter().take(n.saturating_sub(1)) {
-            let mut i = first.div_ceil(1000) * 1000;
-            while i < first + b.records {
-                let sent_at = *start + Duration::from_secs_f64(i as f64 / rate as f64);
-                latencies.push(b.finished.saturating_duration_since(sent_at).as_secs_f64() * 1e3);
-                i += 1000;
-            }
-            first += b.records;
+    let mut first = 0u64;
+    for b in &seen {
+        let mut i = first.div_ceil(1000) * 1000;
+        while i < (first + b.records).min(sent) {
+            let sent_at = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            latencies.push(b.at.saturating_duration_since(sent_at).as_secs_f64() * 1e3);
+            i += 1000;
         }
+        first += b.records;
     }
     latencies.sort_by(f64::total_cmp);
     let pct = |p: usize| {
@@ -220,33 +256,32 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
             .copied()
             .unwrap_or(0.0)
     };
+    // Judge the batches between the first records and the end of the feed.
+    let begin = seen.iter().position(|b| b.records > 0).unwrap_or(0) + 1;
+    let steady: Vec<f64> = seen
+        .iter()
+        .skip(begin)
+        .take(seconds.saturating_sub(2) as usize)
+        .map(|b| b.processing_ms)
+        .collect();
     let mut sorted = steady.clone();
     sorted.sort_by(f64::total_cmp);
     let max_ms = sorted.last().copied().unwrap_or(0.0);
-    let median_ms = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    let lines_expected = rate * seconds;
     Ok(RateResult {
         batches: steady.len(),
         max_ms,
-        median_ms,
-        sustained: !steady.is_empty()
-            && max_ms < 1000.0
-            && summary.input_records + rate >= lines_expected,
-        lines: summary.input_records,
+        median_ms: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        sustained: !steady.is_empty() && max_ms < 1000.0 && lines == sent,
+        lines,
         latency_p50_ms: pct(50),
         latency_p99_ms: pct(99),
+        peak_rss_mb,
     })
 }
 
-/// Reset the kernel's peak-RSS mark of this process (writing 5 to clear_refs), so each rate's peak
-/// is its own.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size of this process (VmHWM), in MB.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Peak resident set size (VmHWM) of process `pid`, in MB.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

@@ -150,7 +150,8 @@ impl Pipeline {
             summary.batches += 1;
             tracing::debug!(
                 batch = t.millis(),
-                processing_ms = took.as_millis() as u64,
+                processing_us = took.as_micros() as u64,
+                records = summary.input_records - before,
                 "batch done"
             );
             if took > interval && opts.manual_clock.is_none() {

@@ -127,8 +127,12 @@ impl JobQuery {
             .query_planner()
             .create_physical_plan(&self.plan, &state)
             .await?;
-        let out = datafusion::physical_plan::collect(physical, self.ctx.task_ctx()).await?;
-        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+        let out = datafusion::physical_plan::collect(physical, self.ctx.task_ctx()).await;
+        // Inputs are not needed after the run: release them now rather than at the next batch.
+        for slot in self.slots.values() {
+            slot.clear();
+        }
+        Ok(out?.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
     /// The optimised logical plan, for `sluice validate --explain`.

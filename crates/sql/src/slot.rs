@@ -64,6 +64,11 @@ impl Slot {
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+
+    /// Drop the contents.
+    pub fn clear(&self) {
+        self.batches.write().unwrap().clear();
+    }
 }
 
 #[async_trait]
@@ -83,7 +88,20 @@ impl TableProvider for Slot {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.batches.read().unwrap().clone();
+        // Zero-copy slices of the session's batch size, so operators' intermediate arrays stay small
+        // however large the blocks a source delivered.
+        let size = state.config().batch_size().max(1);
+        let batches: Vec<RecordBatch> = self
+            .batches
+            .read()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows())
+                    .step_by(size)
+                    .map(move |o| b.slice(o, size.min(b.num_rows() - o)))
+            })
+            .collect();
         let n = state
             .config()
             .target_partitions()
