@@ -126,22 +126,10 @@ impl StreamingContext {
             (raw, i.options.clone())
         };
         let reg = registry();
-        let config = sluice_config::from_value(raw, &reg).map_err(|e| {
-            anyhow!(e
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"))
-        })?;
+        let config = sluice_config::from_value(raw, &reg).map_err(|e| joined(&e))?;
         let pipeline = crate::build(config, std::path::Path::new("<StreamingContext>"), &reg)
             .await
-            .map_err(|e| {
-                anyhow!(e
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"))
-            })?;
+            .map_err(|e| joined(&e))?;
         let handle = tokio::spawn(pipeline.run(options));
         self.inner.lock().unwrap().running = Some(handle);
         Ok(())
@@ -158,6 +146,15 @@ impl StreamingContext {
             .context("the context was not started")?;
         Ok(h.await.context("the pipeline task failed")??)
     }
+}
+
+/// One error holding every problem found, a line each.
+fn joined<E: std::fmt::Display>(errors: &[E]) -> anyhow::Error {
+    anyhow!(errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 impl DStream {
