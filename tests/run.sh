@@ -9,5 +9,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Everything the current suite needs is the Rust toolchain and `kill` (procps); later connector
 # suites add their servers here (see ../shared/services).
-command -v kill >/dev/null || { apt-get update -qq && apt-get install -y -qq procps; }
+type -P kill >/dev/null || { apt-get update -qq && apt-get install -y -qq procps; }
 cargo test --workspace "$@"
