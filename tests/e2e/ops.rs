@@ -256,13 +256,26 @@ sinks = ["out"]
         ..Default::default()
     };
     let run = tokio::spawn(p.run(opts));
-    // Wait until the old owner has been printed, then change the file.
+    // Wait until the old owner has been printed, then change the file (with a modification time
+    // that differs whatever the file system's granularity).
+    let limit = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !buf.text().contains("('d1', 'alice')") {
-        tokio::task::yield_now().await;
+        assert!(
+            std::time::Instant::now() < limit,
+            "the first batch never printed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    std::thread::sleep(std::time::Duration::from_millis(20)); // a distinct modification time
     std::fs::write(&csv, "device,owner\nd1,bob\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&csv)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
     while !buf.text().contains("('d1', 'bob')") {
+        assert!(std::time::Instant::now() < limit, "the reload never showed");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     shutdown.trigger();
