@@ -51,10 +51,6 @@ pub trait BlockWriter: Send + Sync {
     /// engine is configured to (the receiver acknowledges upstream only after that). Waits while the
     /// engine applies backpressure, so a receiver that awaits this stops reading its peer.
     async fn store(&self, block: RecordBatch) -> Result<()>;
-    /// How many records the receiver may read now before the next `store` (rate limiting).
-    fn budget(&self) -> Option<usize> {
-        None
-    }
     /// Where undecodable records go.
     fn dead_letters(&self) -> &DeadLetters;
     /// Report a connection state change.

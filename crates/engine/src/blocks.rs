@@ -75,14 +75,6 @@ impl BlockWriter for ReceiverBlocks {
         }
     }
 
-    fn budget(&self) -> Option<usize> {
-        Some(
-            self.capacity
-                .saturating_sub(self.buffered.load(Ordering::SeqCst))
-                .max(1),
-        )
-    }
-
     fn dead_letters(&self) -> &DeadLetters {
         &self.dead
     }

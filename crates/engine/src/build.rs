@@ -169,13 +169,6 @@ impl Pipeline {
             .map(|j| (j.name.clone(), j.query.explain()))
             .collect()
     }
-
-    pub fn job_schema(&self, job: &str) -> Option<SchemaRef> {
-        self.jobs
-            .iter()
-            .find(|j| j.name == job)
-            .map(|j| j.out_schema.clone())
-    }
 }
 
 /// Jobs in dependency order, each with the names it reads. Unknown names and cycles are errors.

@@ -111,11 +111,6 @@ impl JobQuery {
         self.schema.clone()
     }
 
-    /// The tables this query reads.
-    pub fn tables(&self) -> impl Iterator<Item = (&String, &Arc<Slot>)> {
-        self.slots.iter()
-    }
-
     pub fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
         self.slots.get(name)
     }

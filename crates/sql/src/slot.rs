@@ -61,10 +61,6 @@ impl Slot {
         Ok(())
     }
 
-    pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
     /// Drop the contents.
     pub fn clear(&self) {
         self.batches.write().unwrap().clear();
