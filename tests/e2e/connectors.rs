@@ -107,11 +107,14 @@ fn wordcount_config_counts_every_line_from_a_real_socket_peer_and_reconnects() {
     wait_for("every line to be counted", Duration::from_secs(60), || {
         printed_counts(&stdout.lock().unwrap()) == expected
     });
-    // The peer goes away and comes back: the source reconnects.
+    // The peer goes away after an unterminated line and comes back: the source reconnects, and
+    // that last line counts on its own, not glued to the next connection's first line.
+    write!(peer, "tail").unwrap();
     drop(peer);
     let (mut peer, _) = listener.accept().unwrap();
     writeln!(peer, "again again").unwrap();
     peer.flush().unwrap();
+    expected.insert("tail".into(), 1);
     expected.insert("again".into(), 2);
     wait_for("lines after the reconnect", Duration::from_secs(60), || {
         printed_counts(&stdout.lock().unwrap()) == expected

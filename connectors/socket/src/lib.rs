@@ -209,6 +209,29 @@ impl SocketReceiver {
         }
     }
 
+    /// The connection's data ended (peer closed, read error, or stop): its unterminated last line is
+    /// a line too, as `readLine` returns it at EOF, rather than a prefix of the next connection's
+    /// first line; everything pending is stored.
+    async fn finish(
+        &self,
+        buf: &mut [u8],
+        filled: &mut usize,
+        pending: &mut Pending,
+        out: &Arc<dyn BlockWriter>,
+    ) -> Result<()> {
+        if *filled > 0 {
+            // `filled < buf.len()`: a full buffer without a newline is dropped when read.
+            buf[*filled] = b'\n';
+            self.split_lines(&buf[..*filled + 1], pending, out);
+            *filled = 0;
+        }
+        if pending.len() > 0 {
+            let b = self.block(pending, out);
+            out.store(b).await?;
+        }
+        Ok(())
+    }
+
     fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> RecordBatch {
         let text = std::str::from_utf8(&pending.text).expect("lines were checked");
         let mut lines: Vec<&str> = Vec::with_capacity(pending.offsets.len());
@@ -254,10 +277,8 @@ impl Receiver for SocketReceiver {
                             attempt: 0,
                             error: "connection closed by peer".into(),
                         });
-                        if pending.len() > 0 {
-                            let b = self.block(&mut pending, &out);
-                            out.store(b).await?;
-                        }
+                        self.finish(&mut buf, &mut filled, &mut pending, &out)
+                            .await?;
                         continue 'connections;
                     }
                     Some(Ok(n)) => {
@@ -278,6 +299,8 @@ impl Receiver for SocketReceiver {
                             attempt: 0,
                             error: e.to_string(),
                         });
+                        self.finish(&mut buf, &mut filled, &mut pending, &out)
+                            .await?;
                         continue 'connections;
                     }
                 }
@@ -291,14 +314,8 @@ impl Receiver for SocketReceiver {
             }
         }
         // Stopping: what was received is stored before the receiver ends (graceful stop drains it).
-        if filled > 0 && !buf[..filled].contains(&b'\n') {
-            buf[filled] = b'\n';
-            self.split_lines(&buf[..filled + 1], &mut pending, &out);
-        }
-        if pending.len() > 0 {
-            let b = self.block(&mut pending, &out);
-            out.store(b).await?;
-        }
+        self.finish(&mut buf, &mut filled, &mut pending, &out)
+            .await?;
         out.set_status(ReceiverStatus::Stopped);
         Ok(())
     }
