@@ -79,27 +79,16 @@ impl EventTime {
         for b in input {
             let ts = self.times(&b);
             let wm = self.watermark;
-            let keep: BooleanArray = ts
-                .iter()
-                .map(|t| {
-                    Some(
-                        matches!((t, wm), (Some(t), Some(w)) if *t >= w)
-                            || (t.is_some() && wm.is_none()),
-                    )
-                })
-                .collect();
-            let not_keep: BooleanArray = keep.iter().map(|k| k.map(|k| !k)).collect();
+            // On time: an event time at or after the watermark (any event time before the first).
+            let on_time = |t: &Option<i64>| t.is_some_and(|t| wm.is_none_or(|w| t >= w));
+            let keep: BooleanArray = ts.iter().map(|t| Some(on_time(t))).collect();
             if keep.true_count() < b.num_rows() {
-                late.push(filter_record_batch(&b, &not_keep).expect("same length"));
+                let late_rows = sluice_core::arrow::compute::not(&keep).expect("no nulls");
+                late.push(filter_record_batch(&b, &late_rows).expect("same length"));
             }
             let kept = filter_record_batch(&b, &keep).expect("same length");
-            for t in ts
-                .iter()
-                .zip(keep.iter())
-                .filter(|(_, k)| *k == Some(true))
-                .filter_map(|(t, _)| *t)
-            {
-                self.max_ts = Some(self.max_ts.map_or(t, |m| m.max(t)));
+            if let Some(m) = ts.iter().filter(|t| on_time(t)).flatten().max() {
+                self.max_ts = Some(self.max_ts.map_or(*m, |old| old.max(*m)));
             }
             if kept.num_rows() > 0 {
                 self.buffer.push(kept);
