@@ -84,24 +84,21 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     }
 }
 
+/// The word count with `source` (a TOML inline table) as table `lines`.
 fn wordcount_config(source: &str) -> String {
     format!(
         r#"
 [app]
 name = "bench"
 batch_interval = "1s"
-[sources.lines]
-{}
+[sources]
+lines = {source}
 [jobs.counts]
 sql = "SELECT word, count(*) AS n FROM (SELECT unnest(string_to_array(line, ' ')) AS word FROM lines) GROUP BY word"
 sinks = ["out"]
 [sinks.out]
 type = "blackhole"
-"#,
-        source
-            .trim_start_matches("{ ")
-            .trim_end_matches(" }")
-            .replace(", ", "\n")
+"#
     )
 }
 
