@@ -79,6 +79,42 @@ pub struct FileSink {
     dir: PathBuf,
 }
 
+/// The folder, inside the output directory, of the manifest of committed batches (one small JSON
+/// file per job and batch, like Spark's `_spark_metadata`). Readers that list only the files named
+/// there never see a half-written batch; the source skips `_`-prefixed names.
+pub const MANIFEST_DIR: &str = "_sluice_metadata";
+
+/// One committed (job, batch) of a file sink.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    pub job: String,
+    pub batch_time: i64,
+    pub rows: u64,
+    /// Paths relative to the output directory.
+    pub files: Vec<String>,
+}
+
+/// The committed batches of the file sink writing to `dir`, in batch-time order.
+pub fn committed(dir: &Path) -> Result<Vec<ManifestEntry>> {
+    let mut out = Vec::new();
+    let m = dir.join(MANIFEST_DIR);
+    let entries = match std::fs::read_dir(&m) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let entry: ManifestEntry = serde_json::from_slice(&std::fs::read(&p)?)
+                .map_err(|e| Error::msg(format!("bad manifest entry {}: {e}", p.display())))?;
+            out.push(entry);
+        }
+    }
+    out.sort_by(|a, b| (a.batch_time, &a.job).cmp(&(b.batch_time, &b.job)));
+    Ok(out)
+}
+
 fn encode(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     Ok(match format {
         OutputFormat::Json => sluice_formats::encode_json_lines(batches)?,
@@ -180,15 +216,30 @@ impl Sink for FileSink {
             .prefix
             .clone()
             .unwrap_or_else(|| batch.job.to_string());
-        let name = format!("{prefix}-{}.{}", batch.time.millis(), self.cfg.format.ext());
+        let stem = format!("{prefix}-{}", batch.time.millis());
+        let name = format!("{stem}.{}", self.cfg.format.ext());
+        let mut files = Vec::new();
         for (part, rows) in self.partitions(&batch.schema, batch.batches)? {
-            let dir = if part.is_empty() {
-                self.dir.clone()
+            let rel = if part.is_empty() {
+                name.clone()
             } else {
-                self.dir.join(part)
+                format!("{part}/{name}")
             };
             let bytes = encode(self.cfg.format, &batch.schema, &rows)?;
-            write_atomically(&dir.join(&name), &bytes)?;
+            write_atomically(&self.dir.join(&rel), &bytes)?;
+            files.push(rel);
+        }
+        // The manifest entry comes last: a batch is committed in this sink once it exists.
+        let entry = ManifestEntry {
+            job: batch.job.to_string(),
+            batch_time: batch.time.millis(),
+            rows: batch.num_rows() as u64,
+            files,
+        };
+        let bytes = serde_json::to_vec(&entry).map_err(|e| Error::msg(e.to_string()))?;
+        write_atomically(&self.dir.join(MANIFEST_DIR).join(format!("{stem}.json")), &bytes)?;
+        if batch.replay {
+            tracing::info!(sink = %self.dir.display(), batch = batch.time.millis(), "re-run batch overwrote its files");
         }
         Ok(())
     }

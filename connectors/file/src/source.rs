@@ -148,6 +148,20 @@ impl ReplayableSource for FileSource {
         Ok(serde_json::json!({ "files": new }))
     }
 
+    fn position(&self) -> serde_json::Value {
+        let mut seen: Vec<&String> = self.seen.iter().collect();
+        seen.sort();
+        serde_json::json!({ "seen": seen })
+    }
+
+    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
+        let seen: Vec<String> = serde_json::from_value(position["seen"].clone())
+            .map_err(|e| Error::msg(format!("bad file source position: {e}")))?;
+        self.seen = seen.into_iter().collect();
+        self.started = true;
+        Ok(())
+    }
+
     async fn read(
         &mut self,
         range: &serde_json::Value,

@@ -231,6 +231,15 @@ impl Workload {
             .collect()
     }
 
+    /// Generate and drop the next `n` records (to resume after them).
+    pub fn skip(&mut self, n: u64) {
+        let mut s = String::new();
+        for _ in 0..n {
+            s.clear();
+            self.next_into(&mut s);
+        }
+    }
+
     pub fn produced(&self) -> u64 {
         self.next
     }
@@ -245,7 +254,15 @@ pub struct GeneratorReceiver {
 impl Receiver for GeneratorReceiver {
     async fn run(self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
         out.set_status(ReceiverStatus::Connected("generator".into()));
-        let mut w = Workload::new(&self.cfg);
+        // After a restart, continue right after the last durable record: same records, same times.
+        let mut cfg = self.cfg.clone();
+        let resume = out.resume_position();
+        let skip = resume.as_ref().and_then(|p| p["next"].as_u64()).unwrap_or(0);
+        if let Some(start) = resume.as_ref().and_then(|p| p["start_ms"].as_i64()) {
+            cfg.start_ms = Some(start);
+        }
+        let mut w = Workload::new(&cfg);
+        w.skip(skip);
         let tick = Duration::from_millis(100);
         let started = tokio::time::Instant::now();
         let mut ticks = 0u64;
@@ -256,14 +273,16 @@ impl Receiver for GeneratorReceiver {
                 _ = out.stopped() => break,
             }
             // Records due by now, so the average rate is exact.
-            let due = (self.cfg.rate as u128 * (tick.as_millis() * ticks as u128) / 1000) as u64;
+            let due =
+                skip + (self.cfg.rate as u128 * (tick.as_millis() * ticks as u128) / 1000) as u64;
             let due = self.cfg.count.map_or(due, |c| due.min(c));
             let n = due.saturating_sub(w.produced()) as usize;
             if n > 0 {
                 let lines = w.take(n);
                 let (batch, dead) = self.decoder.decode(&lines);
                 out.dead_letters().extend(dead);
-                out.store(batch).await?;
+                let position = serde_json::json!({ "next": w.produced(), "start_ms": w.start_ms });
+                out.store_at(batch, position).await?;
             }
             if self.cfg.count.is_some_and(|c| w.produced() >= c) {
                 out.set_status(ReceiverStatus::Stopped);

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod context;
+pub mod inspect;
 
 pub use context::{DStream, StreamingContext};
 pub use sluice_config::{AppConfig, Diagnostic, DiagnosticKind};

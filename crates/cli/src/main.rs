@@ -36,11 +36,22 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Look into a checkpoint directory.
+    Checkpoint {
+        #[command(subcommand)]
+        which: CheckpointCmd,
+    },
     /// Benchmarks with fixed, seeded workloads.
     Bench {
         #[command(subcommand)]
         which: bench::Which,
     },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Print the committed batches, unfinished plans, source positions, state sizes and WAL usage.
+    Inspect { dir: PathBuf },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -107,12 +118,28 @@ fn main() -> ExitCode {
                 };
                 match pipeline.run(opts).await {
                     Ok(_) => ExitCode::SUCCESS,
+                    Err(sluice_core::Error::Config(e)) => {
+                        eprintln!("error: {}: {e}", config.display());
+                        ExitCode::from(2)
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         ExitCode::from(1)
                     }
                 }
             }
+            Command::Checkpoint {
+                which: CheckpointCmd::Inspect { dir },
+            } => match sluice::inspect::inspect(&dir) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
             Command::Bench { which } => match bench::run(which).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

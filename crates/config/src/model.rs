@@ -31,15 +31,118 @@ pub struct AppSection {
     /// How often a batch is cut, e.g. `"1s"` (Spark's `batchDuration`).
     #[serde(deserialize_with = "serde_duration::deserialize")]
     pub batch_interval: Duration,
-    /// Where checkpoints and the write-ahead log live (used by the reliability layer).
+    /// Where the checkpoint (batch plans, committed batches, source positions, state) and the
+    /// write-ahead log of received data live. With it, a restarted gateway resumes where it stopped:
+    /// unfinished batches are re-run with identical inputs. Without it nothing survives a restart.
     #[serde(default)]
     pub checkpoint_dir: Option<String>,
+    /// The write-ahead log (used with `checkpoint_dir`).
+    #[serde(default)]
+    pub wal: WalConfig,
+    /// After a restart, the batch times that passed while the gateway was down: `catch_up` (default,
+    /// as Spark) runs one batch per missed interval back to back, so processing-time windows slide
+    /// as if there had been no gap; `coalesce` runs a single batch at the current time.
+    #[serde(default)]
+    pub missed_batches: MissedBatches,
+    /// Rate limits and adaptive backpressure.
+    #[serde(default)]
+    pub backpressure: BackpressureConfig,
     /// The sink that receives records that failed to decode or arrived after the watermark.
     #[serde(default)]
     pub dead_letter: Option<String>,
     /// How long a graceful stop may take to drain received data (default 10 × batch_interval).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
     pub graceful_stop_timeout: Option<Duration>,
+}
+
+/// `[app.wal]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// When received blocks are made durable (and acknowledged upstream): `interval` (default;
+    /// one `fdatasync` per `sync_interval` for every block received meanwhile) or `every_block`.
+    #[serde(default)]
+    pub sync: WalSync,
+    /// The group-commit interval of `sync = "interval"` (default 50ms). A kill loses at most the
+    /// data of an unacknowledged peer received in the last interval.
+    #[serde(default = "default_sync_interval", deserialize_with = "serde_duration::deserialize")]
+    pub sync_interval: Duration,
+    /// Size at which a log segment is closed and a new one started (default 64 MiB). Closed
+    /// segments are deleted once every batch that read them is committed.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            sync: WalSync::default(),
+            sync_interval: default_sync_interval(),
+            segment_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WalSync {
+    #[default]
+    Interval,
+    EveryBlock,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedBatches {
+    #[default]
+    CatchUp,
+    Coalesce,
+}
+
+/// `[app.backpressure]`: how fast sources may go (Spark's `spark.streaming.backpressure.*` and
+/// `receiver.maxRate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackpressureConfig {
+    /// Adapt each source's rate to what the batches can process (PID estimator, default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Records per second each source may deliver in the first batch, before the estimator has
+    /// measured anything (default: `max_rate`, else unlimited).
+    #[serde(default)]
+    pub initial_rate: Option<u64>,
+    /// The estimator never goes below this many records per second (default 100).
+    #[serde(default = "default_min_rate")]
+    pub min_rate: u64,
+    /// A hard cap in records per second for every source, with or without `enabled`.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+    /// Per-source caps overriding `max_rate`: `{ lines = 5000 }`.
+    #[serde(default)]
+    pub source_max_rate: IndexMap<String, u64>,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        BackpressureConfig {
+            enabled: false,
+            initial_rate: None,
+            min_rate: default_min_rate(),
+            max_rate: None,
+            source_max_rate: IndexMap::new(),
+        }
+    }
+}
+
+fn default_min_rate() -> u64 {
+    100
 }
 
 /// `[tables.NAME]`: a reference table read from a file, joined by jobs (Spark's `transform` with a

@@ -50,7 +50,18 @@ pub trait BlockWriter: Send + Sync {
     /// Store one block of received records. Resolves once the block is stored as durably as the
     /// engine is configured to (the receiver acknowledges upstream only after that). Waits while the
     /// engine applies backpressure, so a receiver that awaits this stops reading its peer.
-    async fn store(&self, block: RecordBatch) -> Result<()>;
+    async fn store(&self, block: RecordBatch) -> Result<()> {
+        self.store_at(block, serde_json::Value::Null).await
+    }
+    /// [`BlockWriter::store`], with the receiver's position after this block (e.g. the next record
+    /// number of a generator). The position is kept with the block, and after a restart
+    /// [`BlockWriter::resume_position`] returns the last durable one.
+    async fn store_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()>;
+    /// The position stored with the last durable block before a restart, if any: a receiver that
+    /// can regenerate its input (the generator) continues after it instead of starting over.
+    fn resume_position(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Where undecodable records go.
     fn dead_letters(&self) -> &DeadLetters;
     /// Report a connection state change.
@@ -85,6 +96,16 @@ pub trait ReplayableSource: Send {
     ) -> Result<Vec<RecordBatch>>;
     /// The batch that consumed `range` is committed: positions before it will never be read again.
     async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    /// Where the source stands after its last [`ReplayableSource::plan`] (e.g. the files already
+    /// planned, the next offsets). Recorded with every batch plan.
+    fn position(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// After a restart: continue from a position [`ReplayableSource::position`] returned, so the
+    /// next plan starts right after the last recorded one.
+    fn restore(&mut self, _position: &serde_json::Value) -> Result<()> {
         Ok(())
     }
 }

@@ -1,19 +1,49 @@
-//! Where receivers put what they receive until a batch takes it (the in-memory block store; the
-//! write-ahead log replaces it when a checkpoint directory is configured).
+//! Where a receiver puts what it receives until a batch takes it.
 //!
-//! `store` waits while the receiver's unplanned records exceed the buffer capacity, so a receiver
-//! that awaits it stops reading its peer: backpressure reaches the socket instead of memory.
+//! With a checkpoint directory every block is appended to the receiver's write-ahead log first, and
+//! `store` resolves only once the block is durable — so a receiver acknowledges upstream only what a
+//! restart can recover. Blocks are numbered; a batch plan records the range of numbers it took.
+//!
+//! `store` waits while the receiver's unplanned records exceed the buffer capacity or its rate
+//! limit, so a receiver that awaits it stops reading its peer: backpressure reaches the socket
+//! instead of memory.
 
+use crate::rate::RateLimit;
 use async_trait::async_trait;
 use sluice_core::arrow::record_batch::RecordBatch;
-use sluice_core::{BlockWriter, DeadLetters, ReceiverStatus, Result};
+use sluice_core::{BlockWriter, DeadLetters, Error, ReceiverStatus, Result};
+use sluice_wal::Log;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// A contiguous range of block numbers: `from..from + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockRange {
+    pub from: u64,
+    pub count: u64,
+}
+
+impl BlockRange {
+    pub fn end(&self) -> u64 {
+        self.from + self.count
+    }
+}
+
+struct Pending {
+    /// Durable blocks not yet planned, by number.
+    blocks: BTreeMap<u64, RecordBatch>,
+    /// The first number the next batch takes.
+    cursor: u64,
+    /// Next number handed out without a log.
+    next: u64,
+}
 
 pub struct ReceiverBlocks {
     name: String,
-    blocks: Mutex<Vec<RecordBatch>>,
+    log: Option<Arc<Log>>,
+    pending: Mutex<Pending>,
     buffered: AtomicUsize,
     capacity: usize,
     space: Notify,
@@ -21,13 +51,21 @@ pub struct ReceiverBlocks {
     stop: Notify,
     dead: DeadLetters,
     status: Mutex<ReceiverStatus>,
+    resume: Option<serde_json::Value>,
+    failed: Mutex<Option<String>>,
+    pub rate: RateLimit,
 }
 
 impl ReceiverBlocks {
-    pub fn new(name: &str, capacity: usize, dead: DeadLetters) -> Self {
+    pub fn new(name: &str, capacity: usize, dead: DeadLetters, rate: RateLimit) -> Self {
         ReceiverBlocks {
             name: name.to_string(),
-            blocks: Mutex::new(Vec::new()),
+            log: None,
+            pending: Mutex::new(Pending {
+                blocks: BTreeMap::new(),
+                cursor: 0,
+                next: 0,
+            }),
             buffered: AtomicUsize::new(0),
             capacity,
             space: Notify::new(),
@@ -35,15 +73,57 @@ impl ReceiverBlocks {
             stop: Notify::new(),
             dead,
             status: Mutex::new(ReceiverStatus::Starting),
+            resume: None,
+            failed: Mutex::new(None),
+            rate,
         }
     }
 
-    /// Take every block stored so far (the input of one batch).
-    pub fn take(&self) -> Vec<RecordBatch> {
-        let blocks = std::mem::take(&mut *self.blocks.lock().unwrap());
-        self.buffered.store(0, Ordering::SeqCst);
+    /// Back the blocks with `log`. `cursor` is the first block no batch plan has taken (None: no
+    /// plan took any); blocks from there on are already in the log (received before a restart) and
+    /// go to the next batch.
+    pub fn with_log(
+        mut self,
+        log: Arc<Log>,
+        cursor: Option<u64>,
+        resume: Option<serde_json::Value>,
+    ) -> Result<Self> {
+        let entries = log.read_after(cursor.and_then(|c| c.checked_sub(1)))?;
+        let p = self.pending.get_mut().unwrap();
+        p.cursor = cursor
+            .or(entries.first().map(|e| e.seq))
+            .unwrap_or_else(|| log.next_seq());
+        for e in entries {
+            self.buffered.fetch_add(e.batch.num_rows(), Ordering::SeqCst);
+            p.blocks.insert(e.seq, e.batch);
+        }
+        if !p.blocks.is_empty() {
+            tracing::info!(receiver = %self.name, blocks = p.blocks.len(), "blocks received before the restart go to the next batch");
+        }
+        self.log = Some(log);
+        self.resume = resume;
+        Ok(self)
+    }
+
+    /// Take the durable blocks no batch has taken yet (the input of one batch) and their range.
+    pub fn take(&self) -> (Vec<RecordBatch>, BlockRange) {
+        let mut guard = self.pending.lock().unwrap();
+        let p = &mut *guard;
+        let from = p.cursor;
+        let mut out = Vec::new();
+        while let Some(b) = p.blocks.remove(&p.cursor) {
+            out.push(b);
+            p.cursor += 1;
+        }
+        let range = BlockRange {
+            from,
+            count: p.cursor - from,
+        };
+        drop(guard);
+        let n: usize = out.iter().map(|b| b.num_rows()).sum();
+        self.buffered.fetch_sub(n, Ordering::SeqCst);
         self.space.notify_waiters();
-        blocks
+        (out, range)
     }
 
     pub fn request_stop(&self) {
@@ -51,14 +131,27 @@ impl ReceiverBlocks {
         self.stop.notify_waiters();
         self.space.notify_waiters();
     }
+
+    /// Why storing failed (the log could not be written), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap().clone()
+    }
+
+    fn fail(&self, e: Error) -> Error {
+        *self.failed.lock().unwrap() = Some(e.to_string());
+        e
+    }
 }
 
 #[async_trait]
 impl BlockWriter for ReceiverBlocks {
-    async fn store(&self, block: RecordBatch) -> Result<()> {
+    async fn store_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
         let n = block.num_rows();
         if n == 0 {
             return Ok(());
+        }
+        if let Some(e) = self.failure() {
+            return Err(Error::msg(e));
         }
         loop {
             let notified = self.space.notified();
@@ -67,12 +160,35 @@ impl BlockWriter for ReceiverBlocks {
                 || buffered + n <= self.capacity
                 || self.stopping.load(Ordering::SeqCst)
             {
-                self.blocks.lock().unwrap().push(block);
-                self.buffered.fetch_add(n, Ordering::SeqCst);
-                return Ok(());
+                break;
             }
             notified.await;
         }
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.rate.acquire(n as u64).await;
+        }
+        let seq = match &self.log {
+            Some(log) => {
+                let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+                match durable.await {
+                    Ok(Ok(())) => seq,
+                    Ok(Err(e)) => return Err(self.fail(e)),
+                    Err(_) => return Err(self.fail(Error::msg("the WAL writer stopped"))),
+                }
+            }
+            None => {
+                let mut p = self.pending.lock().unwrap();
+                p.next += 1;
+                p.next - 1
+            }
+        };
+        self.pending.lock().unwrap().blocks.insert(seq, block);
+        self.buffered.fetch_add(n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn resume_position(&self) -> Option<serde_json::Value> {
+        self.resume.clone()
     }
 
     fn dead_letters(&self) -> &DeadLetters {

@@ -27,6 +27,8 @@ impl From<ConfigError> for BuildError {
 
 pub(crate) struct SourceSlot {
     pub name: String,
+    /// The connector type (`socket`, `file`, …).
+    pub kind: String,
     pub guarantee: Guarantee,
     pub runtime: Option<SourceRuntime>,
 }
@@ -39,6 +41,8 @@ pub struct Pipeline {
     pub(crate) jobs: Vec<JobRuntime>,
     pub(crate) sinks: BTreeMap<String, Box<dyn Sink>>,
     pub(crate) dead: DeadLetters,
+    /// Where relative paths (the checkpoint directory) are resolved.
+    pub(crate) base_dir: PathBuf,
 }
 
 impl Pipeline {
@@ -66,6 +70,7 @@ impl Pipeline {
                     schemas.insert(c.name.clone(), (built.schema.clone(), InputKind::Stream));
                     sources.push(SourceSlot {
                         name: c.name.clone(),
+                        kind: c.kind.clone(),
                         guarantee: built.guarantee,
                         runtime: Some(built.runtime),
                     });
@@ -121,6 +126,7 @@ impl Pipeline {
             jobs,
             sinks,
             dead: DeadLetters::default(),
+            base_dir,
         })
     }
 
@@ -148,12 +154,12 @@ impl Pipeline {
             for s in srcs {
                 for k in &j.sinks {
                     let idempotent = self.sinks.get(k).is_some_and(|s| s.idempotent());
-                    // This build keeps no write-ahead log or checkpoint yet: within a run every
-                    // record reaches every sink once; across a crash, data received but not yet
-                    // written is lost and replayable sources restart from their configured start.
-                    let g = match (s.guarantee, idempotent) {
-                        (_, true) => "once per run; a crash loses unwritten batches (no write-ahead log in this build)",
-                        (_, false) => "once per run, not idempotent on re-runs; a crash loses unwritten batches",
+                    let durable = self.app.checkpoint_dir.is_some();
+                    let g = match (durable, s.guarantee, idempotent) {
+                        (false, _, _) => "at-most-once across restarts: no checkpoint_dir, so a crash loses what was not yet written",
+                        (true, Guarantee::Unacknowledged, true) => "exactly-once for what was received: the write-ahead log keeps it; lines not yet durable at a crash are lost (the peer never resends)",
+                        (true, _, true) => "exactly-once: re-run batches read identical input and overwrite their output",
+                        (true, _, false) => "at-least-once: re-run batches are written again (the sink is not idempotent)",
                     };
                     lines.push(format!("  {} ({}) -> {}: {}", s.name, s.guarantee, k, g));
                 }

@@ -154,4 +154,20 @@ impl EventTime {
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
     }
+
+    /// The buffered rows and the (max event time, watermark), for the checkpoint.
+    pub fn snapshot(&self) -> (Option<RecordBatch>, [Option<i64>; 2]) {
+        let buffer = self.buffer.first().map(|b| {
+            sluice_core::arrow::compute::concat_batches(&b.schema(), &self.buffer)
+                .expect("one schema")
+        });
+        (buffer, [self.max_ts, self.watermark])
+    }
+
+    /// Continue from a [`EventTime::snapshot`].
+    pub fn restore(&mut self, buffer: Option<RecordBatch>, marks: [Option<i64>; 2]) {
+        self.buffer = buffer.into_iter().filter(|b| b.num_rows() > 0).collect();
+        self.max_ts = marks[0];
+        self.watermark = marks[1];
+    }
 }

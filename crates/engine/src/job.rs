@@ -25,6 +25,8 @@ pub struct ProcWindow {
     pub length: Duration,
     pub slide: Duration,
     history: HashMap<String, VecDeque<(BatchTime, Vec<RecordBatch>)>>,
+    /// (input, batch time) of what the last push dropped, for the checkpoint.
+    pub evicted: Vec<(String, BatchTime)>,
 }
 
 impl ProcWindow {
@@ -33,6 +35,7 @@ impl ProcWindow {
             length,
             slide,
             history: HashMap::new(),
+            evicted: Vec::new(),
         }
     }
 
@@ -41,9 +44,29 @@ impl ProcWindow {
         h.push_back((t, batches));
         let oldest = t.minus(self.length);
         while h.front().is_some_and(|(bt, _)| *bt <= oldest) {
-            h.pop_front();
+            let (bt, _) = h.pop_front().expect("checked");
+            self.evicted.push((table.to_string(), bt));
         }
         h.iter().flat_map(|(_, b)| b.iter().cloned()).collect()
+    }
+}
+
+impl ProcWindow {
+    /// What input `table` added in batch `t`, if it is still in the window.
+    pub fn added(&self, table: &str, t: BatchTime) -> Option<&[RecordBatch]> {
+        self.history
+            .get(table)?
+            .iter()
+            .find(|(bt, _)| *bt == t)
+            .map(|(_, b)| b.as_slice())
+    }
+
+    /// Put back one batch's input of a window after a restart (oldest first).
+    pub fn restore(&mut self, table: &str, t: BatchTime, batches: Vec<RecordBatch>) {
+        self.history
+            .entry(table.to_string())
+            .or_default()
+            .push_back((t, batches));
     }
 }
 

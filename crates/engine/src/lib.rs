@@ -8,8 +8,10 @@
 
 mod blocks;
 mod build;
+pub mod checkpoint;
 mod event_time;
 mod job;
+mod rate;
 mod reference;
 mod run;
 mod state;

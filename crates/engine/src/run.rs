@@ -1,11 +1,22 @@
-//! The batch loop: the clock, cutting batches, running jobs, writing sinks, graceful stop.
+//! The batch loop: the clock, planning and running batches, committing them, recovery, graceful stop.
+//!
+//! With a checkpoint directory, batch `t` goes through three steps: its plan (the exact input of
+//! every source) is written durably; the jobs run and the sinks write (deterministic names, so a
+//! re-run overwrites); then one atomic commit records the batch as done with the new state and
+//! window contents. A restart re-runs every planned batch that has no commit, from its plan.
 
-use crate::blocks::ReceiverBlocks;
+use crate::blocks::{BlockRange, ReceiverBlocks};
 use crate::build::Pipeline;
-use sluice_config::LateRecords;
+use crate::checkpoint::{self as ck, Done, Plan, SourcePlan};
+use crate::rate::{PidEstimator, RateLimit};
+use sluice_config::{LateRecords, MissedBatches, WalSync};
 use sluice_core::arrow::record_batch::RecordBatch;
-use sluice_core::{BatchTime, DeadLetter, DeadLetters, Error, Result, SinkBatch, SourceRuntime};
-use std::collections::HashMap;
+use sluice_core::{
+    BatchTime, DeadLetter, DeadLetters, Error, ReplayableSource, Result, SinkBatch, SourceRuntime,
+};
+use sluice_wal::{ipc, Changes, Log, Store, SyncPolicy};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -36,7 +47,7 @@ impl Shutdown {
 pub struct RunOptions {
     /// Stop gracefully after this long.
     pub duration: Option<Duration>,
-    /// Stop after this many batches.
+    /// Stop after this many batches (re-runs of unfinished batches after a restart included).
     pub max_batches: Option<u64>,
     /// Run batches back to back from this time, without waiting for the clock (tests, backfills).
     pub manual_clock: Option<BatchTime>,
@@ -47,6 +58,8 @@ pub struct RunOptions {
 #[derive(Debug, Default, Clone)]
 pub struct RunSummary {
     pub batches: u64,
+    /// Batches re-run from their plan after a restart.
+    pub replayed: u64,
     pub input_records: u64,
     pub dead_letters: u64,
     pub late_records: u64,
@@ -60,7 +73,7 @@ pub struct BatchStat {
     pub time: BatchTime,
     /// Records read from all sources.
     pub records: u64,
-    /// From the start of the batch to its last sink write.
+    /// From the start of the batch to its commit.
     pub processing: Duration,
     /// When its output was written.
     pub finished: Instant,
@@ -68,7 +81,24 @@ pub struct BatchStat {
 
 enum Input {
     Receiver(Arc<ReceiverBlocks>),
-    Replayable(Box<dyn sluice_core::ReplayableSource>),
+    Replayable(Box<dyn ReplayableSource>),
+}
+
+struct SourceRun {
+    name: String,
+    input: Input,
+    rate: RateLimit,
+    cap: Option<f64>,
+    pid: Option<PidEstimator>,
+}
+
+/// The checkpoint directory, open.
+struct Durable {
+    store: Store,
+    logs: HashMap<String, Arc<Log>>,
+    done: VecDeque<i64>,
+    plans: VecDeque<i64>,
+    fingerprint_written: bool,
 }
 
 impl Pipeline {
@@ -76,16 +106,72 @@ impl Pipeline {
     pub async fn run(mut self, opts: RunOptions) -> Result<RunSummary> {
         let interval = self.app.batch_interval;
         let mut stop_rx = opts.shutdown.subscribe();
-        let mut inputs: Vec<(String, Input)> = Vec::new();
+        let mut durable = self.open_checkpoint()?;
+        let plans: Vec<Plan> = match &durable {
+            Some(d) => d
+                .store
+                .scan("plan/")?
+                .into_iter()
+                .map(|(k, v)| {
+                    serde_json::from_slice(&v)
+                        .map_err(|e| Error::msg(format!("unreadable batch plan {k}: {e}")))
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        let last_done: Option<Done> = match &durable {
+            Some(d) => d.store.get_json("last")?,
+            None => None,
+        };
+        let pending: Vec<Plan> = plans
+            .iter()
+            .filter(|p| last_done.as_ref().is_none_or(|d| p.time > d.time))
+            .cloned()
+            .collect();
+        let newest = plans.last().cloned();
+        if let (Some(d), Some(last)) = (&durable, &last_done) {
+            self.restore_jobs(&d.store)?;
+            tracing::info!(
+                last_committed = last.time,
+                at = %BatchTime(last.time).to_local_string(),
+                unfinished = pending.len(),
+                "resuming from the checkpoint"
+            );
+        }
+
+        let bp = self.app.backpressure.clone();
+        let mut sources: Vec<SourceRun> = Vec::new();
         let mut receivers = Vec::new();
         for s in &mut self.sources {
-            match s.runtime.take().expect("a pipeline runs once") {
+            let cap = bp
+                .source_max_rate
+                .get(&s.name)
+                .copied()
+                .or(bp.max_rate)
+                .map(|r| r as f64);
+            let first = if bp.enabled {
+                bp.initial_rate.map(|r| r as f64).or(cap)
+            } else {
+                cap
+            };
+            let rate = RateLimit::new(first);
+            let pid = bp
+                .enabled
+                .then(|| PidEstimator::new(interval, bp.min_rate as f64));
+            let planned = newest.as_ref().and_then(|p| p.sources.get(&s.name));
+            let input = match s.runtime.take().expect("a pipeline runs once") {
                 SourceRuntime::Receiver(r) => {
-                    let blocks = Arc::new(ReceiverBlocks::new(
-                        &s.name,
-                        RECEIVER_CAPACITY,
-                        self.dead.clone(),
-                    ));
+                    let mut blocks =
+                        ReceiverBlocks::new(&s.name, RECEIVER_CAPACITY, self.dead.clone(), rate.clone());
+                    if let Some(d) = &durable {
+                        let log = d.logs[&s.name].clone();
+                        let cursor = planned
+                            .map(|p| block_range(&p.range).map(|r| r.end()))
+                            .transpose()?;
+                        let resume = log_resume(&log);
+                        blocks = blocks.with_log(log, cursor, resume)?;
+                    }
+                    let blocks = Arc::new(blocks);
                     let writer: Arc<dyn sluice_core::BlockWriter> = blocks.clone();
                     let name = s.name.clone();
                     receivers.push(tokio::spawn(async move {
@@ -93,21 +179,51 @@ impl Pipeline {
                             tracing::error!(receiver = %name, error = %e, "receiver stopped with an error");
                         }
                     }));
-                    inputs.push((s.name.clone(), Input::Receiver(blocks)));
+                    Input::Receiver(blocks)
                 }
-                SourceRuntime::Replayable(r) => inputs.push((s.name.clone(), Input::Replayable(r))),
-            }
+                SourceRuntime::Replayable(mut r) => {
+                    if let Some(p) = planned {
+                        r.restore(&p.position).map_err(|e| {
+                            Error::msg(format!("source `{}` cannot resume from the checkpoint: {e}", s.name))
+                        })?;
+                    }
+                    Input::Replayable(r)
+                }
+            };
+            sources.push(SourceRun {
+                name: s.name.clone(),
+                input,
+                rate,
+                cap,
+                pid,
+            });
         }
-        if let Some(dir) = &self.app.checkpoint_dir {
-            tracing::warn!(%dir, "app.checkpoint_dir is not used by this build yet: no write-ahead log or checkpoint is kept");
-        }
+
         let started = Instant::now();
-        let mut t = match opts.manual_clock {
-            Some(t0) => t0,
-            None => BatchTime::now().next_multiple(interval),
-        };
         let mut summary = RunSummary::default();
         tracing::info!(app = %self.app.name, interval = %sluice_core::time::format_duration(interval), "started");
+        for plan in pending {
+            let t = BatchTime(plan.time);
+            tracing::info!(batch = plan.time, "re-running a batch planned before the restart");
+            self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
+                .await?;
+            summary.replayed += 1;
+        }
+        let resume_at = newest.as_ref().map(|p| BatchTime(p.time).plus(interval));
+        let now_t = BatchTime::now().next_multiple(interval);
+        let mut t = match (opts.manual_clock, resume_at) {
+            (Some(t0), Some(r)) => t0.max(r),
+            (Some(t0), None) => t0,
+            (None, Some(r)) => match self.app.missed_batches {
+                MissedBatches::CatchUp => r,
+                MissedBatches::Coalesce => r.max(now_t),
+            },
+            (None, None) => now_t,
+        };
+        if opts.manual_clock.is_none() && t < now_t {
+            let missed = (now_t.millis() - t.millis()) / interval.as_millis() as i64;
+            tracing::info!(missed, "catching up on the batches missed while stopped");
+        }
         loop {
             let mut stopping = opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
             if opts.manual_clock.is_none() {
@@ -125,8 +241,8 @@ impl Pipeline {
             }
             if stopping {
                 // Stop the receivers first, so the last batch holds everything they received.
-                for (_, i) in &inputs {
-                    if let Input::Receiver(b) = i {
+                for s in &sources {
+                    if let Input::Receiver(b) = &s.input {
                         b.request_stop();
                     }
                 }
@@ -136,18 +252,16 @@ impl Pipeline {
                     tracing::warn!("receivers did not stop within the graceful stop timeout");
                 }
             }
-            let began = Instant::now();
+            let scheduled = Instant::now();
+            let delay_ms = (BatchTime::now().millis() - t.millis()).max(0) as f64;
             let before = summary.input_records;
-            self.run_batch(t, &mut inputs, &mut summary).await?;
-            let finished = Instant::now();
-            let took = finished - began;
-            summary.stats.push(BatchStat {
-                time: t,
-                records: summary.input_records - before,
-                processing: took,
-                finished,
-            });
-            summary.batches += 1;
+            let per_source = self
+                .run_batch(t, None, &mut sources, &mut durable, &mut summary)
+                .await?;
+            let took = scheduled.elapsed();
+            if opts.manual_clock.is_none() {
+                adapt_rates(&mut sources, &per_source, took, delay_ms);
+            }
             tracing::debug!(
                 batch = t.millis(),
                 processing_us = took.as_micros() as u64,
@@ -169,8 +283,14 @@ impl Pipeline {
         for s in self.sinks.values_mut() {
             s.close().await?;
         }
+        if let Some(d) = &durable {
+            for log in d.logs.values() {
+                log.close();
+            }
+        }
         tracing::info!(
             batches = summary.batches,
+            replayed = summary.replayed,
             records = summary.input_records,
             dead_letters = summary.dead_letters,
             late = summary.late_records,
@@ -179,24 +299,279 @@ impl Pipeline {
         Ok(summary)
     }
 
+    fn checkpoint_path(&self) -> Option<PathBuf> {
+        self.app
+            .checkpoint_dir
+            .as_ref()
+            .map(|d| self.base_dir.join(d))
+    }
+
+    fn open_checkpoint(&self) -> Result<Option<Durable>> {
+        let Some(dir) = self.checkpoint_path() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::msg(format!("cannot create {}: {e}", dir.display())))?;
+        let store = Store::open(&ck::store_dir(&dir))?;
+        ck::check_compatible(&dir, &store, &self.fingerprint())?;
+        let policy = match self.app.wal.sync {
+            WalSync::EveryBlock => SyncPolicy::EveryBlock,
+            WalSync::Interval => SyncPolicy::Interval(self.app.wal.sync_interval),
+        };
+        let mut logs = HashMap::new();
+        for s in &self.sources {
+            if matches!(s.runtime, Some(SourceRuntime::Receiver(_))) {
+                let (log, rec) =
+                    Log::open(&ck::wal_dir(&dir, &s.name), policy, self.app.wal.segment_bytes)?;
+                if let Some((file, offset, bytes)) = rec.torn {
+                    tracing::warn!(source = %s.name, file = %file.display(), offset, bytes, "the write-ahead log ended in a torn write; recovered to the last whole block");
+                }
+                logs.insert(s.name.clone(), Arc::new(log));
+            }
+        }
+        let times = |prefix: &str| -> Result<VecDeque<i64>> {
+            Ok(store
+                .scan(prefix)?
+                .iter()
+                .filter_map(|(k, _)| ck::key_time(k))
+                .collect())
+        };
+        let done = times("done/")?;
+        let plans = times("plan/")?;
+        tracing::info!(dir = %dir.display(), wal_bytes = logs.values().map(|l| l.disk_bytes()).sum::<u64>(), "checkpoint open");
+        Ok(Some(Durable {
+            store,
+            logs,
+            done,
+            plans,
+            fingerprint_written: false,
+        }))
+    }
+
+    /// Put back state, window contents and event-time buffers from the checkpoint.
+    fn restore_jobs(&mut self, store: &Store) -> Result<()> {
+        for job in &mut self.jobs {
+            let name = job.name.clone();
+            let bad = |what: &str, e: String| {
+                Error::msg(format!("job `{name}`: cannot restore its {what} from the checkpoint: {e}"))
+            };
+            if let Some(state) = &mut job.state {
+                if let Some(bytes) = store.get(&ck::state_key(&name))? {
+                    let snap = ipc::read(&bytes)?;
+                    state.restore(&snap).map_err(|e| bad("state", e))?;
+                    tracing::info!(job = %name, keys = state.len(), "state restored");
+                }
+            }
+            if let Some(w) = &mut job.window {
+                for (input, _) in &job.inputs {
+                    for (k, v) in store.scan(&ck::window_prefix(&name, input))? {
+                        let t = ck::key_time(&k).ok_or_else(|| bad("window", k.clone()))?;
+                        w.restore(input, BatchTime(t), vec![ipc::read(&v)?]);
+                    }
+                }
+            }
+            if let Some(e) = &mut job.event {
+                let marks: Option<[Option<i64>; 2]> = store.get_json(&ck::event_meta_key(&name))?;
+                if let Some(marks) = marks {
+                    let buffer = store
+                        .get(&ck::event_key(&name))?
+                        .map(|b| ipc::read(&b))
+                        .transpose()?;
+                    e.restore(buffer, marks);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plan (unless `plan` is given: a re-run), run and commit batch `t`. Returns the records each
+    /// source delivered.
     async fn run_batch(
         &mut self,
         t: BatchTime,
-        inputs: &mut [(String, Input)],
+        plan: Option<Plan>,
+        sources: &mut [SourceRun],
+        durable: &mut Option<Durable>,
         summary: &mut RunSummary,
-    ) -> Result<()> {
-        let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
-        for (name, input) in inputs.iter_mut() {
-            let batches = match input {
-                Input::Receiver(b) => b.take(),
-                Input::Replayable(r) => {
-                    let range = r.plan(t, None).await?;
-                    r.read(&range, &self.dead).await?
+    ) -> Result<HashMap<String, u64>> {
+        let began = Instant::now();
+        let replay = plan.is_some();
+        for s in sources.iter() {
+            if let Input::Receiver(b) = &s.input {
+                if let Some(e) = b.failure() {
+                    return Err(Error::msg(format!("receiver `{}` cannot store: {e}", s.name)));
                 }
-            };
-            summary.input_records += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            streams.insert(name.clone(), batches);
+            }
         }
+        let interval = self.app.batch_interval;
+        let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        let plan = match plan {
+            Some(p) => {
+                for s in sources.iter_mut() {
+                    let batches = match (&mut s.input, p.sources.get(&s.name)) {
+                        (_, None) => Vec::new(),
+                        (Input::Receiver(_), Some(sp)) => {
+                            let r = block_range(&sp.range)?;
+                            let log = &durable.as_ref().expect("plans come from a checkpoint").logs[&s.name];
+                            if r.count == 0 {
+                                Vec::new()
+                            } else {
+                                log.read(r.from, r.end() - 1)?
+                                    .into_iter()
+                                    .map(|e| e.batch)
+                                    .collect()
+                            }
+                        }
+                        (Input::Replayable(r), Some(sp)) => r.read(&sp.range, &self.dead).await?,
+                    };
+                    streams.insert(s.name.clone(), batches);
+                }
+                p
+            }
+            None => {
+                let mut plan = Plan {
+                    time: t.millis(),
+                    sources: BTreeMap::new(),
+                };
+                for s in sources.iter_mut() {
+                    let sp = match &mut s.input {
+                        Input::Receiver(b) => {
+                            let (batches, range) = b.take();
+                            streams.insert(s.name.clone(), batches);
+                            SourcePlan {
+                                range: serde_json::to_value(range).expect("plain struct"),
+                                position: serde_json::Value::Null,
+                            }
+                        }
+                        Input::Replayable(r) => {
+                            let max = s
+                                .rate
+                                .current()
+                                .map(|rate| (rate * interval.as_secs_f64()).max(1.0) as u64);
+                            let range = r.plan(t, max).await?;
+                            SourcePlan {
+                                range,
+                                position: r.position(),
+                            }
+                        }
+                    };
+                    plan.sources.insert(s.name.clone(), sp);
+                }
+                if let Some(d) = durable.as_mut() {
+                    let mut c = Changes::default();
+                    c.put_json(&ck::plan_key(t.millis()), &plan);
+                    if !d.fingerprint_written {
+                        c.put_json("meta/fingerprint", &self.fingerprint());
+                        d.fingerprint_written = true;
+                    }
+                    d.store.write(c)?;
+                    d.plans.push_back(t.millis());
+                }
+                for s in sources.iter_mut() {
+                    if let Input::Replayable(r) = &mut s.input {
+                        let range = &plan.sources[&s.name].range;
+                        streams.insert(s.name.clone(), r.read(range, &self.dead).await?);
+                    }
+                }
+                plan
+            }
+        };
+        let mut per_source = HashMap::new();
+        let mut records = 0;
+        for (name, b) in &streams {
+            let n = b.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            per_source.insert(name.clone(), n);
+            records += n;
+        }
+        summary.input_records += records;
+
+        let ran = self.run_jobs(t, streams, replay, summary).await?;
+        if let Some(d) = durable.as_mut() {
+            let done = Done {
+                time: t.millis(),
+                records,
+                processing_ms: began.elapsed().as_millis() as u64,
+                committed_at: sluice_core::time::now_ms(),
+                replay,
+            };
+            self.commit(d, &done, &ran)?;
+        }
+        for s in sources.iter_mut() {
+            let Some(sp) = plan.sources.get(&s.name) else { continue };
+            match &mut s.input {
+                Input::Replayable(r) => r.commit(&sp.range).await?,
+                Input::Receiver(_) => {
+                    if let Some(d) = durable.as_ref() {
+                        let r = block_range(&sp.range)?;
+                        if r.count > 0 {
+                            d.logs[&s.name].trim(r.end() - 1)?;
+                        }
+                    }
+                }
+            }
+        }
+        let finished = Instant::now();
+        summary.stats.push(BatchStat {
+            time: t,
+            records,
+            processing: finished - began,
+            finished,
+        });
+        summary.batches += 1;
+        Ok(per_source)
+    }
+
+    /// Record batch `t` as done, with everything a restart needs to continue after it, in one write.
+    fn commit(&mut self, d: &mut Durable, done: &Done, ran: &[bool]) -> Result<()> {
+        let t = done.time;
+        let mut c = Changes::default();
+        c.put_json("last", done);
+        c.put_json(&ck::done_key(t), done);
+        d.done.push_back(t);
+        while d.done.len() > ck::KEEP_DONE {
+            c.delete(&ck::done_key(d.done.pop_front().expect("non-empty")));
+        }
+        // Plans before this one are no longer needed; this one holds the source positions.
+        while d.plans.front().is_some_and(|&p| p < t) {
+            c.delete(&ck::plan_key(d.plans.pop_front().expect("non-empty")));
+        }
+        for (job, &ran) in self.jobs.iter_mut().zip(ran) {
+            if let (Some(state), true) = (&job.state, ran) {
+                c.put(&ck::state_key(&job.name), &ipc::write(&state.snapshot())?);
+            }
+            if let Some(w) = &mut job.window {
+                for (input, _) in &job.inputs {
+                    if let Some(added) = w.added(input, BatchTime(t)) {
+                        if let Some(first) = added.first() {
+                            let all = sluice_core::arrow::compute::concat_batches(&first.schema(), added)?;
+                            c.put(&ck::window_key(&job.name, input, t), &ipc::write(&all)?);
+                        }
+                    }
+                }
+                for (input, bt) in w.evicted.drain(..) {
+                    c.delete(&ck::window_key(&job.name, &input, bt.millis()));
+                }
+            }
+            if let Some(e) = &job.event {
+                let (buffer, marks) = e.snapshot();
+                match buffer {
+                    Some(b) => c.put(&ck::event_key(&job.name), &ipc::write(&b)?),
+                    None => c.delete(&ck::event_key(&job.name)),
+                }
+                c.put_json(&ck::event_meta_key(&job.name), &marks);
+            }
+        }
+        d.store.write(c)
+    }
+
+    /// Run every job on this batch's streams and write their sinks. Returns which jobs ran.
+    async fn run_jobs(
+        &mut self,
+        t: BatchTime,
+        mut streams: HashMap<String, Vec<RecordBatch>>,
+        replay: bool,
+        summary: &mut RunSummary,
+    ) -> Result<Vec<bool>> {
         for table in &mut self.tables {
             table.refresh().await;
         }
@@ -205,6 +580,7 @@ impl Pipeline {
             .iter()
             .map(|t| (t.name.clone(), t.batches.clone()))
             .collect();
+        let mut ran = Vec::with_capacity(self.jobs.len());
         for job in &mut self.jobs {
             let out = job.run(t, &streams, &tables).await.map_err(|e| {
                 Error::msg(format!(
@@ -222,6 +598,7 @@ impl Pipeline {
                     self.dead.extend(late_letters(&job.name, wm, &out.late));
                 }
             }
+            ran.push(out.batches.is_some());
             let Some(batches) = out.batches else {
                 streams.insert(job.name.clone(), Vec::new());
                 continue;
@@ -233,7 +610,7 @@ impl Pipeline {
                     time: t,
                     schema: job.out_schema.clone(),
                     batches: &batches,
-                    replay: false,
+                    replay,
                 })
                 .await
                 .map_err(|e| {
@@ -258,7 +635,7 @@ impl Pipeline {
                         time: t,
                         schema: DeadLetters::schema(),
                         batches: &[batch],
-                        replay: false,
+                        replay,
                     })
                     .await?;
                 }
@@ -267,7 +644,36 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
+        Ok(ran)
+    }
+}
+
+fn block_range(v: &serde_json::Value) -> Result<BlockRange> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| Error::msg(format!("bad block range {v} in a batch plan: {e}")))
+}
+
+/// The position stored with a log's newest block.
+fn log_resume(log: &Log) -> Option<serde_json::Value> {
+    log.last_position().filter(|p| !p.is_null())
+}
+
+/// Feed each source's estimator with the batch just done and set its next rate.
+fn adapt_rates(
+    sources: &mut [SourceRun],
+    per_source: &HashMap<String, u64>,
+    took: Duration,
+    scheduling_ms: f64,
+) {
+    let now = sluice_core::time::now_ms();
+    for s in sources {
+        let Some(pid) = &mut s.pid else { continue };
+        let n = per_source.get(&s.name).copied().unwrap_or(0);
+        if let Some(rate) = pid.compute(now, n, took.as_secs_f64() * 1000.0, scheduling_ms) {
+            let rate = s.cap.map_or(rate, |c| rate.min(c));
+            tracing::debug!(source = %s.name, rate = rate as u64, "rate limit");
+            s.rate.set(Some(rate));
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! for that long is emitted one last time with `timed_out = true` and dropped.
 
 use sluice_config::{StateConfig, StateEmit};
-use sluice_core::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use sluice_core::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
 use sluice_core::arrow::compute::{cast, concat_batches, take_record_batch};
-use sluice_core::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sluice_core::arrow::row::{RowConverter, SortField};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ pub struct KeyedState {
     timeout: Option<i64>,
     emit: StateEmit,
     current: RecordBatch,
+    /// When each row of `current` last changed.
+    current_since: Vec<i64>,
     /// key row → (whole row, time of its last change)
     rows: HashMap<Vec<u8>, (Vec<u8>, i64)>,
     out_schema: SchemaRef,
@@ -39,6 +43,7 @@ impl KeyedState {
         };
         KeyedState {
             current: RecordBatch::new_empty(schema.clone()),
+            current_since: Vec::new(),
             schema,
             key,
             timeout: cfg.timeout.map(|d| d.as_millis() as i64),
@@ -129,6 +134,7 @@ impl KeyedState {
         }
         let mut rows = HashMap::with_capacity(order.len());
         let (mut keep, mut changed, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+        let mut kept_since = Vec::new();
         for k in order {
             let i = last[&k];
             let row = whole.row(i).as_ref().to_vec();
@@ -141,12 +147,14 @@ impl KeyedState {
                 continue;
             }
             keep.push(i as u32);
+            kept_since.push(since);
             if is_changed {
                 changed.push(i as u32);
             }
             rows.insert(k, (row, since));
         }
         self.rows = rows;
+        self.current_since = kept_since;
         self.current = take_record_batch(&batch, &UInt32Array::from(keep.clone()))
             .map_err(|e| e.to_string())?;
         let emit_rows = match self.emit {
@@ -158,6 +166,73 @@ impl KeyedState {
             outs.push(self.emission(&batch, expired, true)?);
         }
         Ok(outs.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// The key columns' names.
+    pub fn key_names(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|&i| self.schema.field(i).name().clone())
+            .collect()
+    }
+
+    /// The state with a `__since` column (when each key last changed), for the checkpoint.
+    pub fn snapshot(&self) -> RecordBatch {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("__since", DataType::Int64, false));
+        let mut cols = self.current.columns().to_vec();
+        cols.push(Arc::new(Int64Array::from(self.current_since.clone())));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("state snapshot")
+    }
+
+    /// Continue from a [`KeyedState::snapshot`].
+    pub fn restore(&mut self, snap: &RecordBatch) -> Result<(), String> {
+        let n = self.schema.fields().len();
+        if snap.num_columns() != n + 1 {
+            return Err(format!(
+                "the stored state has {} column(s), state.schema has {n}",
+                snap.num_columns() - 1
+            ));
+        }
+        let since = snap
+            .column(n)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("the stored state has no `__since` column")?
+            .values()
+            .to_vec();
+        let batch = RecordBatch::try_new(self.schema.clone(), snap.columns()[..n].to_vec())
+            .map_err(|e| format!("the stored state does not match state.schema: {e}"))?;
+        let conv = |idx: &[usize]| {
+            RowConverter::new(
+                idx.iter()
+                    .map(|&i| SortField::new(self.schema.field(i).data_type().clone()))
+                    .collect(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let key_cols: Vec<ArrayRef> = self.key.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys = conv(&self.key)?
+            .convert_columns(&key_cols)
+            .map_err(|e| e.to_string())?;
+        let whole = conv(&all)?
+            .convert_columns(batch.columns())
+            .map_err(|e| e.to_string())?;
+        self.rows = (0..batch.num_rows())
+            .map(|i| {
+                (
+                    keys.row(i).as_ref().to_vec(),
+                    (whole.row(i).as_ref().to_vec(), since[i]),
+                )
+            })
+            .collect();
+        self.current = batch;
+        self.current_since = since;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.num_rows()
     }
 
     fn emission(

@@ -1,0 +1,105 @@
+//! `sluice checkpoint inspect DIR`: what a checkpoint holds — committed batches, unfinished plans,
+//! source positions, state sizes and write-ahead-log usage. Opens the store read-only, so it works
+//! beside a running gateway.
+
+use sluice_core::{BatchTime, Error, Result};
+use sluice_engine::checkpoint::{self as ck, Done, Fingerprint, Plan};
+use sluice_wal::{ipc, store::dir_bytes, Store};
+use std::fmt::Write;
+use std::path::Path;
+
+/// The report, as printed.
+pub fn inspect(dir: &Path) -> Result<String> {
+    let store_dir = ck::store_dir(dir);
+    if !Store::exists(&store_dir) {
+        return Err(Error::msg(format!(
+            "{} is not a sluice checkpoint directory (no {})",
+            dir.display(),
+            store_dir.display()
+        )));
+    }
+    let store = Store::open_read_only(&store_dir)?;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "checkpoint {}", dir.display());
+    if let Some(f) = store.get_json::<Fingerprint>("meta/fingerprint")? {
+        let srcs: Vec<String> = f.sources.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+        let _ = writeln!(w, "sources: {}", srcs.join(", "));
+    }
+    let last: Option<Done> = store.get_json("last")?;
+    match &last {
+        None => {
+            let _ = writeln!(w, "last committed batch: none");
+        }
+        Some(d) => {
+            let _ = writeln!(
+                w,
+                "last committed batch: {} ({}), {} record(s)",
+                d.time,
+                BatchTime(d.time).to_local_string(),
+                d.records
+            );
+        }
+    }
+    let done = store.scan("done/")?;
+    let _ = writeln!(w, "committed batches kept: {} (newest last)", done.len());
+    for (_, v) in done.iter().rev().take(10).rev() {
+        let d: Done = serde_json::from_slice(v).map_err(|e| Error::msg(e.to_string()))?;
+        let _ = writeln!(
+            w,
+            "  {}  {} record(s)  {} ms{}",
+            d.time,
+            d.records,
+            d.processing_ms,
+            if d.replay { "  (re-run)" } else { "" }
+        );
+    }
+    for (k, v) in store.scan("plan/")? {
+        let p: Plan = serde_json::from_slice(&v)
+            .map_err(|e| Error::msg(format!("unreadable plan {k}: {e}")))?;
+        let pending = last.as_ref().is_none_or(|d| p.time > d.time);
+        let _ = writeln!(
+            w,
+            "plan {} ({}):",
+            p.time,
+            if pending {
+                "planned, not committed: re-run at the next start"
+            } else {
+                "committed; holds the source positions"
+            }
+        );
+        for (name, sp) in &p.sources {
+            let _ = writeln!(w, "  {name}: range {} position {}", sp.range, sp.position);
+        }
+    }
+    for (k, v) in store.scan("state/")? {
+        let job = k.trim_start_matches("state/");
+        let rows = ipc::read(&v)?.num_rows();
+        let _ = writeln!(w, "state of job `{job}`: {rows} key(s), {} byte(s)", v.len());
+    }
+    let windows = store.scan("window/")?;
+    if !windows.is_empty() {
+        let bytes: usize = windows.iter().map(|(_, v)| v.len()).sum();
+        let _ = writeln!(w, "window contents: {} batch(es), {bytes} byte(s)", windows.len());
+    }
+    for (k, v) in store.scan("event/")? {
+        let job = k.trim_start_matches("event/");
+        let _ = writeln!(w, "event-time buffer of job `{job}`: {} byte(s)", v.len());
+    }
+    let _ = writeln!(w, "store size: {} byte(s)", dir_bytes(&store_dir));
+    let wal = dir.join("wal");
+    if let Ok(rd) = std::fs::read_dir(&wal) {
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        names.sort();
+        for p in names {
+            let segs = std::fs::read_dir(&p).map(|r| r.count()).unwrap_or(0);
+            let _ = writeln!(
+                w,
+                "write-ahead log `{}`: {segs} segment(s), {} byte(s)",
+                p.file_name().unwrap_or_default().to_string_lossy(),
+                dir_bytes(&p)
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,12 @@
+//! sluice-wal: what makes a restart lose nothing — the write-ahead log of received blocks
+//! ([`Log`], one per receiver) and the checkpoint store of batch plans, commits, positions and
+//! state ([`Store`], RocksDB).
+
+pub mod ipc;
+pub mod log;
+mod rocks_log;
+pub mod store;
+
+pub use log::{Entry, Log, Recovered, SyncPolicy};
+pub use sluice_core::{Error, Result};
+pub use store::{Changes, Store};
