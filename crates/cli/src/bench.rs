@@ -28,6 +28,29 @@ pub enum Which {
         #[arg(long, default_value_t = 8)]
         seconds: u64,
     },
+    /// Write-ahead log: durable append throughput per sync policy vs raw fdatasync'd writes.
+    Wal {
+        /// Directory on the disk to measure (a temporary folder is made inside).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        megabytes: usize,
+        #[arg(long, default_value_t = 256)]
+        block_kb: usize,
+        /// Appends awaiting durability at once (receivers storing concurrently).
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+    },
+    /// Restart time: SIGKILL a gateway holding `keys` state keys, restart, time the first batch.
+    Restart {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Lines per second (ten words each) while filling.
+        #[arg(long, default_value_t = 200_000)]
+        rate: u64,
+    },
     /// Cost of an empty batch (plan + run + commit) of the word count job.
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
@@ -57,6 +80,13 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Which::Wal {
+            dir,
+            megabytes,
+            block_kb,
+            depth,
+        } => crate::bench_wal::bench_wal(dir, megabytes, block_kb, depth).await,
+        Which::Restart { dir, keys, rate } => crate::bench_wal::bench_restart(dir, keys, rate).await,
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;

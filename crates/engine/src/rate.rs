@@ -6,7 +6,8 @@
 //! (so they stop reading their socket); replayable sources plan at most `rate × interval` records.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A token bucket whose rate can change while receivers wait on it. `None` = unlimited.
 #[derive(Clone, Default)]
@@ -126,5 +127,61 @@ impl PidEstimator {
             self.latest_error = error;
             Some(new_rate)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Input at 3× what the batches can process: the rate falls to the processing rate, and the
+    /// integral term pulls it below while scheduling delay is queued.
+    #[test]
+    fn pid_converges_to_the_processing_rate() {
+        let interval = Duration::from_secs(1);
+        let mut pid = PidEstimator::new(interval, 100.0);
+        let capacity = 10_000.0; // records per second of processing
+        let mut rate = 30_000.0;
+        let mut delay = 0.0;
+        let mut t = 0;
+        let mut rates = Vec::new();
+        for _ in 0..30 {
+            t += 1000;
+            let records = rate;
+            let processing_ms = records / capacity * 1000.0;
+            if let Some(r) = pid.compute(t, records as u64, processing_ms, delay) {
+                rate = r;
+                rates.push(r);
+            }
+            delay = (delay + processing_ms - 1000.0).max(0.0);
+        }
+        assert!(rates[0] <= capacity + 1.0, "first estimate {}", rates[0]);
+        let last = *rates.last().unwrap();
+        assert!((last - capacity).abs() / capacity < 0.05, "settles at {last}");
+        assert!(delay < 1.0, "the queued delay drains: {delay}");
+    }
+
+    #[test]
+    fn pid_never_goes_below_the_minimum_or_learns_from_empty_batches() {
+        let mut pid = PidEstimator::new(Duration::from_secs(1), 100.0);
+        assert_eq!(pid.compute(1000, 0, 5.0, 0.0), None);
+        assert_eq!(pid.compute(2000, 1000, 1000.0, 0.0), None); // first measurement
+        let r = pid.compute(3000, 10, 10_000.0, 60_000.0).unwrap();
+        assert_eq!(r, 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_holds_the_average_rate() {
+        let limit = RateLimit::new(Some(1000.0));
+        let start = tokio::time::Instant::now();
+        for _ in 0..50 {
+            limit.acquire(100).await;
+        }
+        // 5,000 records at 1,000/s: at least 4.9 s of (virtual) time.
+        assert!(start.elapsed() >= Duration::from_millis(4800), "{:?}", start.elapsed());
+        limit.set(None);
+        let t = tokio::time::Instant::now();
+        limit.acquire(1_000_000).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
     }
 }
