@@ -272,13 +272,23 @@ path = "{out}/dlq"
     assert_eq!(parquet_rows, expected.len());
     // CSV files have a header row and the same rows.
     let mut csv_rows = 0;
-    for e in std::fs::read_dir(out.join("csv")).unwrap().flatten() {
+    let mut csv_files = 0;
+    for e in std::fs::read_dir(out.join("csv"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+    {
+        csv_files += 1;
         let text = std::fs::read_to_string(e.path()).unwrap();
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("id,device,temperature"));
         csv_rows += lines.count();
     }
     assert_eq!(csv_rows, expected.len());
+    // The manifest lists each committed file, with its rows.
+    let manifest = sluice_file::committed(&out.join("csv")).unwrap();
+    assert_eq!(manifest.iter().map(|m| m.files.len()).sum::<usize>(), csv_files);
+    assert_eq!(manifest.iter().map(|m| m.rows as usize).sum::<usize>(), expected.len());
     // No temporary file is left behind.
     let leftovers = std::fs::read_dir(out.join("json"))
         .unwrap()
@@ -359,4 +369,35 @@ fn quickstart_runs_and_writes_console_json_and_parquet() {
         cols,
         ["device", "site", "owner", "ts", "temperature", "humidity"]
     );
+
+    // Killed and restarted, it resumes from its checkpoint, and `checkpoint inspect` shows it.
+    let mut child = sluice()
+        .current_dir(dir.path())
+        .args(["run", "configs/quickstart.toml"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = sluice()
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .args(["run", "configs/quickstart.toml", "--duration", "3s"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("resuming from the checkpoint"), "{log}");
+    let out = sluice()
+        .current_dir(dir.path())
+        .args(["checkpoint", "inspect", "checkpoint/quickstart"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("sources: readings (generator), weblog (generator)"), "{report}");
+    assert!(report.contains("last committed batch: "), "{report}");
+    assert!(report.contains("write-ahead log `readings`"), "{report}");
+    assert!(report.contains("window contents: "), "{report}");
 }

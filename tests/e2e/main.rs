@@ -4,9 +4,11 @@
 //! - `stateful`: windows, event time with a watermark, keyed state and timeouts.
 //! - `bad_config`: `sluice validate` / `sluice run` on broken configs: exit 2 and the message.
 //! - `connectors`: the real binary against a real TCP peer and real directories.
+//! - `backpressure`: rate limits that reach the socket peer.
 //! - `crash`: SIGKILL the real binary at random points, restart, compare outputs record by record.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
+mod backpressure;
 mod bad_config;
 mod common;
 mod connectors;

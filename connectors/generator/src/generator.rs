@@ -245,6 +245,9 @@ impl Workload {
     }
 }
 
+/// The most records the generator puts in one block.
+const BLOCK_RECORDS: u64 = 1000;
+
 pub struct GeneratorReceiver {
     cfg: GeneratorConfig,
     decoder: Decoder,
@@ -276,8 +279,10 @@ impl Receiver for GeneratorReceiver {
             let due =
                 skip + (self.cfg.rate as u128 * (tick.as_millis() * ticks as u128) / 1000) as u64;
             let due = self.cfg.count.map_or(due, |c| due.min(c));
-            let n = due.saturating_sub(w.produced()) as usize;
-            if n > 0 {
+            // Blocks of at most BLOCK_RECORDS, so a rate limit paces them finely.
+            while due > w.produced() && !out.is_stopping() {
+                let most = out.block_budget().map_or(BLOCK_RECORDS, |b| b as u64).min(BLOCK_RECORDS);
+                let n = (due - w.produced()).min(most.max(1)) as usize;
                 let lines = w.take(n);
                 let (batch, dead) = self.decoder.decode(&lines);
                 out.dead_letters().extend(dead);

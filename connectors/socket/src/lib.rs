@@ -212,6 +212,12 @@ impl SocketReceiver {
     /// The connection's data ended (peer closed, read error, or stop): its unterminated last line is
     /// a line too, as `readLine` returns it at EOF, rather than a prefix of the next connection's
     /// first line; everything pending is stored.
+    fn block_limit(&self, out: &Arc<dyn BlockWriter>) -> usize {
+        out.block_budget()
+            .map_or(self.cfg.block_lines, |b| b.min(self.cfg.block_lines))
+            .max(1)
+    }
+
     async fn finish(
         &self,
         buf: &mut [u8],
@@ -225,26 +231,37 @@ impl SocketReceiver {
             self.split_lines(&buf[..*filled + 1], pending, out);
             *filled = 0;
         }
-        if pending.len() > 0 {
-            let b = self.block(pending, out);
+        while pending.len() > 0 {
+            let b = self.block(pending, self.block_limit(out), out);
             out.store(b).await?;
         }
         Ok(())
     }
 
-    fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> RecordBatch {
-        let text = std::str::from_utf8(&pending.text).expect("lines were checked");
-        let mut lines: Vec<&str> = Vec::with_capacity(pending.offsets.len());
+    /// The first `n` pending lines (all if fewer) as a decoded block.
+    fn block(&self, pending: &mut Pending, n: usize, out: &Arc<dyn BlockWriter>) -> RecordBatch {
+        let n = n.min(pending.len());
+        let end = if n == 0 { 0 } else { pending.offsets[n - 1] };
+        let text = std::str::from_utf8(&pending.text[..end]).expect("lines were checked");
+        let mut lines: Vec<&str> = Vec::with_capacity(n);
         let mut prev = 0;
-        for &o in &pending.offsets {
+        for &o in &pending.offsets[..n] {
             lines.push(&text[prev..o]);
             prev = o;
         }
         let (batch, dead) = self.decoder.decode(&lines);
         out.dead_letters().extend(dead);
-        pending.text.clear();
-        pending.offsets.clear();
-        pending.started = None;
+        if n == pending.len() {
+            pending.text.clear();
+            pending.offsets.clear();
+            pending.started = None;
+        } else {
+            pending.text.drain(..end);
+            pending.offsets.drain(..n);
+            for o in &mut pending.offsets {
+                *o -= end;
+            }
+        }
         batch
     }
 }
@@ -307,8 +324,14 @@ impl Receiver for SocketReceiver {
                 let due = pending
                     .started
                     .is_some_and(|s| s.elapsed() >= self.cfg.block_interval);
-                if pending.len() >= self.cfg.block_lines || (due && pending.len() > 0) {
-                    let b = self.block(&mut pending, &out);
+                // Full blocks; under a rate limit, blocks of what the limit lets through at once,
+                // so the receiver waits between them instead of storing a whole buffer on credit.
+                while pending.len() >= self.block_limit(&out) {
+                    let b = self.block(&mut pending, self.block_limit(&out), &out);
+                    out.store(b).await?;
+                }
+                if due && pending.len() > 0 {
+                    let b = self.block(&mut pending, usize::MAX, &out);
                     out.store(b).await?;
                 }
             }

@@ -39,9 +39,11 @@ pub struct AppSection {
     /// The write-ahead log (used with `checkpoint_dir`).
     #[serde(default)]
     pub wal: WalConfig,
-    /// After a restart, the batch times that passed while the gateway was down: `catch_up` (default,
-    /// as Spark) runs one batch per missed interval back to back, so processing-time windows slide
-    /// as if there had been no gap; `coalesce` runs a single batch at the current time.
+    /// After a restart, the batch times that passed while the gateway was down: `coalesce`
+    /// (default) goes on at the current time, so the first batch takes everything replayable
+    /// sources have accumulated (bounded by `backpressure.max_rate`); `catch_up` (Spark's way) runs
+    /// one batch per missed interval back to back, so processing-time windows slide as if there had
+    /// been no gap — after a long stop that is many batches.
     #[serde(default)]
     pub missed_batches: MissedBatches,
     /// Rate limits and adaptive backpressure.
@@ -101,8 +103,8 @@ pub enum WalSync {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedBatches {
-    #[default]
     CatchUp,
+    #[default]
     Coalesce,
 }
 

@@ -62,6 +62,11 @@ pub trait BlockWriter: Send + Sync {
     fn resume_position(&self) -> Option<serde_json::Value> {
         None
     }
+    /// Under a rate limit, the most records a block should hold so the limit paces the receiver
+    /// smoothly (None: no limit). Receivers cut their blocks at this size when they can.
+    fn block_budget(&self) -> Option<usize> {
+        None
+    }
     /// Where undecodable records go.
     fn dead_letters(&self) -> &DeadLetters;
     /// Report a connection state change.

@@ -187,6 +187,10 @@ impl BlockWriter for ReceiverBlocks {
         Ok(())
     }
 
+    fn block_budget(&self) -> Option<usize> {
+        self.rate.block_budget()
+    }
+
     fn resume_position(&self) -> Option<serde_json::Value> {
         self.resume.clone()
     }

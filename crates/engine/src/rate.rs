@@ -35,6 +35,11 @@ impl RateLimit {
         self.0.lock().unwrap().rate
     }
 
+    /// Records one burst may hold (None: no limit).
+    pub fn block_budget(&self) -> Option<usize> {
+        self.current().map(|r| (r * BURST_SECS).max(1.0) as usize)
+    }
+
     pub fn set(&self, rate: Option<f64>) {
         let mut b = self.0.lock().unwrap();
         if b.rate != rate {
