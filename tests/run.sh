@@ -7,7 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-# Everything the current suite needs is the Rust toolchain and `kill` (procps); later connector
-# suites add their servers here (see ../shared/services).
-type -P kill >/dev/null || { apt-get update -qq && apt-get install -y -qq procps; }
+# System libraries (RocksDB, libclang, procps); later connector suites add their servers here.
+scripts/deps.sh
 cargo test --workspace "$@"

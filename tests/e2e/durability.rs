@@ -265,3 +265,69 @@ type = "blackhole"
     assert!(out.status.success(), "{err}");
     assert!(err.contains("resuming from the checkpoint"), "{err}");
 }
+
+/// Compatible changes resume from the checkpoint; incompatible ones are refused with exit 2 and
+/// what changed.
+#[test]
+fn checkpoint_accepts_compatible_changes_and_refuses_incompatible_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |key: &str, extra_sink: bool, source: &str| {
+        format!(
+            r#"
+[app]
+name = "changes"
+batch_interval = "{interval}"
+checkpoint_dir = "checkpoint"
+
+[sources.{source}]
+type = "generator"
+kind = "sensors"
+rate = 500
+format = "json"
+schema = "device string, site string, ts int64, temperature double, humidity double"
+
+[jobs.totals]
+sql = "SELECT coalesce(s.{key}, b.{key}) AS {key}, coalesce(s.n, 0) + coalesce(b.n, 0) AS n FROM state s FULL JOIN (SELECT {key}, count(*) AS n FROM {source} GROUP BY {key}) b ON s.{key} = b.{key}"
+state = {{ key = ["{key}"], schema = "{key} string, n bigint" }}
+sinks = [{sinks}]
+
+[sinks.a]
+type = "blackhole"
+
+[sinks.b]
+type = "blackhole"
+"#,
+            interval = if extra_sink { "200ms" } else { "100ms" },
+            sinks = if extra_sink { "\"a\", \"b\"" } else { "\"a\"" },
+        )
+    };
+    let run = |toml: String| {
+        std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
+        sluice()
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .args(["run", "pipeline.toml", "--duration", "1s"])
+            .output()
+            .unwrap()
+    };
+    let out = run(cfg("device", false, "g"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A new sink and a longer batch interval: resumes, with the state.
+    let out = run(cfg("device", true, "g"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("resuming from the checkpoint"), "{log}");
+    assert!(log.contains("state restored"), "{log}");
+    // A changed state key: refused.
+    let out = run(cfg("site", true, "g"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pipeline.toml: key `app.checkpoint_dir`"), "{err}");
+    assert!(err.contains("the state key of job `totals` changed from [device] to [site]"), "{err}");
+    assert!(err.contains("delete"), "{err}");
+    // A removed (renamed) source: refused.
+    let out = run(cfg("device", true, "h"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("source `g` (type generator) was removed"), "{err}");
+}

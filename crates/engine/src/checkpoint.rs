@@ -179,7 +179,7 @@ pub fn check_compatible(dir: &Path, store: &Store, new: &Fingerprint) -> Result<
             format!("{} in {}", why.join("; "), dir.display()),
         )
         .with_hint(format!(
-            "to start fresh (dropping the saved state and unprocessed input), delete {} or set app.checkpoint_dir to a new directory",
+            "to start fresh, dropping the saved state and unprocessed input: delete {} or set app.checkpoint_dir to a new directory",
             dir.display()
         )),
     ))
