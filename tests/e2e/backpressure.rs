@@ -5,11 +5,14 @@ use crate::common::sluice;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 fn number_after(line: &str, key: &str) -> u64 {
     let rest = &line[line.find(key).expect(key) + key.len()..];
-    rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Records of each batch but the last (the graceful stop drains what was received at once).
@@ -79,7 +82,9 @@ type = "blackhole"
     assert!(out.status.success(), "{log}");
     let batches = batch_records(&log);
     let peer = sent.load(Ordering::SeqCst);
-    eprintln!("lines per 200 ms batch at max_rate 1000: {batches:?}; the peer wrote {peer} of {LINES}");
+    eprintln!(
+        "lines per 200 ms batch at max_rate 1000: {batches:?}; the peer wrote {peer} of {LINES}"
+    );
     assert!(batches.iter().sum::<u64>() > 0);
     // 200 ms at 1,000/s, plus one block (100 lines) the bucket lets through on credit.
     assert!(batches.iter().all(|&n| n <= 300), "{batches:?}");

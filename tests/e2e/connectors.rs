@@ -287,8 +287,14 @@ path = "{out}/dlq"
     assert_eq!(csv_rows, expected.len());
     // The manifest lists each committed file, with its rows.
     let manifest = sluice_file::committed(&out.join("csv")).unwrap();
-    assert_eq!(manifest.iter().map(|m| m.files.len()).sum::<usize>(), csv_files);
-    assert_eq!(manifest.iter().map(|m| m.rows as usize).sum::<usize>(), expected.len());
+    assert_eq!(
+        manifest.iter().map(|m| m.files.len()).sum::<usize>(),
+        csv_files
+    );
+    assert_eq!(
+        manifest.iter().map(|m| m.rows as usize).sum::<usize>(),
+        expected.len()
+    );
     // No temporary file is left behind.
     let leftovers = std::fs::read_dir(out.join("json"))
         .unwrap()
@@ -396,7 +402,10 @@ fn quickstart_runs_and_writes_console_json_and_parquet() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("sources: readings (generator), weblog (generator)"), "{report}");
+    assert!(
+        report.contains("sources: readings (generator), weblog (generator)"),
+        "{report}"
+    );
     assert!(report.contains("last committed batch: "), "{report}");
     assert!(report.contains("write-ahead log `readings`"), "{report}");
     assert!(report.contains("window contents: "), "{report}");

@@ -101,7 +101,10 @@ fn committed_count(out: &Path, job: &str) -> u64 {
 /// Rows of the newest committed batch of `job`.
 fn last_batch_rows(out: &Path, job: &str) -> Vec<String> {
     let entries = sluice_file::committed(out).unwrap();
-    let last = entries.iter().rfind(|e| e.job == job).expect("a committed batch");
+    let last = entries
+        .iter()
+        .rfind(|e| e.job == job)
+        .expect("a committed batch");
     let mut rows: Vec<String> = last
         .files
         .iter()
@@ -225,10 +228,21 @@ fn generator_survives_sigkill_exactly_once() {
         missing.len(),
         extra.len()
     );
-    assert!(missing.is_empty(), "missing: {:?}", &missing[..missing.len().min(5)]);
-    assert!(extra.is_empty(), "duplicated: {:?}", &extra[..extra.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "missing: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        extra.is_empty(),
+        "duplicated: {:?}",
+        &extra[..extra.len().min(5)]
+    );
     let log = std::fs::read_to_string(crashed.join("gateway.log")).unwrap();
-    assert!(n == 0 || log.contains("resuming from the checkpoint"), "{log}");
+    assert!(
+        n == 0 || log.contains("resuming from the checkpoint"),
+        "{log}"
+    );
 
     // The keyed state after the last batch, and every closed window, match the clean run.
     assert_eq!(
@@ -295,7 +309,9 @@ path = "out"
         })
     };
     let out = dir.join("out");
-    crash_loop(&dir, n, &mut rng, || committed_count(&out, "copy") >= (FILES * LINES) as u64);
+    crash_loop(&dir, n, &mut rng, || {
+        committed_count(&out, "copy") >= (FILES * LINES) as u64
+    });
     writer.join().unwrap();
     let expected: Vec<String> = (0..FILES)
         .flat_map(|f| (0..LINES).map(move |l| format!("file {f} line {l}")))
@@ -311,8 +327,16 @@ path = "out"
         missing.len(),
         extra.len()
     );
-    assert!(missing.is_empty(), "missing: {:?}", &missing[..missing.len().min(5)]);
-    assert!(extra.is_empty(), "duplicated: {:?}", &extra[..extra.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "missing: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        extra.is_empty(),
+        "duplicated: {:?}",
+        &extra[..extra.len().min(5)]
+    );
 }
 
 /// A socket peer never resends: after kills, no line twice, and only lines that were not yet durable
@@ -375,7 +399,7 @@ path = "out"
                         break;
                     }
                     sent.store(next, Ordering::SeqCst);
-                    if next % 20 == 0 {
+                    if next.is_multiple_of(20) {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
@@ -410,7 +434,11 @@ path = "out"
         dups.len()
     );
     assert!(dups.is_empty(), "duplicated: {dups:?}");
-    assert!(extra.is_empty(), "unexpected: {:?}", &extra[..extra.len().min(5)]);
+    assert!(
+        extra.is_empty(),
+        "unexpected: {:?}",
+        &extra[..extra.len().min(5)]
+    );
     // Lines in flight at a kill: the socket buffers, the open block (20 ms) and the group commit
     // (20 ms), at 2,000 lines/s; a generous bound of 400 per kill.
     assert!(

@@ -12,7 +12,13 @@ use std::sync::Arc;
 
 fn block(i: i64, rows: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(i * 1000..i * 1000 + rows))]).unwrap()
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(Int64Array::from_iter_values(
+            i * 1000..i * 1000 + rows,
+        ))],
+    )
+    .unwrap()
 }
 
 /// Append `n` blocks and wait until each is durable.
@@ -23,7 +29,9 @@ async fn fill(dir: &Path, n: i64) -> Vec<(u64, u64)> {
     let mut at = 0;
     for i in 0..n {
         let b = block(i, 100);
-        let (seq, durable) = log.append(&b, &serde_json::json!({ "next": i + 1 })).unwrap();
+        let (seq, durable) = log
+            .append(&b, &serde_json::json!({ "next": i + 1 }))
+            .unwrap();
         durable.await.unwrap().unwrap();
         let len = std::fs::metadata(segment(dir)).unwrap().len();
         offsets.push((at, len));
@@ -34,7 +42,12 @@ async fn fill(dir: &Path, n: i64) -> Vec<(u64, u64)> {
 }
 
 fn segment(dir: &Path) -> PathBuf {
-    std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
 }
 
 #[tokio::test]
@@ -43,7 +56,10 @@ async fn wal_torn_tail_recovers_to_the_last_whole_block() {
     let offsets = fill(dir.path(), 10).await;
     // Cut the file in the middle of the last record, as a crash mid-write would.
     let (start, end) = offsets[9];
-    let f = std::fs::OpenOptions::new().write(true).open(segment(dir.path())).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment(dir.path()))
+        .unwrap();
     f.set_len(start + (end - start) / 2).unwrap();
     drop(f);
     let (log, rec) = Log::open(dir.path(), SyncPolicy::EveryBlock, 64 << 20).unwrap();
@@ -68,7 +84,10 @@ async fn wal_torn_tail_recovers_to_the_last_whole_block() {
 async fn wal_zero_filled_tail_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let offsets = fill(dir.path(), 3).await;
-    let mut f = std::fs::OpenOptions::new().append(true).open(segment(dir.path())).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment(dir.path()))
+        .unwrap();
     f.write_all(&[0u8; 4096]).unwrap();
     drop(f);
     let (_log, rec) = Log::open(dir.path(), SyncPolicy::EveryBlock, 64 << 20).unwrap();
@@ -81,7 +100,11 @@ async fn wal_corruption_in_the_middle_is_refused_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let offsets = fill(dir.path(), 10).await;
     let (start, end) = offsets[4];
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(segment(dir.path())).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment(dir.path()))
+        .unwrap();
     let at = start + (end - start) - 10;
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[0xff, 0x00, 0xff]).unwrap();
@@ -92,7 +115,10 @@ async fn wal_corruption_in_the_middle_is_refused_with_its_position() {
         .to_string();
     assert!(err.contains("corrupt WAL record"), "{err}");
     assert!(err.contains(&format!("at byte {start}")), "{err}");
-    assert!(err.contains(&segment(dir.path()).display().to_string()), "{err}");
+    assert!(
+        err.contains(&segment(dir.path()).display().to_string()),
+        "{err}"
+    );
 }
 
 fn store_log(dir: &Path) -> PathBuf {
@@ -107,7 +133,7 @@ fn fill_store(dir: &Path) {
     let s = Store::open(dir).unwrap();
     for i in 0..50 {
         let mut c = Changes::default();
-        c.put(&format!("k{i:03}"), &vec![b'x'; 200]);
+        c.put(&format!("k{i:03}"), &[b'x'; 200]);
         c.put_json("last", &i);
         s.write(c).unwrap();
     }
@@ -119,12 +145,23 @@ fn checkpoint_store_torn_tail_recovers_to_the_last_whole_commit() {
     fill_store(dir.path());
     let log = store_log(dir.path());
     let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
     let s = Store::open(dir.path()).unwrap();
     let last: i64 = s.get_json("last").unwrap().unwrap();
-    assert_eq!(last, 48, "the cut commit is gone, the one before it is whole");
+    assert_eq!(
+        last, 48,
+        "the cut commit is gone, the one before it is whole"
+    );
     assert!(s.get("k048").unwrap().is_some());
-    assert!(s.get("k049").unwrap().is_none(), "a commit is all or nothing");
+    assert!(
+        s.get("k049").unwrap().is_none(),
+        "a commit is all or nothing"
+    );
 }
 
 #[test]
@@ -142,7 +179,10 @@ fn checkpoint_store_corruption_in_the_middle_is_refused() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("Corruption"), "{err}");
-    assert!(err.contains("restore it from a backup or delete the directory"), "{err}");
+    assert!(
+        err.contains("restore it from a backup or delete the directory"),
+        "{err}"
+    );
 }
 
 /// The whole gateway on a corrupted WAL: exit 1, the file and the byte offset in the message.
@@ -181,7 +221,10 @@ type = "blackhole"
     let seg_dir = dir.join("checkpoint/wal/g");
     let seg = segment(&seg_dir);
     let len = std::fs::metadata(&seg).unwrap().len();
-    assert!(len > 1000, "the WAL holds the received blocks ({len} bytes)");
+    assert!(
+        len > 1000,
+        "the WAL holds the received blocks ({len} bytes)"
+    );
     let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.seek(SeekFrom::Start(len / 3)).unwrap();
     f.write_all(&[0x55; 8]).unwrap();
@@ -311,7 +354,11 @@ type = "blackhole"
             .unwrap()
     };
     let out = run(cfg("device", false, "g"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A new sink and a longer batch interval: resumes, with the state.
     let out = run(cfg("device", true, "g"));
     let log = String::from_utf8_lossy(&out.stderr);
@@ -322,12 +369,21 @@ type = "blackhole"
     let out = run(cfg("site", true, "g"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("pipeline.toml: key `app.checkpoint_dir`"), "{err}");
-    assert!(err.contains("the state key of job `totals` changed from [device] to [site]"), "{err}");
+    assert!(
+        err.contains("pipeline.toml: key `app.checkpoint_dir`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the state key of job `totals` changed from [device] to [site]"),
+        "{err}"
+    );
     assert!(err.contains("delete"), "{err}");
     // A removed (renamed) source: refused.
     let out = run(cfg("device", true, "h"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("source `g` (type generator) was removed"), "{err}");
+    assert!(
+        err.contains("source `g` (type generator) was removed"),
+        "{err}"
+    );
 }

@@ -11,5 +11,7 @@
 mod sink;
 mod source;
 
-pub use sink::{committed, FileSinkConfig, FileSinkFactory, ManifestEntry, OutputFormat, MANIFEST_DIR};
+pub use sink::{
+    committed, FileSinkConfig, FileSinkFactory, ManifestEntry, OutputFormat, MANIFEST_DIR,
+};
 pub use source::{FileSourceConfig, FileSourceFactory};

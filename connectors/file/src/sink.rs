@@ -237,7 +237,10 @@ impl Sink for FileSink {
             files,
         };
         let bytes = serde_json::to_vec(&entry).map_err(|e| Error::msg(e.to_string()))?;
-        write_atomically(&self.dir.join(MANIFEST_DIR).join(format!("{stem}.json")), &bytes)?;
+        write_atomically(
+            &self.dir.join(MANIFEST_DIR).join(format!("{stem}.json")),
+            &bytes,
+        )?;
         if batch.replay {
             tracing::info!(sink = %self.dir.display(), batch = batch.time.millis(), "re-run batch overwrote its files");
         }

@@ -260,7 +260,10 @@ impl Receiver for GeneratorReceiver {
         // After a restart, continue right after the last durable record: same records, same times.
         let mut cfg = self.cfg.clone();
         let resume = out.resume_position();
-        let skip = resume.as_ref().and_then(|p| p["next"].as_u64()).unwrap_or(0);
+        let skip = resume
+            .as_ref()
+            .and_then(|p| p["next"].as_u64())
+            .unwrap_or(0);
         if let Some(start) = resume.as_ref().and_then(|p| p["start_ms"].as_i64()) {
             cfg.start_ms = Some(start);
         }
@@ -281,7 +284,10 @@ impl Receiver for GeneratorReceiver {
             let due = self.cfg.count.map_or(due, |c| due.min(c));
             // Blocks of at most BLOCK_RECORDS, so a rate limit paces them finely.
             while due > w.produced() && !out.is_stopping() {
-                let most = out.block_budget().map_or(BLOCK_RECORDS, |b| b as u64).min(BLOCK_RECORDS);
+                let most = out
+                    .block_budget()
+                    .map_or(BLOCK_RECORDS, |b| b as u64)
+                    .min(BLOCK_RECORDS);
                 let n = (due - w.produced()).min(most.max(1)) as usize;
                 let lines = w.take(n);
                 let (batch, dead) = self.decoder.decode(&lines);

@@ -41,6 +41,14 @@ pub enum Which {
         #[arg(long, default_value_t = 32)]
         depth: usize,
     },
+    /// Overload: offer 3× the measured capacity with backpressure on; RSS, delay, loss.
+    Overload {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Offered load as a multiple of the measured capacity.
+        #[arg(long, default_value_t = 3.0)]
+        factor: f64,
+    },
     /// Restart time: SIGKILL a gateway holding `keys` state keys, restart, time the first batch.
     Restart {
         #[arg(long, default_value = ".")]
@@ -86,7 +94,12 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             block_kb,
             depth,
         } => crate::bench_wal::bench_wal(dir, megabytes, block_kb, depth).await,
-        Which::Restart { dir, keys, rate } => crate::bench_wal::bench_restart(dir, keys, rate).await,
+        Which::Overload { seconds, factor } => {
+            crate::bench_overload::overload(seconds, factor).await
+        }
+        Which::Restart { dir, keys, rate } => {
+            crate::bench_wal::bench_restart(dir, keys, rate).await
+        }
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;
@@ -115,7 +128,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
 }
 
 /// The word count with `source` (a TOML inline table) as table `lines`.
-fn wordcount_config(source: &str) -> String {
+pub(crate) fn wordcount_config(source: &str) -> String {
     format!(
         r#"
 [app]
@@ -160,7 +173,7 @@ struct Seen {
     records: u64,
 }
 
-fn field(line: &str, name: &str) -> Option<u64> {
+pub(crate) fn field(line: &str, name: &str) -> Option<u64> {
     let rest = &line[line.find(&format!("{name}="))? + name.len() + 1..];
     rest.split(|c: char| !c.is_ascii_digit())
         .next()?
@@ -168,12 +181,9 @@ fn field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Runs the gateway as a child `sluice run` process (so its RSS is its own) reading a socket that
-/// this process feeds at `rate` lines per second for `seconds`.
-async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    // A pool of seeded lines, written round-robin at `rate`.
+/// A pool of seeded word lines (10 words from 10,000), written round-robin by the feeders: the
+/// text and the offset where each line starts (plus the end).
+pub(crate) fn line_pool() -> (String, Vec<usize>) {
     let mut w = Workload::new(&GeneratorConfig {
         kind: Kind::Words,
         rate: 1,
@@ -195,6 +205,15 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
         pool.push('\n');
         offsets.push(pool.len());
     }
+    (pool, offsets)
+}
+
+/// Runs the gateway as a child `sluice run` process (so its RSS is its own) reading a socket that
+/// this process feeds at `rate` lines per second for `seconds`.
+async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (pool, offsets) = line_pool();
     let cfg_path =
         std::env::temp_dir().join(format!("sluice-bench-{}-{rate}.toml", std::process::id()));
     std::fs::write(

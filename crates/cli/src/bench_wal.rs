@@ -91,7 +91,12 @@ async fn wal(
     Ok((bytes as f64 / 1e6 / secs, bytes))
 }
 
-pub async fn bench_wal(dir: PathBuf, megabytes: usize, block_kb: usize, depth: usize) -> anyhow::Result<()> {
+pub async fn bench_wal(
+    dir: PathBuf,
+    megabytes: usize,
+    block_kb: usize,
+    depth: usize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = tempfile::tempdir_in(&dir)?;
     let count = megabytes * 1024 / block_kb;
@@ -99,9 +104,16 @@ pub async fn bench_wal(dir: PathBuf, megabytes: usize, block_kb: usize, depth: u
     // The raw writer writes as many bytes per block as the log's records hold.
     let (_, wal_bytes) = wal(dir.path(), &data[..1], SyncPolicy::EveryBlock, 1).await?;
     let sizes = vec![wal_bytes as usize; count];
-    println!("disk: {} ; {count} blocks of ~{block_kb} KiB ({} bytes as log records), {depth} in flight", dir.path().display(), wal_bytes);
+    println!(
+        "disk: {} ; {count} blocks of ~{block_kb} KiB ({} bytes as log records), {depth} in flight",
+        dir.path().display(),
+        wal_bytes
+    );
     println!("policy,wal_mb_per_s,raw_mb_per_s,ratio");
-    for policy in [SyncPolicy::Interval(Duration::from_millis(50)), SyncPolicy::EveryBlock] {
+    for policy in [
+        SyncPolicy::Interval(Duration::from_millis(50)),
+        SyncPolicy::EveryBlock,
+    ] {
         let raw_speed = raw(dir.path(), &sizes, policy)?;
         let (wal_speed, _) = wal(dir.path(), &data, policy, depth).await?;
         println!(
@@ -173,7 +185,9 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
             .spawn()?)
     };
     // Ten draws per line: after ~1.5 × keys × ln(keys) / 10 lines nearly every word was seen.
-    let fill_secs = ((keys as f64 * (keys as f64).ln() * 1.5 / 10.0) / rate as f64).ceil().max(5.0) as u64;
+    let fill_secs = ((keys as f64 * (keys as f64).ln() * 1.5 / 10.0) / rate as f64)
+        .ceil()
+        .max(5.0) as u64;
     println!("filling: {keys} keys at {rate} lines/s for {fill_secs} s");
     let mut child = run(fill_secs + 60)?;
     let started = Instant::now();
@@ -204,6 +218,9 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
     child.kill()?;
     child.wait()?;
     let first = first.ok_or_else(|| anyhow::anyhow!("the restarted gateway committed no batch"))?;
-    println!("restart to first committed batch: {:.0} ms", first.as_secs_f64() * 1e3);
+    println!(
+        "restart to first committed batch: {:.0} ms",
+        first.as_secs_f64() * 1e3
+    );
     Ok(())
 }

@@ -23,7 +23,11 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let w = &mut out;
     let _ = writeln!(w, "checkpoint {}", dir.display());
     if let Some(f) = store.get_json::<Fingerprint>("meta/fingerprint")? {
-        let srcs: Vec<String> = f.sources.iter().map(|(n, k)| format!("{n} ({k})")).collect();
+        let srcs: Vec<String> = f
+            .sources
+            .iter()
+            .map(|(n, k)| format!("{n} ({k})"))
+            .collect();
         let _ = writeln!(w, "sources: {}", srcs.join(", "));
     }
     let last: Option<Done> = store.get_json("last")?;
@@ -75,12 +79,20 @@ pub fn inspect(dir: &Path) -> Result<String> {
     for (k, v) in store.scan("state/")? {
         let job = k.trim_start_matches("state/");
         let rows = ipc::read(&v)?.num_rows();
-        let _ = writeln!(w, "state of job `{job}`: {rows} key(s), {} byte(s)", v.len());
+        let _ = writeln!(
+            w,
+            "state of job `{job}`: {rows} key(s), {} byte(s)",
+            v.len()
+        );
     }
     let windows = store.scan("window/")?;
     if !windows.is_empty() {
         let bytes: usize = windows.iter().map(|(_, v)| v.len()).sum();
-        let _ = writeln!(w, "window contents: {} batch(es), {bytes} byte(s)", windows.len());
+        let _ = writeln!(
+            w,
+            "window contents: {} batch(es), {bytes} byte(s)",
+            windows.len()
+        );
     }
     for (k, v) in store.scan("event/")? {
         let job = k.trim_start_matches("event/");

@@ -2,6 +2,7 @@
 //! and a `StreamingContext`-style builder for pipelines written in Rust.
 
 pub mod bench;
+mod bench_overload;
 mod bench_wal;
 pub mod context;
 pub mod inspect;

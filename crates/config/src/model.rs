@@ -67,7 +67,10 @@ pub struct WalConfig {
     pub sync: WalSync,
     /// The group-commit interval of `sync = "interval"` (default 50ms). A kill loses at most the
     /// data of an unacknowledged peer received in the last interval.
-    #[serde(default = "default_sync_interval", deserialize_with = "serde_duration::deserialize")]
+    #[serde(
+        default = "default_sync_interval",
+        deserialize_with = "serde_duration::deserialize"
+    )]
     pub sync_interval: Duration,
     /// Size at which a log segment is closed and a new one started (default 64 MiB). Closed
     /// segments are deleted once every batch that read them is committed.

@@ -94,7 +94,8 @@ impl ReceiverBlocks {
             .or(entries.first().map(|e| e.seq))
             .unwrap_or_else(|| log.next_seq());
         for e in entries {
-            self.buffered.fetch_add(e.batch.num_rows(), Ordering::SeqCst);
+            self.buffered
+                .fetch_add(e.batch.num_rows(), Ordering::SeqCst);
             p.blocks.insert(e.seq, e.batch);
         }
         if !p.blocks.is_empty() {

@@ -147,7 +147,9 @@ pub fn incompatibility(old: &Fingerprint, new: &Fingerprint) -> Vec<String> {
     }
     for (job, shape) in &old.state {
         match new.state.get(job) {
-            None => why.push(format!("stateful job `{job}` was removed (or lost its state)")),
+            None => why.push(format!(
+                "stateful job `{job}` was removed (or lost its state)"
+            )),
             Some(s) if s.key != shape.key => why.push(format!(
                 "the state key of job `{job}` changed from [{}] to [{}]",
                 shape.key.join(", "),

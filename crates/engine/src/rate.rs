@@ -162,7 +162,10 @@ mod tests {
         }
         assert!(rates[0] <= capacity + 1.0, "first estimate {}", rates[0]);
         let last = *rates.last().unwrap();
-        assert!((last - capacity).abs() / capacity < 0.05, "settles at {last}");
+        assert!(
+            (last - capacity).abs() / capacity < 0.05,
+            "settles at {last}"
+        );
         assert!(delay < 1.0, "the queued delay drains: {delay}");
     }
 
@@ -183,7 +186,11 @@ mod tests {
             limit.acquire(100).await;
         }
         // 5,000 records at 1,000/s: at least 4.9 s of (virtual) time.
-        assert!(start.elapsed() >= Duration::from_millis(4800), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(4800),
+            "{:?}",
+            start.elapsed()
+        );
         limit.set(None);
         let t = tokio::time::Instant::now();
         limit.acquire(1_000_000).await;

@@ -161,8 +161,12 @@ impl Pipeline {
             let planned = newest.as_ref().and_then(|p| p.sources.get(&s.name));
             let input = match s.runtime.take().expect("a pipeline runs once") {
                 SourceRuntime::Receiver(r) => {
-                    let mut blocks =
-                        ReceiverBlocks::new(&s.name, RECEIVER_CAPACITY, self.dead.clone(), rate.clone());
+                    let mut blocks = ReceiverBlocks::new(
+                        &s.name,
+                        RECEIVER_CAPACITY,
+                        self.dead.clone(),
+                        rate.clone(),
+                    );
                     if let Some(d) = &durable {
                         let log = d.logs[&s.name].clone();
                         let cursor = planned
@@ -184,7 +188,10 @@ impl Pipeline {
                 SourceRuntime::Replayable(mut r) => {
                     if let Some(p) = planned {
                         r.restore(&p.position).map_err(|e| {
-                            Error::msg(format!("source `{}` cannot resume from the checkpoint: {e}", s.name))
+                            Error::msg(format!(
+                                "source `{}` cannot resume from the checkpoint: {e}",
+                                s.name
+                            ))
                         })?;
                     }
                     Input::Replayable(r)
@@ -204,7 +211,10 @@ impl Pipeline {
         tracing::info!(app = %self.app.name, interval = %sluice_core::time::format_duration(interval), "started");
         for plan in pending {
             let t = BatchTime(plan.time);
-            tracing::info!(batch = plan.time, "re-running a batch planned before the restart");
+            tracing::info!(
+                batch = plan.time,
+                "re-running a batch planned before the restart"
+            );
             self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
                 .await?;
             summary.replayed += 1;
@@ -265,6 +275,7 @@ impl Pipeline {
             tracing::debug!(
                 batch = t.millis(),
                 processing_us = took.as_micros() as u64,
+                delay_ms = delay_ms as u64,
                 records = summary.input_records - before,
                 "batch done"
             );
@@ -321,8 +332,11 @@ impl Pipeline {
         let mut logs = HashMap::new();
         for s in &self.sources {
             if matches!(s.runtime, Some(SourceRuntime::Receiver(_))) {
-                let (log, rec) =
-                    Log::open(&ck::wal_dir(&dir, &s.name), policy, self.app.wal.segment_bytes)?;
+                let (log, rec) = Log::open(
+                    &ck::wal_dir(&dir, &s.name),
+                    policy,
+                    self.app.wal.segment_bytes,
+                )?;
                 if let Some((file, offset, bytes)) = rec.torn {
                     tracing::warn!(source = %s.name, file = %file.display(), offset, bytes, "the write-ahead log ended in a torn write; recovered to the last whole block");
                 }
@@ -353,7 +367,9 @@ impl Pipeline {
         for job in &mut self.jobs {
             let name = job.name.clone();
             let bad = |what: &str, e: String| {
-                Error::msg(format!("job `{name}`: cannot restore its {what} from the checkpoint: {e}"))
+                Error::msg(format!(
+                    "job `{name}`: cannot restore its {what} from the checkpoint: {e}"
+                ))
             };
             if let Some(state) = &mut job.state {
                 if let Some(bytes) = store.get(&ck::state_key(&name))? {
@@ -399,7 +415,10 @@ impl Pipeline {
         for s in sources.iter() {
             if let Input::Receiver(b) = &s.input {
                 if let Some(e) = b.failure() {
-                    return Err(Error::msg(format!("receiver `{}` cannot store: {e}", s.name)));
+                    return Err(Error::msg(format!(
+                        "receiver `{}` cannot store: {e}",
+                        s.name
+                    )));
                 }
             }
         }
@@ -412,7 +431,8 @@ impl Pipeline {
                         (_, None) => Vec::new(),
                         (Input::Receiver(_), Some(sp)) => {
                             let r = block_range(&sp.range)?;
-                            let log = &durable.as_ref().expect("plans come from a checkpoint").logs[&s.name];
+                            let log = &durable.as_ref().expect("plans come from a checkpoint").logs
+                                [&s.name];
                             if r.count == 0 {
                                 Vec::new()
                             } else {
@@ -497,7 +517,9 @@ impl Pipeline {
             self.commit(d, &done, &ran)?;
         }
         for s in sources.iter_mut() {
-            let Some(sp) = plan.sources.get(&s.name) else { continue };
+            let Some(sp) = plan.sources.get(&s.name) else {
+                continue;
+            };
             match &mut s.input {
                 Input::Replayable(r) => r.commit(&sp.range).await?,
                 Input::Receiver(_) => {
@@ -543,7 +565,10 @@ impl Pipeline {
                 for (input, _) in &job.inputs {
                     if let Some(added) = w.added(input, BatchTime(t)) {
                         if let Some(first) = added.first() {
-                            let all = sluice_core::arrow::compute::concat_batches(&first.schema(), added)?;
+                            let all = sluice_core::arrow::compute::concat_batches(
+                                &first.schema(),
+                                added,
+                            )?;
                             c.put(&ck::window_key(&job.name, input, t), &ipc::write(&all)?);
                         }
                     }

@@ -178,7 +178,12 @@ impl KeyedState {
 
     /// The state with a `__since` column (when each key last changed), for the checkpoint.
     pub fn snapshot(&self) -> RecordBatch {
-        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new("__since", DataType::Int64, false));
         let mut cols = self.current.columns().to_vec();
         cols.push(Arc::new(Int64Array::from(self.current_since.clone())));

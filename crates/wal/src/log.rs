@@ -127,10 +127,19 @@ fn decode(seq: u64, payload: &[u8]) -> Result<Entry> {
     })
 }
 
-/// The records of one segment file: (offset, seq, payload) of each good record, and where the good
-/// records end. A bad record followed by more data is an error; a bad record at the end is a torn
-/// tail (returned as the end offset being less than the file length).
-fn scan(path: &Path) -> Result<(Vec<(u64, u64, Vec<u8>)>, u64, u64)> {
+/// What scanning one segment file found.
+struct Scanned {
+    /// (seq, payload) of each good record, in order.
+    records: Vec<(u64, Vec<u8>)>,
+    /// Where the good records end.
+    end: u64,
+    /// The file's length (more than `end`: a torn tail).
+    len: u64,
+}
+
+/// The good records of one segment file. A bad record followed by more data is an error; a bad
+/// record at the end is a torn tail.
+fn scan(path: &Path) -> Result<Scanned> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -168,10 +177,14 @@ fn scan(path: &Path) -> Result<(Vec<(u64, u64, Vec<u8>)>, u64, u64)> {
                 len - o - HEADER - n
             )));
         }
-        out.push((o as u64, seq, payload.to_vec()));
+        out.push((seq, payload.to_vec()));
         o += HEADER + n;
     }
-    Ok((out, o as u64, len as u64))
+    Ok(Scanned {
+        records: out,
+        end: o as u64,
+        len: len as u64,
+    })
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
@@ -209,7 +222,7 @@ impl Log {
         let mut next = segments.first().map_or(0, |s| s.first);
         // The newest record is in the last segment that has one.
         for seg in segments.iter().rev() {
-            let (records, end, len) = scan(&seg.path)?;
+            let Scanned { records, end, len } = scan(&seg.path)?;
             if end < len {
                 OpenOptions::new()
                     .write(true)
@@ -227,7 +240,7 @@ impl Log {
                 );
                 rec.torn = Some((seg.path.clone(), end, len - end));
             }
-            if let Some((_, seq, payload)) = records.last() {
+            if let Some((seq, payload)) = records.last() {
                 rec.last_seq = Some(*seq);
                 rec.last_position = Some(decode(*seq, payload)?.position);
                 next = seq + 1;
@@ -290,8 +303,7 @@ impl Log {
             if end <= from || seg.first > to {
                 continue;
             }
-            let (records, _, _) = scan(&seg.path)?;
-            for (_, seq, payload) in records {
+            for (seq, payload) in scan(&seg.path)?.records {
                 if (from..=to).contains(&seq) {
                     out.push(decode(seq, &payload)?);
                 }
@@ -433,9 +445,9 @@ fn write_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>, policy: SyncPolicy, 
             SyncPolicy::Interval(d) => last_sync.elapsed() >= d,
         };
         if !waiting.is_empty() && (due || closing) {
-            let r = active
-                .as_ref()
-                .map_or(Ok(()), |a| a.file.sync_data().map_err(|e| io_err("sync", &a.path, e)));
+            let r = active.as_ref().map_or(Ok(()), |a| {
+                a.file.sync_data().map_err(|e| io_err("sync", &a.path, e))
+            });
             last_sync = Instant::now();
             let msg = r.as_ref().err().map(|e| e.to_string());
             for w in waiting.drain(..) {

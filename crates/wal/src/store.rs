@@ -88,7 +88,9 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.db.get(key.as_bytes()).map_err(|e| db_err(&self.path, e))
+        self.db
+            .get(key.as_bytes())
+            .map_err(|e| db_err(&self.path, e))
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
