@@ -1,7 +1,7 @@
 //! Rate limits with the real binary: a receiver held to `max_rate` stops reading its socket, so
 //! the peer blocks instead of the gateway buffering without bound.
 
-use crate::common::sluice;
+use crate::common::run_in;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,9 +46,9 @@ fn max_rate_slows_the_socket_peer() {
         });
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pipeline.toml"),
-        format!(
+    let (code, log) = run_in(
+        dir.path(),
+        &format!(
             r#"
 [app]
 name = "limited"
@@ -70,16 +70,9 @@ sinks = ["out"]
 type = "blackhole"
 "#
         ),
-    )
-    .unwrap();
-    let out = sluice()
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info,sluice_engine=debug")
-        .args(["run", "pipeline.toml", "--duration", "3s"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+        "3s",
+    );
+    assert_eq!(code, Some(0), "{log}");
     let batches = batch_records(&log);
     let peer = sent.load(Ordering::SeqCst);
     eprintln!(
@@ -95,8 +88,8 @@ type = "blackhole"
 #[test]
 fn generator_respects_max_rate_with_adaptive_backpressure() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pipeline.toml"),
+    let (code, log) = run_in(
+        dir.path(),
         r#"
 [app]
 name = "adaptive"
@@ -115,16 +108,9 @@ sinks = ["out"]
 [sinks.out]
 type = "blackhole"
 "#,
-    )
-    .unwrap();
-    let out = sluice()
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info,sluice_engine=debug")
-        .args(["run", "pipeline.toml", "--duration", "3s"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+        "3s",
+    );
+    assert_eq!(code, Some(0), "{log}");
     let batches = batch_records(&log);
     eprintln!("records per 200 ms batch (initial 500/s, max 2000/s): {batches:?}");
     assert!(batches.iter().sum::<u64>() > 0);

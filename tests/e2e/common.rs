@@ -88,3 +88,19 @@ pub fn repo() -> std::path::PathBuf {
         .canonicalize()
         .unwrap()
 }
+
+/// Write `toml` as `dir/pipeline.toml` and run it there for `duration` with info logs (and the
+/// engine's per-batch debug lines); returns the exit code and the log.
+pub fn run_in(dir: &Path, toml: &str, duration: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+    let out = sluice()
+        .current_dir(dir)
+        .env("RUST_LOG", "info,sluice_engine=debug")
+        .args(["run", "pipeline.toml", "--duration", duration])
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -145,6 +145,20 @@ fn compare(expected: &[String], got: &[String]) -> (Vec<String>, Vec<String>) {
     (missing, extra)
 }
 
+/// Every expected row once: none missing, none twice or unexpected.
+fn assert_exactly_once(what: &str, expected: &[String], got: &[String]) {
+    let (missing, extra) = compare(expected, got);
+    eprintln!(
+        "{what}: {} rows committed, {} missing, {} duplicated or unexpected",
+        got.len(),
+        missing.len(),
+        extra.len()
+    );
+    let few = |v: &[String]| v[..v.len().min(5)].to_vec();
+    assert!(missing.is_empty(), "missing: {:?}", few(&missing));
+    assert!(extra.is_empty(), "duplicated: {:?}", few(&extra));
+}
+
 const GENERATOR: &str = r#"
 [app]
 name = "crash-generator"
@@ -221,23 +235,7 @@ fn generator_survives_sigkill_exactly_once() {
             .collect()
     };
     let got = key(committed_rows(&crashed.join("out"), "copy"));
-    let (missing, extra) = compare(&expected, &got);
-    eprintln!(
-        "generator: {} rows committed, {} missing, {} duplicated or unexpected",
-        got.len(),
-        missing.len(),
-        extra.len()
-    );
-    assert!(
-        missing.is_empty(),
-        "missing: {:?}",
-        &missing[..missing.len().min(5)]
-    );
-    assert!(
-        extra.is_empty(),
-        "duplicated: {:?}",
-        &extra[..extra.len().min(5)]
-    );
+    assert_exactly_once("generator", &expected, &got);
     let log = std::fs::read_to_string(crashed.join("gateway.log")).unwrap();
     assert!(
         n == 0 || log.contains("resuming from the checkpoint"),
@@ -320,23 +318,7 @@ path = "out"
         .iter()
         .map(|l| field(l, "line").as_str().unwrap().to_string())
         .collect();
-    let (missing, extra) = compare(&expected, &got);
-    eprintln!(
-        "files: {} rows committed, {} missing, {} duplicated",
-        got.len(),
-        missing.len(),
-        extra.len()
-    );
-    assert!(
-        missing.is_empty(),
-        "missing: {:?}",
-        &missing[..missing.len().min(5)]
-    );
-    assert!(
-        extra.is_empty(),
-        "duplicated: {:?}",
-        &extra[..extra.len().min(5)]
-    );
+    assert_exactly_once("files", &expected, &got);
 }
 
 /// A socket peer never resends: after kills, no line twice, and only lines that were not yet durable

@@ -2,7 +2,7 @@
 //! store recover a cut tail, refuse corruption in the middle (saying where), and a full disk is a
 //! clear error that leaves a store a restart can use.
 
-use crate::common::sluice;
+use crate::common::{run_in, sluice};
 use sluice_core::arrow::array::{Int64Array, RecordBatch};
 use sluice_core::arrow::datatypes::{DataType, Field, Schema};
 use sluice_wal::{Changes, Log, Store, SyncPolicy};
@@ -344,31 +344,17 @@ type = "blackhole"
             sinks = if extra_sink { "\"a\", \"b\"" } else { "\"a\"" },
         )
     };
-    let run = |toml: String| {
-        std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
-        sluice()
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .args(["run", "pipeline.toml", "--duration", "1s"])
-            .output()
-            .unwrap()
-    };
-    let out = run(cfg("device", false, "g"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = |toml: String| run_in(dir.path(), &toml, "1s");
+    let (code, log) = run(cfg("device", false, "g"));
+    assert_eq!(code, Some(0), "{log}");
     // A new sink and a longer batch interval: resumes, with the state.
-    let out = run(cfg("device", true, "g"));
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (code, log) = run(cfg("device", true, "g"));
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("resuming from the checkpoint"), "{log}");
     assert!(log.contains("state restored"), "{log}");
     // A changed state key: refused.
-    let out = run(cfg("site", true, "g"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = run(cfg("site", true, "g"));
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("pipeline.toml: key `app.checkpoint_dir`"),
         "{err}"
@@ -379,9 +365,8 @@ type = "blackhole"
     );
     assert!(err.contains("delete"), "{err}");
     // A removed (renamed) source: refused.
-    let out = run(cfg("device", true, "h"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = run(cfg("device", true, "h"));
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("source `g` (type generator) was removed"),
         "{err}"

@@ -167,10 +167,46 @@ struct RateResult {
 }
 
 /// One `batch done` line of the gateway's log, and when the bench read it.
-struct Seen {
-    at: Instant,
-    processing_ms: f64,
-    records: u64,
+#[derive(Clone, Copy)]
+pub(crate) struct Seen {
+    pub at: Instant,
+    pub processing_ms: f64,
+    pub records: u64,
+    /// Scheduling delay: how late the batch started after its time.
+    pub delay_ms: f64,
+}
+
+pub(crate) type SeenLog = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// Collect the `batch done` lines of a gateway child's stderr as they come.
+pub(crate) fn read_batches(
+    child: &mut std::process::Child,
+) -> (SeenLog, std::thread::JoinHandle<()>) {
+    let seen = SeenLog::default();
+    let out = seen.clone();
+    let stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !line.contains("batch done") {
+                continue;
+            }
+            if let (Some(us), Some(records)) =
+                (field(&line, "processing_us"), field(&line, "records"))
+            {
+                seen.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    processing_ms: us as f64 / 1e3,
+                    records,
+                    delay_ms: field(&line, "delay_ms").unwrap_or(0) as f64,
+                });
+            }
+        }
+    });
+    (out, reader)
 }
 
 pub(crate) fn field(line: &str, name: &str) -> Option<u64> {
@@ -229,30 +265,7 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
-    let reader = {
-        let seen = seen.clone();
-        let stderr = child.stderr.take().expect("piped");
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("batch done") {
-                    if let (Some(us), Some(records)) =
-                        (field(&line, "processing_us"), field(&line, "records"))
-                    {
-                        seen.lock().unwrap().push(Seen {
-                            at: Instant::now(),
-                            processing_ms: us as f64 / 1e3,
-                            records,
-                        });
-                    }
-                }
-            }
-        })
-    };
+    let (seen, reader) = read_batches(&mut child);
     let (mut s, _) = listener.accept()?;
     let started = Instant::now();
     let mut sent = 0u64;

@@ -6,19 +6,10 @@
 //! Capacity is measured first: the same gateway fed as fast as the peer can write for 15 s;
 //! capacity = records / processing time of its batches.
 
-use crate::bench::{field, line_pool, peak_rss_mb, wordcount_config};
-use std::io::{BufRead, Write};
+use crate::bench::{line_pool, peak_rss_mb, read_batches, wordcount_config, Seen as Batch};
+use std::io::Write;
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy)]
-struct Batch {
-    records: u64,
-    processing_ms: f64,
-    delay_ms: f64,
-    at: Instant,
-}
 
 struct Run {
     batches: Vec<Batch>,
@@ -47,33 +38,7 @@ fn feed(rate: Option<f64>, seconds: u64) -> anyhow::Result<Run> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let seen = Arc::new(Mutex::new(Vec::<Batch>::new()));
-    let reader = {
-        let seen = seen.clone();
-        let stderr = child.stderr.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if !line.contains("batch done") {
-                    continue;
-                }
-                if let (Some(us), Some(records), Some(delay)) = (
-                    field(&line, "processing_us"),
-                    field(&line, "records"),
-                    field(&line, "delay_ms"),
-                ) {
-                    seen.lock().unwrap().push(Batch {
-                        records,
-                        processing_ms: us as f64 / 1e3,
-                        delay_ms: delay as f64,
-                        at: Instant::now(),
-                    });
-                }
-            }
-        })
-    };
+    let (seen, reader) = read_batches(&mut child);
     let (mut s, _) = listener.accept()?;
     let started = Instant::now();
     let mut sent = 0u64;

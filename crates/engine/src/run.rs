@@ -506,6 +506,14 @@ impl Pipeline {
         summary.input_records += records;
 
         let ran = self.run_jobs(t, streams, replay, summary).await?;
+        if durable.is_none() {
+            // Nothing to delete from a checkpoint: forget what the windows dropped.
+            for job in &mut self.jobs {
+                if let Some(w) = &mut job.window {
+                    w.evicted.clear();
+                }
+            }
+        }
         if let Some(d) = durable.as_mut() {
             let done = Done {
                 time: t.millis(),
