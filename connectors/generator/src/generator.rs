@@ -293,7 +293,7 @@ impl Receiver for GeneratorReceiver {
                 let (batch, dead) = self.decoder.decode(&lines);
                 out.dead_letters().extend(dead);
                 let position = serde_json::json!({ "next": w.produced(), "start_ms": w.start_ms });
-                out.store_at(batch, position).await?;
+                out.push_at(batch, position).await?;
             }
             if self.cfg.count.is_some_and(|c| w.produced() >= c) {
                 out.set_status(ReceiverStatus::Stopped);

@@ -233,7 +233,7 @@ impl SocketReceiver {
         }
         while pending.len() > 0 {
             let b = self.block(pending, self.block_limit(out), out);
-            out.store(b).await?;
+            out.push_at(b, serde_json::Value::Null).await?;
         }
         Ok(())
     }
@@ -328,11 +328,11 @@ impl Receiver for SocketReceiver {
                 // so the receiver waits between them instead of storing a whole buffer on credit.
                 while pending.len() >= self.block_limit(&out) {
                     let b = self.block(&mut pending, self.block_limit(&out), &out);
-                    out.store(b).await?;
+                    out.push_at(b, serde_json::Value::Null).await?;
                 }
                 if due && pending.len() > 0 {
                     let b = self.block(&mut pending, usize::MAX, &out);
-                    out.store(b).await?;
+                    out.push_at(b, serde_json::Value::Null).await?;
                 }
             }
         }

@@ -38,7 +38,7 @@ pub enum Which {
         #[arg(long, default_value_t = 256)]
         block_kb: usize,
         /// Appends awaiting durability at once (receivers storing concurrently).
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 256)]
         depth: usize,
     },
     /// Overload: offer 3× the measured capacity with backpressure on; RSS, delay, loss.

@@ -178,7 +178,7 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
     let run = |secs: u64| -> anyhow::Result<std::process::Child> {
         Ok(std::process::Command::new(&exe)
             .current_dir(dir.path())
-            .env("RUST_LOG", "sluice_engine=debug")
+            .env("RUST_LOG", "info,sluice_engine=debug")
             .args(["run", "pipeline.toml", "--duration", &format!("{secs}s")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -203,14 +203,33 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
     child.kill()?; // SIGKILL, mid-run
     child.wait()?;
     println!("{}", report(&dir.path().join("checkpoint"))?);
-    // 2. Restart and time the first committed batch.
+    // 2. Restart and time each step up to the first committed batch.
     let t0 = Instant::now();
     let mut child = run(600)?;
     let stderr = child.stderr.take().expect("piped");
     let mut first = None;
+    let steps = [
+        ("checkpoint open", "checkpoint store and logs open"),
+        ("state restored", "state restored"),
+        (
+            "resuming from the checkpoint",
+            "state, windows and positions restored",
+        ),
+        ("started app", "receivers started"),
+    ];
     for l in std::io::BufReader::new(stderr).lines() {
         let l = l?;
+        for (marker, what) in steps {
+            if l.contains(marker) {
+                println!("{:>6.0} ms  {what}", t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         if l.contains("batch done") {
+            let ms = super::bench::field(&l, "processing_us").unwrap_or(0) as f64 / 1e3;
+            println!(
+                "{:>6.0} ms  first batch committed (its processing: {ms:.0} ms)",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
             first = Some(t0.elapsed());
             break;
         }

@@ -57,6 +57,12 @@ pub trait BlockWriter: Send + Sync {
     /// number of a generator). The position is kept with the block, and after a restart
     /// [`BlockWriter::resume_position`] returns the last durable one.
     async fn store_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()>;
+    /// [`BlockWriter::store_at`] without waiting for durability, for receivers whose peer gets no
+    /// acknowledgement (socket, generator): several blocks can be on their way to the disk at once.
+    /// Still waits under backpressure. A block is planned into a batch only once durable.
+    async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
+        self.store_at(block, position).await
+    }
     /// The position stored with the last durable block before a restart, if any: a receiver that
     /// can regenerate its input (the generator) continues after it instead of starting over.
     fn resume_position(&self) -> Option<serde_json::Value> {

@@ -13,10 +13,15 @@ use async_trait::async_trait;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{BlockWriter, DeadLetters, Error, ReceiverStatus, Result};
 use sluice_wal::Log;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
+
+type Durable = oneshot::Receiver<Result<()>>;
+
+/// Pushed blocks that may be on their way to the disk at once, per receiver.
+const MAX_INFLIGHT: usize = 16;
 
 /// A contiguous range of block numbers: `from..from + count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +49,8 @@ pub struct ReceiverBlocks {
     name: String,
     log: Option<Arc<Log>>,
     pending: Mutex<Pending>,
+    /// Pushed blocks on their way to the disk, oldest first.
+    inflight: Mutex<VecDeque<(u64, RecordBatch, Durable)>>,
     buffered: AtomicUsize,
     capacity: usize,
     space: Notify,
@@ -66,6 +73,7 @@ impl ReceiverBlocks {
                 cursor: 0,
                 next: 0,
             }),
+            inflight: Mutex::new(VecDeque::new()),
             buffered: AtomicUsize::new(0),
             capacity,
             space: Notify::new(),
@@ -108,6 +116,7 @@ impl ReceiverBlocks {
 
     /// Take the durable blocks no batch has taken yet (the input of one batch) and their range.
     pub fn take(&self) -> (Vec<RecordBatch>, BlockRange) {
+        self.settle();
         let mut guard = self.pending.lock().unwrap();
         let p = &mut *guard;
         let from = p.cursor;
@@ -133,6 +142,72 @@ impl ReceiverBlocks {
         self.space.notify_waiters();
     }
 
+    /// Move pushed blocks that became durable (in order) to the blocks a batch can take.
+    fn settle(&self) {
+        let mut inflight = self.inflight.lock().unwrap();
+        while let Some((_, _, durable)) = inflight.front_mut() {
+            let r = match durable.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    Err(Error::msg("the WAL writer stopped"))
+                }
+                Ok(r) => r,
+            };
+            let (seq, block, _) = inflight.pop_front().expect("front exists");
+            match r {
+                Ok(()) => {
+                    self.pending.lock().unwrap().blocks.insert(seq, block);
+                }
+                Err(e) => {
+                    self.fail(e);
+                }
+            }
+        }
+    }
+
+    /// Wait until every pushed block is durable (before the last batch of a graceful stop).
+    pub async fn flush(&self) {
+        loop {
+            let next = self.inflight.lock().unwrap().pop_front();
+            let Some((seq, block, durable)) = next else {
+                return;
+            };
+            match durable.await {
+                Ok(Ok(())) => {
+                    self.pending.lock().unwrap().blocks.insert(seq, block);
+                }
+                Ok(Err(e)) => {
+                    self.fail(e);
+                }
+                Err(_) => {
+                    self.fail(Error::msg("the WAL writer stopped"));
+                }
+            }
+        }
+    }
+
+    /// Wait for room (capacity) and the rate limit before storing `n` records.
+    async fn admit(&self, n: usize) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(Error::msg(e));
+        }
+        loop {
+            let notified = self.space.notified();
+            let buffered = self.buffered.load(Ordering::SeqCst);
+            if buffered == 0
+                || buffered + n <= self.capacity
+                || self.stopping.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            notified.await;
+        }
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.rate.acquire(n as u64).await;
+        }
+        Ok(())
+    }
+
     /// Why storing failed (the log could not be written), if it did.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().unwrap().clone()
@@ -151,23 +226,7 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(());
         }
-        if let Some(e) = self.failure() {
-            return Err(Error::msg(e));
-        }
-        loop {
-            let notified = self.space.notified();
-            let buffered = self.buffered.load(Ordering::SeqCst);
-            if buffered == 0
-                || buffered + n <= self.capacity
-                || self.stopping.load(Ordering::SeqCst)
-            {
-                break;
-            }
-            notified.await;
-        }
-        if !self.stopping.load(Ordering::SeqCst) {
-            self.rate.acquire(n as u64).await;
-        }
+        self.admit(n).await?;
         let seq = match &self.log {
             Some(log) => {
                 let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
@@ -185,6 +244,39 @@ impl BlockWriter for ReceiverBlocks {
         };
         self.pending.lock().unwrap().blocks.insert(seq, block);
         self.buffered.fetch_add(n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
+        let n = block.num_rows();
+        let Some(log) = &self.log else {
+            return self.store_at(block, position).await;
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        self.admit(n).await?;
+        let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+        self.buffered.fetch_add(n, Ordering::SeqCst);
+        let full = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight.push_back((seq, block, durable));
+            inflight.len() > MAX_INFLIGHT
+        };
+        self.settle();
+        if full {
+            // Wait for the oldest, so at most MAX_INFLIGHT blocks are unsynced.
+            let oldest = self.inflight.lock().unwrap().pop_front();
+            if let Some((seq, block, durable)) = oldest {
+                match durable.await {
+                    Ok(Ok(())) => {
+                        self.pending.lock().unwrap().blocks.insert(seq, block);
+                    }
+                    Ok(Err(e)) => return Err(self.fail(e)),
+                    Err(_) => return Err(self.fail(Error::msg("the WAL writer stopped"))),
+                }
+            }
+        }
         Ok(())
     }
 

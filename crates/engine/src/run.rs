@@ -261,6 +261,16 @@ impl Pipeline {
                 if tokio::time::timeout(timeout, all).await.is_err() {
                     tracing::warn!("receivers did not stop within the graceful stop timeout");
                 }
+                let pushed: Vec<Arc<ReceiverBlocks>> = sources
+                    .iter()
+                    .filter_map(|s| match &s.input {
+                        Input::Receiver(b) => Some(b.clone()),
+                        Input::Replayable(_) => None,
+                    })
+                    .collect();
+                for b in pushed {
+                    b.flush().await;
+                }
             }
             let scheduled = Instant::now();
             let delay_ms = (BatchTime::now().millis() - t.millis()).max(0) as f64;
