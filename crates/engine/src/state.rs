@@ -11,8 +11,16 @@ use sluice_core::arrow::array::{
 use sluice_core::arrow::compute::{cast, concat_batches, take_record_batch};
 use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sluice_core::arrow::row::{RowConverter, SortField};
+use ahash::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+struct Entry {
+    row: Vec<u8>,
+    since: i64,
+    /// The update that last returned this key.
+    seen: u64,
+}
 
 pub struct KeyedState {
     schema: SchemaRef,
@@ -22,8 +30,10 @@ pub struct KeyedState {
     current: RecordBatch,
     /// When each row of `current` last changed.
     current_since: Vec<i64>,
-    /// key row → (whole row, time of its last change)
-    rows: HashMap<Vec<u8>, (Vec<u8>, i64)>,
+    /// key row → its whole row and when it last changed
+    rows: HashMap<Vec<u8>, Entry, RandomState>,
+    /// Counts updates; an entry not seen in the latest one is dropped.
+    generation: u64,
     out_schema: SchemaRef,
 }
 
@@ -48,7 +58,8 @@ impl KeyedState {
             key,
             timeout: cfg.timeout.map(|d| d.as_millis() as i64),
             emit: cfg.emit,
-            rows: HashMap::new(),
+            rows: HashMap::default(),
+            generation: 0,
             out_schema,
         }
     }
@@ -115,35 +126,62 @@ impl KeyedState {
             .filter(|i| !self.key.contains(i))
             .collect();
 
-        // The last row of each key that is not removed.
-        let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut order = Vec::new();
+        // The last row of each key that is not removed, in order of first appearance (keys borrow
+        // from the converted rows: nothing is copied for keys already in the state).
+        let mut last: HashMap<&[u8], (usize, usize), RandomState> =
+            HashMap::with_capacity_and_hasher(n, RandomState::new());
+        let mut order: Vec<Option<&[u8]>> = Vec::with_capacity(n);
         for i in 0..n {
             let removed =
                 !value_cols.is_empty() && value_cols.iter().all(|&c| batch.column(c).is_null(i));
-            let k = keys.row(i).as_ref().to_vec();
+            let k = keys.row(i).data();
             if removed {
-                if last.remove(&k).is_some() {
-                    order.retain(|x: &Vec<u8>| x != &k);
+                if let Some((_, at)) = last.remove(k) {
+                    order[at] = None;
                 }
                 continue;
             }
-            if last.insert(k.clone(), i).is_none() {
-                order.push(k);
+            match last.get_mut(k) {
+                Some(e) => e.0 = i,
+                None => {
+                    last.insert(k, (i, order.len()));
+                    order.push(Some(k));
+                }
             }
         }
-        let mut rows = HashMap::with_capacity(order.len());
+        self.generation += 1;
+        let generation = self.generation;
         let (mut keep, mut changed, mut expired) = (Vec::new(), Vec::new(), Vec::new());
         let mut kept_since = Vec::new();
-        for k in order {
-            let i = last[&k];
-            let row = whole.row(i).as_ref().to_vec();
-            let (is_changed, since) = match self.rows.get(&k) {
-                Some((old, since)) if *old == row => (false, *since),
-                _ => (true, t),
+        for k in order.into_iter().flatten() {
+            let i = last[k].0;
+            let row = whole.row(i).data();
+            let (is_changed, since) = match self.rows.get_mut(k) {
+                Some(e) => {
+                    let changed = e.row != row;
+                    if changed {
+                        e.row.clear();
+                        e.row.extend_from_slice(row);
+                        e.since = t;
+                    }
+                    e.seen = generation;
+                    (changed, e.since)
+                }
+                None => {
+                    self.rows.insert(
+                        k.to_vec(),
+                        Entry {
+                            row: row.to_vec(),
+                            since: t,
+                            seen: generation,
+                        },
+                    );
+                    (true, t)
+                }
             };
             if self.timeout.is_some_and(|to| t - since >= to) {
                 expired.push(i as u32);
+                self.rows.remove(k);
                 continue;
             }
             keep.push(i as u32);
@@ -151,9 +189,9 @@ impl KeyedState {
             if is_changed {
                 changed.push(i as u32);
             }
-            rows.insert(k, (row, since));
         }
-        self.rows = rows;
+        // Keys the query no longer returns are gone.
+        self.rows.retain(|_, e| e.seen == generation);
         self.current_since = kept_since;
         self.current = take_record_batch(&batch, &UInt32Array::from(keep.clone()))
             .map_err(|e| e.to_string())?;
@@ -227,7 +265,11 @@ impl KeyedState {
             .map(|i| {
                 (
                     keys.row(i).as_ref().to_vec(),
-                    (whole.row(i).as_ref().to_vec(), since[i]),
+                    Entry {
+                        row: whole.row(i).as_ref().to_vec(),
+                        since: since[i],
+                        seen: self.generation,
+                    },
                 )
             })
             .collect();
