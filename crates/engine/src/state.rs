@@ -4,6 +4,7 @@
 //! whose non-key columns are all NULL is removed. With a `timeout`, a key whose state has not changed
 //! for that long is emitted one last time with `timed_out = true` and dropped.
 
+use ahash::RandomState;
 use sluice_config::{StateConfig, StateEmit};
 use sluice_core::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
@@ -11,7 +12,6 @@ use sluice_core::arrow::array::{
 use sluice_core::arrow::compute::{cast, concat_batches, take_record_batch};
 use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sluice_core::arrow::row::{RowConverter, SortField};
-use ahash::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
