@@ -142,6 +142,25 @@ impl ReceiverBlocks {
         self.space.notify_waiters();
     }
 
+    /// A block's sync finished with `r`: it becomes takeable, or the receiver has failed.
+    fn landed(&self, seq: u64, block: RecordBatch, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => {
+                self.pending.lock().unwrap().blocks.insert(seq, block);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Wait for a block's sync, then [`ReceiverBlocks::landed`].
+    async fn land(&self, seq: u64, block: RecordBatch, durable: Durable) -> Result<()> {
+        let r = durable
+            .await
+            .unwrap_or_else(|_| Err(Error::msg("the WAL writer stopped")));
+        self.landed(seq, block, r)
+    }
+
     /// Move pushed blocks that became durable (in order) to the blocks a batch can take.
     fn settle(&self) {
         let mut inflight = self.inflight.lock().unwrap();
@@ -154,14 +173,8 @@ impl ReceiverBlocks {
                 Ok(r) => r,
             };
             let (seq, block, _) = inflight.pop_front().expect("front exists");
-            match r {
-                Ok(()) => {
-                    self.pending.lock().unwrap().blocks.insert(seq, block);
-                }
-                Err(e) => {
-                    self.fail(e);
-                }
-            }
+            // A failure is recorded; the next batch reports it.
+            let _ = self.landed(seq, block, r);
         }
     }
 
@@ -172,17 +185,8 @@ impl ReceiverBlocks {
             let Some((seq, block, durable)) = next else {
                 return;
             };
-            match durable.await {
-                Ok(Ok(())) => {
-                    self.pending.lock().unwrap().blocks.insert(seq, block);
-                }
-                Ok(Err(e)) => {
-                    self.fail(e);
-                }
-                Err(_) => {
-                    self.fail(Error::msg("the WAL writer stopped"));
-                }
-            }
+            // A failure is recorded; the last batch reports it.
+            let _ = self.land(seq, block, durable).await;
         }
     }
 
@@ -227,24 +231,21 @@ impl BlockWriter for ReceiverBlocks {
             return Ok(());
         }
         self.admit(n).await?;
-        let seq = match &self.log {
+        // Counted before it can be taken, so `take` never subtracts what was not added.
+        self.buffered.fetch_add(n, Ordering::SeqCst);
+        match &self.log {
             Some(log) => {
                 let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
-                match durable.await {
-                    Ok(Ok(())) => seq,
-                    Ok(Err(e)) => return Err(self.fail(e)),
-                    Err(_) => return Err(self.fail(Error::msg("the WAL writer stopped"))),
-                }
+                self.land(seq, block, durable).await
             }
             None => {
                 let mut p = self.pending.lock().unwrap();
                 p.next += 1;
-                p.next - 1
+                let seq = p.next - 1;
+                p.blocks.insert(seq, block);
+                Ok(())
             }
-        };
-        self.pending.lock().unwrap().blocks.insert(seq, block);
-        self.buffered.fetch_add(n, Ordering::SeqCst);
-        Ok(())
+        }
     }
 
     async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
@@ -268,13 +269,7 @@ impl BlockWriter for ReceiverBlocks {
             // Wait for the oldest, so at most MAX_INFLIGHT blocks are unsynced.
             let oldest = self.inflight.lock().unwrap().pop_front();
             if let Some((seq, block, durable)) = oldest {
-                match durable.await {
-                    Ok(Ok(())) => {
-                        self.pending.lock().unwrap().blocks.insert(seq, block);
-                    }
-                    Ok(Err(e)) => return Err(self.fail(e)),
-                    Err(_) => return Err(self.fail(Error::msg("the WAL writer stopped"))),
-                }
+                self.land(seq, block, durable).await?;
             }
         }
         Ok(())
