@@ -119,6 +119,9 @@ impl Pipeline {
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };
+        if let Some(d) = durable.as_mut() {
+            d.plans = plans.iter().map(|p| p.time).collect();
+        }
         let last_done: Option<Done> = match &durable {
             Some(d) => d.store.get_json("last")?,
             None => None,
@@ -353,21 +356,17 @@ impl Pipeline {
                 logs.insert(s.name.clone(), Arc::new(log));
             }
         }
-        let times = |prefix: &str| -> Result<VecDeque<i64>> {
-            Ok(store
-                .scan(prefix)?
-                .iter()
-                .filter_map(|(k, _)| ck::key_time(k))
-                .collect())
-        };
-        let done = times("done/")?;
-        let plans = times("plan/")?;
+        let done = store
+            .scan("done/")?
+            .iter()
+            .filter_map(|(k, _)| ck::key_time(k))
+            .collect();
         tracing::info!(dir = %dir.display(), wal_bytes = logs.values().map(|l| l.disk_bytes()).sum::<u64>(), "checkpoint open");
         Ok(Some(Durable {
             store,
             logs,
             done,
-            plans,
+            plans: VecDeque::new(), // filled by `run` from the plans it reads
             fingerprint_written: false,
         }))
     }
