@@ -179,9 +179,7 @@ pub(crate) struct Seen {
 pub(crate) type SeenLog = Arc<std::sync::Mutex<Vec<Seen>>>;
 
 /// Collect the `batch done` lines of a gateway child's stderr as they come.
-pub(crate) fn read_batches(
-    child: &mut std::process::Child,
-) -> (SeenLog, std::thread::JoinHandle<()>) {
+fn read_batches(child: &mut std::process::Child) -> (SeenLog, std::thread::JoinHandle<()>) {
     let seen = SeenLog::default();
     let out = seen.clone();
     let stderr = child.stderr.take().expect("piped");
@@ -217,31 +215,80 @@ pub(crate) fn field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// A pool of seeded word lines (10 words from 10,000), written round-robin by the feeders: the
-/// text and the offset where each line starts (plus the end).
-pub(crate) fn line_pool() -> (String, Vec<usize>) {
-    let mut w = Workload::new(&GeneratorConfig {
-        kind: Kind::Words,
-        rate: 1,
-        seed: 42,
-        count: None,
-        start_ms: Some(0),
-        devices: 1,
-        sites: 1,
-        anomaly_rate: 0.0,
-        vocabulary: 10_000,
-        words_per_line: 10,
-        format: Default::default(),
-        schema: None,
-    });
-    let mut pool = String::new();
-    let mut offsets = vec![0usize];
-    for _ in 0..200_000 {
-        w.next_into(&mut pool);
-        pool.push('\n');
-        offsets.push(pool.len());
+/// A pool of 200,000 seeded word lines (10 words from 10,000), written round-robin by the feeders.
+pub(crate) struct LinePool {
+    text: String,
+    /// Where each line starts, plus the end.
+    offsets: Vec<usize>,
+    next: usize,
+}
+
+impl LinePool {
+    pub(crate) fn new() -> Self {
+        let mut w = Workload::new(&GeneratorConfig {
+            kind: Kind::Words,
+            rate: 1,
+            seed: 42,
+            count: None,
+            start_ms: Some(0),
+            devices: 1,
+            sites: 1,
+            anomaly_rate: 0.0,
+            vocabulary: 10_000,
+            words_per_line: 10,
+            format: Default::default(),
+            schema: None,
+        });
+        let mut text = String::new();
+        let mut offsets = vec![0usize];
+        for _ in 0..200_000 {
+            w.next_into(&mut text);
+            text.push('\n');
+            offsets.push(text.len());
+        }
+        LinePool {
+            text,
+            offsets,
+            next: 0,
+        }
     }
-    (pool, offsets)
+
+    /// Write up to `k` of the next lines (fewer where the pool wraps); returns how many.
+    pub(crate) fn write(&mut self, out: &mut impl Write, k: usize) -> std::io::Result<usize> {
+        let n_lines = self.offsets.len() - 1;
+        let k = k.min(n_lines - self.next);
+        out.write_all(&self.text.as_bytes()[self.offsets[self.next]..self.offsets[self.next + k]])?;
+        self.next = (self.next + k) % n_lines;
+        Ok(k)
+    }
+}
+
+/// Start `sluice run config` (in `cwd`) as a child process with the engine's per-batch debug log,
+/// and collect its `batch done` lines.
+pub(crate) fn spawn_gateway(
+    config: &std::path::Path,
+    cwd: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, SeenLog, std::thread::JoinHandle<()>)> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .current_dir(cwd)
+        .arg("run")
+        .arg(config)
+        .env("RUST_LOG", "sluice_engine::run=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let (seen, reader) = read_batches(&mut child);
+    Ok((child, seen, reader))
+}
+
+/// SIGTERM (graceful stop) and wait.
+pub(crate) fn stop_gateway(mut child: std::process::Child) -> anyhow::Result<()> {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    child.wait()?;
+    Ok(())
 }
 
 /// Runs the gateway as a child `sluice run` process (so its RSS is its own) reading a socket that
@@ -249,7 +296,7 @@ pub(crate) fn line_pool() -> (String, Vec<usize>) {
 async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let (pool, offsets) = line_pool();
+    let mut pool = LinePool::new();
     let cfg_path =
         std::env::temp_dir().join(format!("sluice-bench-{}-{rate}.toml", std::process::id()));
     std::fs::write(
@@ -258,27 +305,16 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
             "{{ type = \"socket\", host = \"127.0.0.1\", port = {port} }}"
         )),
     )?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("run")
-        .arg(&cfg_path)
-        .env("RUST_LOG", "sluice_engine::run=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let (seen, reader) = read_batches(&mut child);
+    let (child, seen, reader) = spawn_gateway(&cfg_path, &std::env::temp_dir())?;
     let (mut s, _) = listener.accept()?;
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut next = 0usize;
-    let n_lines = offsets.len() - 1;
     while started.elapsed() < Duration::from_secs(seconds) {
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         let mut behind = due.saturating_sub(sent) as usize;
         while behind > 0 {
-            let k = behind.min(n_lines - next);
-            s.write_all(&pool.as_bytes()[offsets[next]..offsets[next + k]])?;
+            let k = pool.write(&mut s, behind)?;
             sent += k as u64;
-            next = (next + k) % n_lines;
             behind -= k;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -286,11 +322,7 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
     // Let the batch holding the last lines finish, then read the gateway's peak RSS and stop it.
     std::thread::sleep(Duration::from_millis(2500));
     let peak_rss_mb = peak_rss_mb(child.id());
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    child.wait()?;
+    stop_gateway(child)?;
     reader.join().ok();
     let _ = std::fs::remove_file(&cfg_path);
     let seen = std::mem::take(&mut *seen.lock().unwrap());

@@ -6,8 +6,9 @@
 //! Capacity is measured first: the same gateway fed as fast as the peer can write for 15 s;
 //! capacity = records / processing time of its batches.
 
-use crate::bench::{line_pool, peak_rss_mb, read_batches, wordcount_config, Seen as Batch};
-use std::io::Write;
+use crate::bench::{
+    peak_rss_mb, spawn_gateway, stop_gateway, wordcount_config, LinePool, Seen as Batch,
+};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ struct Run {
 
 /// One gateway run fed at `rate` lines/s (None: as fast as possible) for `seconds`.
 fn feed(rate: Option<f64>, seconds: u64) -> anyhow::Result<Run> {
-    let (pool, offsets) = line_pool();
+    let mut pool = LinePool::new();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let dir = tempfile::tempdir()?;
@@ -31,19 +32,10 @@ fn feed(rate: Option<f64>, seconds: u64) -> anyhow::Result<Run> {
         "batch_interval = \"1s\"\ncheckpoint_dir = \"checkpoint\"\nbackpressure = { enabled = true, initial_rate = 200000 }",
     );
     std::fs::write(dir.path().join("pipeline.toml"), config)?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .current_dir(dir.path())
-        .args(["run", "pipeline.toml"])
-        .env("RUST_LOG", "sluice_engine::run=debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let (seen, reader) = read_batches(&mut child);
+    let (child, seen, reader) = spawn_gateway(std::path::Path::new("pipeline.toml"), dir.path())?;
     let (mut s, _) = listener.accept()?;
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut next = 0usize;
-    let n_lines = offsets.len() - 1;
     let mut peak = 0.0f64;
     while started.elapsed() < Duration::from_secs(seconds) {
         let due = match rate {
@@ -53,10 +45,8 @@ fn feed(rate: Option<f64>, seconds: u64) -> anyhow::Result<Run> {
         let mut behind = due.saturating_sub(sent) as usize;
         // Write in slices of at most 20,000 lines so the loop sees the clock while blocked.
         while behind > 0 && started.elapsed() < Duration::from_secs(seconds) {
-            let k = behind.min(n_lines - next).min(20_000);
-            s.write_all(&pool.as_bytes()[offsets[next]..offsets[next + k]])?;
+            let k = pool.write(&mut s, behind.min(20_000))?;
             sent += k as u64;
-            next = (next + k) % n_lines;
             behind -= k;
         }
         peak = peak.max(peak_rss_mb(child.id()));
@@ -75,11 +65,7 @@ fn feed(rate: Option<f64>, seconds: u64) -> anyhow::Result<Run> {
         std::thread::sleep(Duration::from_millis(200));
     }
     peak = peak.max(peak_rss_mb(child.id()));
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    child.wait()?;
+    stop_gateway(child)?;
     reader.join().ok();
     let batches = std::mem::take(&mut *seen.lock().unwrap());
     Ok(Run {
