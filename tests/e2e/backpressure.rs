@@ -1,7 +1,7 @@
 //! Rate limits with the real binary: a receiver held to `max_rate` stops reading its socket, so
 //! the peer blocks instead of the gateway buffering without bound.
 
-use crate::common::run_in;
+use crate::common::{run_in, sluice};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,6 +94,7 @@ fn generator_respects_max_rate_with_adaptive_backpressure() {
 [app]
 name = "adaptive"
 batch_interval = "200ms"
+checkpoint_dir = "ck"
 backpressure = { enabled = true, initial_rate = 500, max_rate = 2000 }
 
 [sources.g]
@@ -116,4 +117,13 @@ type = "blackhole"
     assert!(batches.iter().sum::<u64>() > 0);
     // 200 ms at 2,000/s, plus one generator block (1,000) on credit.
     assert!(batches.iter().all(|&n| n <= 1400), "{batches:?}");
+    // Each plan records the source's rate limit; `checkpoint inspect` shows the newest.
+    let out = sluice()
+        .current_dir(dir.path())
+        .args(["checkpoint", "inspect", "ck"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let rate = number_after(&report, "rate limit ");
+    assert!((100..=2000).contains(&rate), "{report}");
 }

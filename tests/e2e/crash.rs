@@ -189,6 +189,15 @@ FROM state s FULL JOIN (SELECT device, count(*) AS n, sum(ts % 1000) AS total FR
 state = { key = ["device"], schema = "device string, n bigint, total bigint" }
 sinks = ["out"]
 
+[jobs.upserted]
+sql = """
+SELECT b.device, coalesce(s.n, 0) + b.n AS n, coalesce(s.total, 0) + b.total AS total
+FROM (SELECT device, count(*) AS n, sum(ts % 1000) AS total FROM readings GROUP BY device) b
+  LEFT JOIN state s ON s.device = b.device
+"""
+state = { key = ["device"], schema = "device string, n bigint, total bigint", mode = "upsert" }
+sinks = ["out"]
+
 [jobs.per_second]
 sql = "SELECT window_start, device, count(*) AS n, max(temperature) AS hottest FROM readings GROUP BY window_start, device"
 event_time = { column = "ts", length = "1s", watermark = "200ms" }
@@ -250,6 +259,8 @@ fn generator_survives_sigkill_exactly_once() {
     let totals = last_batch_rows(&crashed.join("out"), "totals");
     let sum: i64 = totals.iter().map(|l| field(l, "n").as_i64().unwrap()).sum();
     assert_eq!(sum, 6000);
+    // The same state kept as upserts (whole state, then only the changed rows, per commit).
+    assert_eq!(last_batch_rows(&crashed.join("out"), "upserted"), totals);
     let mut a = committed_rows(&crashed.join("out"), "per_second");
     let mut b = committed_rows(&clean.join("out"), "per_second");
     a.sort();

@@ -189,3 +189,94 @@ sinks = ["out"]
         ]
     );
 }
+
+/// `mode = "upsert"`: the query returns only the keys of this batch (Spark's mapWithState).
+const UPSERT: &str = "SELECT b.word, coalesce(s.n, 0) + b.n AS n
+FROM (SELECT line AS word, count(*) AS n FROM words GROUP BY line) b LEFT JOIN state s ON s.word = b.word";
+
+fn sorted(mut blocks: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    for b in &mut blocks {
+        b.sort();
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn upsert_state_keeps_the_keys_a_batch_does_not_return() {
+    let cfg = app(&format!(
+        r#"
+[sources.words]
+type = "queue"
+batches = [["a", "b", "a"], ["b"], ["c"], []]
+
+[jobs.totals]
+sql = """{UPSERT}"""
+state = {{ key = ["word"], schema = "word string, n bigint", mode = "upsert" }}
+sinks = ["out"]
+"#
+    ));
+    let (out, _) = run_toml(&cfg, 4).await;
+    assert_eq!(
+        sorted(blocks(&out)),
+        vec![
+            vec!["('a', 2)", "('b', 1)"],
+            vec!["('a', 2)", "('b', 2)"],
+            vec!["('a', 2)", "('b', 2)", "('c', 1)"],
+            vec!["('a', 2)", "('b', 2)", "('c', 1)"],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn upsert_state_removes_a_key_returned_with_null_values() {
+    let cfg = app(&format!(
+        r#"
+[sources.words]
+type = "queue"
+batches = [["a", "a"], ["a", "b"], ["b"], ["a"]]
+
+[jobs.totals]
+sql = """SELECT word, CASE WHEN n >= 3 THEN NULL ELSE n END AS n FROM ({UPSERT})"""
+state = {{ key = ["word"], schema = "word string, n bigint", mode = "upsert" }}
+sinks = ["out"]
+"#
+    ));
+    let (out, _) = run_toml(&cfg, 4).await;
+    // `a` reaches 3 in the second batch and is removed; it starts again from 1 in the fourth.
+    assert_eq!(
+        sorted(blocks(&out)),
+        vec![
+            vec!["('a', 2)"],
+            vec!["('b', 1)"],
+            vec!["('b', 2)"],
+            vec!["('a', 1)", "('b', 2)"],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn upsert_state_times_out_keys_not_returned() {
+    let cfg = app(&format!(
+        r#"
+[sources.words]
+type = "queue"
+batches = [["a", "b"], ["a"], ["a"], [], []]
+
+[jobs.sessions]
+sql = """{UPSERT}"""
+state = {{ key = ["word"], schema = "word string, n bigint", timeout = "2s", emit = "updated", mode = "upsert" }}
+sinks = ["out"]
+"#
+    ));
+    let (out, _) = run_toml(&cfg, 5).await;
+    assert_eq!(
+        sorted(blocks(&out)),
+        vec![
+            vec!["('a', 1, False)", "('b', 1, False)"],
+            vec!["('a', 2, False)"],
+            vec!["('a', 3, False)", "('b', 1, True)"],
+            vec![],
+            vec!["('a', 3, True)"],
+        ]
+    );
+}

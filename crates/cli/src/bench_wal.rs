@@ -136,7 +136,8 @@ pub async fn bench_wal(
 }
 
 /// The restart benchmark's pipeline: a generator of `keys` distinct words, a running count per
-/// word (state), and the raw lines kept in the write-ahead log.
+/// word (state in upsert mode: a batch touches only its own words), and the raw lines kept in the
+/// write-ahead log.
 fn restart_config(keys: u64, rate: u64) -> String {
     format!(
         r#"
@@ -154,12 +155,11 @@ rate = {rate}
 
 [jobs.totals]
 sql = """
-SELECT coalesce(s.word, b.word) AS word, coalesce(s.n, 0) + coalesce(b.n, 0) AS n
-FROM state s FULL JOIN (
-  SELECT word, count(*) AS n FROM (SELECT unnest(string_to_array(line, ' ')) AS word FROM words) GROUP BY word
-) b ON s.word = b.word
+SELECT b.word, coalesce(s.n, 0) + b.n AS n
+FROM (SELECT word, count(*) AS n FROM (SELECT unnest(string_to_array(line, ' ')) AS word FROM words) GROUP BY word) b
+  LEFT JOIN state s ON s.word = b.word
 """
-state = {{ key = ["word"], schema = "word string, n bigint", emit = "updated" }}
+state = {{ key = ["word"], schema = "word string, n bigint", emit = "updated", mode = "upsert" }}
 sinks = ["out"]
 
 [sinks.out]
@@ -216,18 +216,31 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
             "state, windows and positions restored",
         ),
         ("started app", "receivers started"),
+        (
+            "re-running a batch",
+            "re-running the batch planned before the kill",
+        ),
+        ("job ran", "job ran"),
     ];
     for l in std::io::BufReader::new(stderr).lines() {
         let l = l?;
         for (marker, what) in steps {
             if l.contains(marker) {
-                println!("{:>6.0} ms  {what}", t0.elapsed().as_secs_f64() * 1e3);
+                let detail = ["records", "query_us", "state_us"]
+                    .iter()
+                    .filter_map(|f| Some(format!(" {f}={}", super::bench::field(&l, f)?)))
+                    .collect::<String>();
+                println!(
+                    "{:>6.0} ms  {what}{detail}",
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
             }
         }
         if l.contains("batch done") {
             let ms = super::bench::field(&l, "processing_us").unwrap_or(0) as f64 / 1e3;
+            let records = super::bench::field(&l, "records").unwrap_or(0);
             println!(
-                "{:>6.0} ms  first batch committed (its processing: {ms:.0} ms)",
+                "{:>6.0} ms  first batch committed (its processing: {ms:.0} ms, {records} lines)",
                 t0.elapsed().as_secs_f64() * 1e3
             );
             first = Some(t0.elapsed());

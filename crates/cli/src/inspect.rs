@@ -3,8 +3,8 @@
 //! beside a running gateway.
 
 use sluice_core::{BatchTime, Error, Result};
-use sluice_engine::checkpoint::{self as ck, Done, Fingerprint, Plan};
-use sluice_wal::{ipc, store::dir_bytes, Store};
+use sluice_engine::checkpoint::{self as ck, Done, Fingerprint, Plan, StateFiles};
+use sluice_wal::{store::dir_bytes, Store};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -73,16 +73,27 @@ pub fn inspect(dir: &Path) -> Result<String> {
             }
         );
         for (name, sp) in &p.sources {
-            let _ = writeln!(w, "  {name}: range {} position {}", sp.range, sp.position);
+            let rate = sp
+                .rate
+                .map_or("unlimited".to_string(), |r| format!("{r} records/s"));
+            let _ = writeln!(
+                w,
+                "  {name}: range {} position {} rate limit {rate}",
+                sp.range, sp.position
+            );
         }
     }
     for (k, v) in store.scan("state/")? {
         let job = k.trim_start_matches("state/");
-        let rows = ipc::read(&v)?.num_rows();
+        let f: StateFiles = serde_json::from_slice(&v)
+            .map_err(|e| Error::msg(format!("unreadable state entry {k}: {e}")))?;
         let _ = writeln!(
             w,
-            "state of job `{job}`: {rows} key(s), {} byte(s)",
-            v.len()
+            "state of job `{job}`: {} key(s), {} byte(s) in {} file(s) ({})",
+            f.keys,
+            f.bytes,
+            f.files.len(),
+            ck::state_dir(dir, job).display()
         );
     }
     let windows = store.scan("window/")?;

@@ -245,8 +245,9 @@ pub enum LateRecords {
     Drop,
 }
 
-/// Keyed state: the query reads a table `state` (the previous state, with `schema`) and its result
-/// becomes the new state; a key whose non-key columns are all NULL is removed.
+/// Keyed state: the query reads a table `state` (the previous state, with `schema`); its result
+/// becomes the new state (`mode = "replace"`) or is merged into it (`mode = "upsert"`). A key whose
+/// non-key columns are all NULL is removed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -261,6 +262,20 @@ pub struct StateConfig {
     /// What the job emits each batch: `all` keys (Spark's updateStateByKey) or only `updated` ones.
     #[serde(default)]
     pub emit: StateEmit,
+    /// How the query's result updates the state: `replace` (it is the whole new state, as in
+    /// Spark's `updateStateByKey`) or `upsert` (it holds only the keys the batch changes; every
+    /// other key keeps its state, as in Spark's `mapWithState`). With `upsert` a batch costs what
+    /// its own keys cost, not what the whole state costs: use it for large states.
+    #[serde(default)]
+    pub mode: StateMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StateMode {
+    #[default]
+    Replace,
+    Upsert,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -61,6 +61,8 @@ pub struct ReceiverBlocks {
     resume: Option<serde_json::Value>,
     failed: Mutex<Option<String>>,
     pub rate: RateLimit,
+    /// Blocks found in the log at start (received before a restart, not yet planned).
+    pub recovered: usize,
 }
 
 impl ReceiverBlocks {
@@ -84,6 +86,7 @@ impl ReceiverBlocks {
             resume: None,
             failed: Mutex::new(None),
             rate,
+            recovered: 0,
         }
     }
 
@@ -106,9 +109,11 @@ impl ReceiverBlocks {
                 .fetch_add(e.batch.num_rows(), Ordering::SeqCst);
             p.blocks.insert(e.seq, e.batch);
         }
-        if !p.blocks.is_empty() {
-            tracing::info!(receiver = %self.name, blocks = p.blocks.len(), "blocks received before the restart go to the next batch");
+        let recovered = p.blocks.len();
+        if recovered > 0 {
+            tracing::info!(receiver = %self.name, blocks = recovered, "blocks received before the restart go to the next batch");
         }
+        self.recovered = recovered;
         self.log = Some(log);
         self.resume = resume;
         Ok(self)

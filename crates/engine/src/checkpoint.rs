@@ -7,11 +7,16 @@
 //!   plan/<t>              the inputs of batch t, written before it runs; kept until a later commit
 //!   last                  the newest committed batch
 //!   done/<t>              the last 100 committed batches (for `sluice checkpoint inspect`)
-//!   state/<job>           keyed state (Arrow IPC, with a `__since` column)
+//!   state/<job>           which files hold the job's keyed state, and its size
 //!   window/<job>/<in>/<t> input of a processing-time window, one key per batch still in the window
 //!   event/<job>           an event-time window's buffered rows; eventmeta/<job> its watermark
 //! DIR/wal/<source>/     one write-ahead log per receiver
+//! DIR/state/<job>/      keyed state (Arrow IPC with a `__since` column): `<t>.full.arrow`, the
+//!                       whole state at batch t, then `<t>.delta.arrow` files, the rows changed
 //! ```
+//!
+//! State lives in files rather than in the store: RocksDB logs every value before it flushes it,
+//! and replays that log when it opens, so large values written every batch would slow a restart.
 
 use crate::build::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -33,6 +38,9 @@ pub struct SourcePlan {
     pub range: serde_json::Value,
     #[serde(default)]
     pub position: serde_json::Value,
+    /// The source's rate limit (records/s) when the batch was planned; None: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
 }
 
 /// A committed batch.
@@ -61,6 +69,68 @@ pub struct StateShape {
 }
 
 pub const KEEP_DONE: usize = 100;
+
+/// A job's state in the checkpoint: its files, the whole state first, then the deltas after it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFiles {
+    pub files: Vec<String>,
+    /// Keys after the commit that wrote this.
+    pub keys: usize,
+    /// Bytes in `files`.
+    pub bytes: u64,
+}
+
+pub fn state_dir(dir: &Path, job: &str) -> PathBuf {
+    dir.join("state").join(job)
+}
+pub fn state_file(t: i64, full: bool) -> String {
+    format!("{t:020}.{}.arrow", if full { "full" } else { "delta" })
+}
+
+/// A job's committed state: its file list and the batches in those files, in order.
+pub fn read_state(
+    dir: &Path,
+    store: &Store,
+    job: &str,
+) -> Result<
+    Option<(
+        StateFiles,
+        Vec<sluice_core::arrow::record_batch::RecordBatch>,
+    )>,
+> {
+    let Some(files) = store.get_json::<StateFiles>(&state_key(job))? else {
+        return Ok(None);
+    };
+    let parts = files
+        .files
+        .iter()
+        .map(|f| {
+            let p = state_dir(dir, job).join(f);
+            let bytes = std::fs::read(&p).map_err(|e| {
+                Error::msg(format!(
+                    "cannot read the state file {} of job `{job}` (the checkpoint lists it): {e}",
+                    p.display()
+                ))
+            })?;
+            sluice_wal::ipc::read_owned(bytes)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((files, parts)))
+}
+
+/// Delete the files in a job's state directory that `keep` does not list (left by a batch that
+/// crashed before its commit, or replaced by a newer whole state).
+pub fn remove_unlisted_state(dir: &Path, job: &str, keep: &StateFiles) {
+    let Ok(rd) = std::fs::read_dir(state_dir(dir, job)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.files.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
 
 pub fn plan_key(t: i64) -> String {
     format!("plan/{t:020}")

@@ -106,11 +106,7 @@ impl JobRuntime {
         for (name, kind) in &self.inputs {
             let data = match kind {
                 InputKind::Table => tables.get(name).cloned().unwrap_or_default(),
-                InputKind::State => self
-                    .state
-                    .as_ref()
-                    .map(|s| vec![s.current()])
-                    .unwrap_or_default(),
+                InputKind::State => self.state.as_ref().map(|s| s.current()).unwrap_or_default(),
                 InputKind::Stream => {
                     let batch = streams.get(name).cloned().unwrap_or_default();
                     if let Some(w) = &mut self.window {
@@ -144,15 +140,18 @@ impl JobRuntime {
                 watermark,
             });
         }
+        let began = std::time::Instant::now();
         let out = self
             .query
             .run()
             .await
             .map_err(|e| e.strip_backtrace().to_string())?;
+        let queried = began.elapsed();
         let out = match &mut self.state {
             Some(s) => s.update(t.millis(), &out)?,
             None => out,
         };
+        tracing::debug!(job = %self.name, query_us = queried.as_micros() as u64, state_us = (began.elapsed() - queried).as_micros() as u64, "job ran");
         Ok(JobOutput {
             batches: Some(out),
             late,

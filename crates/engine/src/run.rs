@@ -9,6 +9,7 @@ use crate::blocks::{BlockRange, ReceiverBlocks};
 use crate::build::Pipeline;
 use crate::checkpoint::{self as ck, Done, Plan, SourcePlan};
 use crate::rate::{PidEstimator, RateLimit};
+use crate::state::StateWrite;
 use sluice_config::{LateRecords, MissedBatches, WalSync};
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
@@ -94,7 +95,10 @@ struct SourceRun {
 
 /// The checkpoint directory, open.
 struct Durable {
+    dir: PathBuf,
     store: Store,
+    /// Each stateful job's committed state files.
+    state_files: HashMap<String, ck::StateFiles>,
     logs: HashMap<String, Arc<Log>>,
     done: VecDeque<i64>,
     plans: VecDeque<i64>,
@@ -132,8 +136,8 @@ impl Pipeline {
             .cloned()
             .collect();
         let newest = plans.last().cloned();
-        if let (Some(d), Some(last)) = (&durable, &last_done) {
-            self.restore_jobs(&d.store)?;
+        if let (Some(d), Some(last)) = (&mut durable, &last_done) {
+            self.restore_jobs(d)?;
             tracing::info!(
                 last_committed = last.time,
                 at = %BatchTime(last.time).to_local_string(),
@@ -224,23 +228,42 @@ impl Pipeline {
         }
         let resume_at = newest.as_ref().map(|p| BatchTime(p.time).plus(interval));
         let now_t = BatchTime::now().next_multiple(interval);
+        // The newest batch time already passed: coalesced missed batches run at once, as one.
+        let passed = now_t.minus(interval);
         let mut t = match (opts.manual_clock, resume_at) {
             (Some(t0), Some(r)) => t0.max(r),
             (Some(t0), None) => t0,
             (None, Some(r)) => match self.app.missed_batches {
                 MissedBatches::CatchUp => r,
-                MissedBatches::Coalesce => r.max(now_t),
+                MissedBatches::Coalesce => r.max(passed),
             },
             (None, None) => now_t,
         };
-        if opts.manual_clock.is_none() && t < now_t {
-            let missed = (now_t.millis() - t.millis()) / interval.as_millis() as i64;
-            tracing::info!(missed, "catching up on the batches missed while stopped");
+        if let (None, Some(r)) = (opts.manual_clock, resume_at) {
+            let missed = (passed.millis() - r.millis()) / interval.as_millis() as i64 + 1;
+            if missed > 1 && self.app.missed_batches == MissedBatches::CatchUp {
+                tracing::info!(missed, "catching up on the batches missed while stopped");
+            } else if missed > 1 {
+                tracing::info!(
+                    missed,
+                    batch = t.millis(),
+                    "the batches missed while stopped run as one"
+                );
+            }
         }
+        // Input received before a restart is overdue: its batch runs at once, without waiting for
+        // the clock to reach the batch time.
+        let mut overdue = sources
+            .iter()
+            .any(|s| matches!(&s.input, Input::Receiver(b) if b.recovered > 0));
         loop {
             let mut stopping = opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
             if opts.manual_clock.is_none() {
-                let wait = (t.millis() - BatchTime::now().millis()).max(0) as u64;
+                let wait = if std::mem::take(&mut overdue) {
+                    0
+                } else {
+                    (t.millis() - BatchTime::now().millis()).max(0) as u64
+                };
                 let deadline = opts.duration.map(|d| started + d);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -363,6 +386,8 @@ impl Pipeline {
             .collect();
         tracing::info!(dir = %dir.display(), wal_bytes = logs.values().map(|l| l.disk_bytes()).sum::<u64>(), "checkpoint open");
         Ok(Some(Durable {
+            dir,
+            state_files: HashMap::new(),
             store,
             logs,
             done,
@@ -372,7 +397,8 @@ impl Pipeline {
     }
 
     /// Put back state, window contents and event-time buffers from the checkpoint.
-    fn restore_jobs(&mut self, store: &Store) -> Result<()> {
+    fn restore_jobs(&mut self, d: &mut Durable) -> Result<()> {
+        let store = &d.store;
         for job in &mut self.jobs {
             let name = job.name.clone();
             let bad = |what: &str, e: String| {
@@ -381,10 +407,14 @@ impl Pipeline {
                 ))
             };
             if let Some(state) = &mut job.state {
-                if let Some(bytes) = store.get(&ck::state_key(&name))? {
-                    let snap = ipc::read(&bytes)?;
-                    state.restore(&snap).map_err(|e| bad("state", e))?;
-                    tracing::info!(job = %name, keys = state.len(), "state restored");
+                let reading = Instant::now();
+                if let Some((files, parts)) = ck::read_state(&d.dir, store, &name)? {
+                    let read_us = reading.elapsed().as_micros() as u64;
+                    state.restore(parts).map_err(|e| bad("state", e))?;
+                    tracing::debug!(job = %name, read_us, restore_us = reading.elapsed().as_micros() as u64 - read_us, "state files read and restored");
+                    tracing::info!(job = %name, keys = state.len(), files = files.files.len(), "state restored");
+                    ck::remove_unlisted_state(&d.dir, &name, &files);
+                    d.state_files.insert(name.clone(), files);
                 }
             }
             if let Some(w) = &mut job.window {
@@ -470,6 +500,7 @@ impl Pipeline {
                             SourcePlan {
                                 range: serde_json::to_value(range).expect("plain struct"),
                                 position: serde_json::Value::Null,
+                                rate: s.rate.current().map(|r| r as u64),
                             }
                         }
                         Input::Replayable(r) => {
@@ -481,6 +512,7 @@ impl Pipeline {
                             SourcePlan {
                                 range,
                                 position: r.position(),
+                                rate: s.rate.current().map(|r| r as u64),
                             }
                         }
                     };
@@ -531,7 +563,13 @@ impl Pipeline {
                 committed_at: sluice_core::time::now_ms(),
                 replay,
             };
+            let committing = Instant::now();
             self.commit(d, &done, &ran)?;
+            tracing::debug!(
+                batch = t.millis(),
+                commit_us = committing.elapsed().as_micros() as u64,
+                "batch committed"
+            );
         }
         for s in sources.iter_mut() {
             let Some(sp) = plan.sources.get(&s.name) else {
@@ -574,9 +612,26 @@ impl Pipeline {
         while d.plans.front().is_some_and(|&p| p < t) {
             c.delete(&ck::plan_key(d.plans.pop_front().expect("non-empty")));
         }
+        let mut replaced = Vec::new();
         for (job, &ran) in self.jobs.iter_mut().zip(ran) {
-            if let (Some(state), true) = (&job.state, ran) {
-                c.put(&ck::state_key(&job.name), &ipc::write(&state.snapshot())?);
+            if let (Some(state), true) = (&mut job.state, ran) {
+                let (batch, full) = match state.checkpoint() {
+                    StateWrite::Full(b) => (b, true),
+                    StateWrite::Delta(b) => (b, false),
+                };
+                let name = ck::state_file(t, full);
+                let bytes = ipc::write(&batch)?;
+                sluice_wal::write_durably(&ck::state_dir(&d.dir, &job.name).join(&name), &bytes)?;
+                let files = d.state_files.entry(job.name.clone()).or_default();
+                if full {
+                    files.files.clear();
+                    files.bytes = 0;
+                    replaced.push(job.name.clone());
+                }
+                files.files.push(name);
+                files.bytes += bytes.len() as u64;
+                files.keys = state.len();
+                c.put_json(&ck::state_key(&job.name), files);
             }
             if let Some(w) = &mut job.window {
                 for (input, _) in &job.inputs {
@@ -603,7 +658,11 @@ impl Pipeline {
                 c.put_json(&ck::event_meta_key(&job.name), &marks);
             }
         }
-        d.store.write(c)
+        d.store.write(c)?;
+        for job in replaced {
+            ck::remove_unlisted_state(&d.dir, &job, &d.state_files[&job]);
+        }
+        Ok(())
     }
 
     /// Run every job on this batch's streams and write their sinks. Returns which jobs ran.

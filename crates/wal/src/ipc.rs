@@ -1,7 +1,7 @@
 //! Record batches to bytes and back (the Arrow IPC stream format).
 
 use crate::{Error, Result};
-use arrow::ipc::reader::StreamReader;
+use arrow::ipc::reader::{StreamDecoder, StreamReader};
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 
@@ -24,6 +24,24 @@ pub fn read(bytes: &[u8]) -> Result<RecordBatch> {
     let schema = r.schema();
     let batches = r.collect::<Result<Vec<_>, _>>().map_err(arrow_err)?;
     arrow::compute::concat_batches(&schema, &batches).map_err(arrow_err)
+}
+
+/// [`read`] without copying: the batch's buffers point into `bytes`.
+pub fn read_owned(bytes: Vec<u8>) -> Result<RecordBatch> {
+    let mut buf = arrow::buffer::Buffer::from_vec(bytes);
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        if let Some(b) = decoder.decode(&mut buf).map_err(arrow_err)? {
+            batches.push(b);
+        }
+    }
+    decoder.finish().map_err(arrow_err)?;
+    match batches.len() {
+        1 => Ok(batches.pop().expect("one")),
+        0 => Err(Error::msg("a stored batch holds no data")),
+        _ => arrow::compute::concat_batches(&batches[0].schema(), &batches).map_err(arrow_err),
+    }
 }
 
 fn arrow_err(e: arrow::error::ArrowError) -> Error {

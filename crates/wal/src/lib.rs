@@ -2,11 +2,13 @@
 //! ([`Log`], one per receiver) and the checkpoint store of batch plans, commits, positions and
 //! state ([`Store`], RocksDB).
 
+mod file;
 pub mod ipc;
 pub mod log;
 mod rocks_log;
 pub mod store;
 
+pub use file::write_durably;
 pub use log::{Entry, Log, Recovered, SyncPolicy};
 pub use sluice_core::{Error, Result};
 pub use store::{Changes, Store};

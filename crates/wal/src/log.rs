@@ -129,8 +129,10 @@ fn decode(seq: u64, payload: &[u8]) -> Result<Entry> {
 
 /// What scanning one segment file found.
 struct Scanned {
-    /// (seq, payload) of each good record, in order.
-    records: Vec<(u64, Vec<u8>)>,
+    /// The file's bytes.
+    data: Vec<u8>,
+    /// (seq, where its payload is in `data`) of each good record, in order.
+    records: Vec<(u64, std::ops::Range<usize>)>,
     /// Where the good records end.
     end: u64,
     /// The file's length (more than `end`: a torn tail).
@@ -177,10 +179,11 @@ fn scan(path: &Path) -> Result<Scanned> {
                 len - o - HEADER - n
             )));
         }
-        out.push((seq, payload.to_vec()));
+        out.push((seq, o + HEADER..o + HEADER + n));
         o += HEADER + n;
     }
     Ok(Scanned {
+        data,
         records: out,
         end: o as u64,
         len: len as u64,
@@ -222,7 +225,12 @@ impl Log {
         let mut next = segments.first().map_or(0, |s| s.first);
         // The newest record is in the last segment that has one.
         for seg in segments.iter().rev() {
-            let Scanned { records, end, len } = scan(&seg.path)?;
+            let Scanned {
+                data,
+                records,
+                end,
+                len,
+            } = scan(&seg.path)?;
             if end < len {
                 OpenOptions::new()
                     .write(true)
@@ -240,9 +248,9 @@ impl Log {
                 );
                 rec.torn = Some((seg.path.clone(), end, len - end));
             }
-            if let Some((seq, payload)) = records.last() {
+            if let Some((seq, at)) = records.last() {
                 rec.last_seq = Some(*seq);
-                rec.last_position = Some(decode(*seq, payload)?.position);
+                rec.last_position = Some(decode(*seq, &data[at.clone()])?.position);
                 next = seq + 1;
                 break;
             }
@@ -303,9 +311,10 @@ impl Log {
             if end <= from || seg.first > to {
                 continue;
             }
-            for (seq, payload) in scan(&seg.path)?.records {
+            let scanned = scan(&seg.path)?;
+            for (seq, at) in scanned.records {
                 if (from..=to).contains(&seq) {
-                    out.push(decode(seq, &payload)?);
+                    out.push(decode(seq, &scanned.data[at])?);
                 }
             }
         }
