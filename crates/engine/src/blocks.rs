@@ -37,6 +37,11 @@ impl BlockRange {
 }
 
 struct Pending {
+    /// Blocks received before a restart and not yet planned: numbers `cursor..disk_end`, read
+    /// from the log one segment at a time as batches take them.
+    disk_end: u64,
+    /// The read part of that backlog not yet taken.
+    loaded: VecDeque<(u64, RecordBatch)>,
     /// Durable blocks not yet planned, by number.
     blocks: BTreeMap<u64, RecordBatch>,
     /// The first number the next batch takes.
@@ -71,6 +76,8 @@ impl ReceiverBlocks {
             name: name.to_string(),
             log: None,
             pending: Mutex::new(Pending {
+                disk_end: 0,
+                loaded: VecDeque::new(),
                 blocks: BTreeMap::new(),
                 cursor: 0,
                 next: 0,
@@ -92,26 +99,22 @@ impl ReceiverBlocks {
 
     /// Back the blocks with `log`. `cursor` is the first block no batch plan has taken (None: no
     /// plan took any); blocks from there on are already in the log (received before a restart) and
-    /// go to the next batch.
+    /// go to the next batches, read from the log as they are taken (so a long backlog is never
+    /// held in memory at once).
     pub fn with_log(
         mut self,
         log: Arc<Log>,
         cursor: Option<u64>,
         resume: Option<serde_json::Value>,
     ) -> Result<Self> {
-        let entries = log.read_after(cursor.and_then(|c| c.checked_sub(1)))?;
+        let end = log.next_seq();
+        let first = log.first_seq();
         let p = self.pending.get_mut().unwrap();
-        p.cursor = cursor
-            .or(entries.first().map(|e| e.seq))
-            .unwrap_or_else(|| log.next_seq());
-        for e in entries {
-            self.buffered
-                .fetch_add(e.batch.num_rows(), Ordering::SeqCst);
-            p.blocks.insert(e.seq, e.batch);
-        }
-        let recovered = p.blocks.len();
+        p.cursor = cursor.unwrap_or(first).min(end);
+        p.disk_end = end;
+        let recovered = (end - p.cursor) as usize;
         if recovered > 0 {
-            tracing::info!(receiver = %self.name, blocks = recovered, "blocks received before the restart go to the next batch");
+            tracing::info!(receiver = %self.name, blocks = recovered, "blocks received before the restart go to the next batches");
         }
         self.recovered = recovered;
         self.log = Some(log);
@@ -120,25 +123,45 @@ impl ReceiverBlocks {
     }
 
     /// Take the durable blocks no batch has taken yet (the input of one batch) and their range.
-    pub fn take(&self) -> (Vec<RecordBatch>, BlockRange) {
+    /// Of a backlog received before a restart, take about `max` records (at least one block).
+    pub fn take(&self, max: Option<u64>) -> Result<(Vec<RecordBatch>, BlockRange)> {
         self.settle();
         let mut guard = self.pending.lock().unwrap();
         let p = &mut *guard;
         let from = p.cursor;
         let mut out = Vec::new();
-        while let Some(b) = p.blocks.remove(&p.cursor) {
+        let mut from_disk = 0u64;
+        while p.cursor < p.disk_end {
+            if max.is_some_and(|m| from_disk >= m) && !out.is_empty() {
+                break;
+            }
+            if p.loaded.is_empty() {
+                let log = self.log.as_ref().expect("a backlog comes from a log");
+                let entries = log.read_segment_from(p.cursor, p.disk_end)?;
+                p.loaded = entries.into_iter().map(|e| (e.seq, e.batch)).collect();
+            }
+            let (seq, b) = p.loaded.pop_front().expect("loaded above");
+            debug_assert_eq!(seq, p.cursor);
+            from_disk += b.num_rows() as u64;
             out.push(b);
             p.cursor += 1;
+        }
+        let mut taken = 0;
+        if p.cursor >= p.disk_end {
+            while let Some(b) = p.blocks.remove(&p.cursor) {
+                taken += b.num_rows();
+                out.push(b);
+                p.cursor += 1;
+            }
         }
         let range = BlockRange {
             from,
             count: p.cursor - from,
         };
         drop(guard);
-        let n: usize = out.iter().map(|b| b.num_rows()).sum();
-        self.buffered.fetch_sub(n, Ordering::SeqCst);
+        self.buffered.fetch_sub(taken, Ordering::SeqCst);
         self.space.notify_waiters();
-        (out, range)
+        Ok((out, range))
     }
 
     pub fn request_stop(&self) {
@@ -320,5 +343,58 @@ impl BlockWriter for ReceiverBlocks {
             }
             n.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::arrow::array::{AsArray, Int64Array};
+    use sluice_core::arrow::datatypes::Int64Type;
+    use sluice_wal::SyncPolicy;
+
+    fn block(from: i64) -> RecordBatch {
+        let col = Int64Array::from((from..from + 10).collect::<Vec<_>>());
+        RecordBatch::try_from_iter([("n", Arc::new(col) as _)]).unwrap()
+    }
+
+    fn values(blocks: &[RecordBatch]) -> Vec<i64> {
+        blocks
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    /// A backlog found in the log at start spans many segments; batches take it a bounded
+    /// number of records at a time, in order, then go on with new blocks.
+    #[tokio::test]
+    async fn a_backlog_is_taken_from_the_log_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = Log::open(dir.path(), SyncPolicy::EveryBlock, 2_000).unwrap();
+            for i in 0..50 {
+                let (_, durable) = log
+                    .append(&block(i * 10), &serde_json::Value::Null)
+                    .unwrap();
+                durable.await.unwrap().unwrap();
+            }
+            log.close();
+        }
+        let (log, _) = Log::open(dir.path(), SyncPolicy::EveryBlock, 2_000).unwrap();
+        assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+        let blocks = ReceiverBlocks::new("r", 1000, DeadLetters::default(), RateLimit::new(None))
+            .with_log(Arc::new(log), Some(5), None)
+            .unwrap();
+        assert_eq!(blocks.recovered, 45);
+        let (b, r) = blocks.take(Some(25)).unwrap();
+        assert_eq!(r, BlockRange { from: 5, count: 3 });
+        assert_eq!(values(&b), (50..80).collect::<Vec<_>>());
+        blocks.store(block(500)).await.unwrap();
+        let (b, r) = blocks.take(Some(1_000)).unwrap();
+        assert_eq!(r, BlockRange { from: 8, count: 43 });
+        assert_eq!(values(&b), (80..510).collect::<Vec<_>>());
+        let (b, r) = blocks.take(None).unwrap();
+        assert!(b.is_empty());
+        assert_eq!(r, BlockRange { from: 51, count: 0 });
     }
 }

@@ -495,7 +495,11 @@ impl Pipeline {
                 for s in sources.iter_mut() {
                     let sp = match &mut s.input {
                         Input::Receiver(b) => {
-                            let (batches, range) = b.take();
+                            let max = s
+                                .rate
+                                .current()
+                                .map(|rate| (rate * interval.as_secs_f64()).max(1.0) as u64);
+                            let (batches, range) = b.take(max)?;
                             streams.insert(s.name.clone(), batches);
                             SourcePlan {
                                 range: serde_json::to_value(range).expect("plain struct"),

@@ -330,22 +330,33 @@ impl Log {
         Ok(out)
     }
 
-    /// Records after `after` (None: all), for blocks received but not yet planned.
-    pub fn read_after(&self, after: Option<u64>) -> Result<Vec<Entry>> {
-        let next = *self.shared.next.lock().unwrap();
-        let from = after.map_or(
-            self.shared
-                .segments
-                .lock()
-                .unwrap()
-                .first()
-                .map_or(0, |s| s.first),
-            |a| a + 1,
-        );
-        if from >= next {
-            return Ok(Vec::new());
+    /// The records from `from` (below `end`) in the segment that holds `from`: a reader that walks
+    /// a long log holds one segment's records at a time.
+    pub fn read_segment_from(&self, from: u64, end: u64) -> Result<Vec<Entry>> {
+        let seg = {
+            let segs = self.shared.segments.lock().unwrap();
+            segs.iter().rev().find(|s| s.first <= from).cloned()
+        };
+        let Some(seg) = seg else {
+            return Err(Error::msg(format!(
+                "the WAL in {} has no segment holding record {from}",
+                self.shared.dir.display()
+            )));
+        };
+        let scanned = scan(&seg.path)?;
+        let mut out = Vec::new();
+        for (seq, at) in scanned.records {
+            if (from..end).contains(&seq) {
+                out.push(decode(seq, &scanned.data[at])?);
+            }
         }
-        self.read(from, next - 1)
+        if out.first().map(|e| e.seq) != Some(from) {
+            return Err(Error::msg(format!(
+                "the WAL segment {} does not hold record {from}",
+                seg.path.display()
+            )));
+        }
+        Ok(out)
     }
 
     /// Delete the segments whose records are all at or before `upto` (never the active one).
@@ -379,6 +390,13 @@ impl Log {
     /// Sequence number the next record will get.
     pub fn next_seq(&self) -> u64 {
         *self.shared.next.lock().unwrap()
+    }
+
+    /// The number of the oldest record kept (`next_seq` when the log is empty).
+    pub fn first_seq(&self) -> u64 {
+        let next = self.next_seq();
+        let segs = self.shared.segments.lock().unwrap();
+        segs.first().map_or(next, |s| s.first)
     }
 
     /// Stop the writer after it has made everything appended durable.
