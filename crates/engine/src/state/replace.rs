@@ -6,6 +6,7 @@ use ahash::RandomState;
 use sluice_config::StateEmit;
 use sluice_core::arrow::array::{Int64Array, RecordBatch, UInt32Array};
 use sluice_core::arrow::compute::take_record_batch;
+use sluice_core::arrow::row::Rows;
 use std::collections::HashMap;
 
 struct Entry {
@@ -51,15 +52,7 @@ impl Replace {
         batch: RecordBatch,
     ) -> Result<Vec<RecordBatch>, String> {
         let n = batch.num_rows();
-        let all: Vec<usize> = (0..shape.schema.fields().len()).collect();
-        let keys = shape
-            .converter(&shape.key)?
-            .convert_columns(&shape.key_columns(&batch))
-            .map_err(|e| e.to_string())?;
-        let whole = shape
-            .converter(&all)?
-            .convert_columns(batch.columns())
-            .map_err(|e| e.to_string())?;
+        let (keys, whole) = key_and_whole_rows(shape, &batch)?;
 
         // The last row of each key that is not removed, in order of first appearance (keys borrow
         // from the converted rows: nothing is copied for keys already in the state).
@@ -148,15 +141,7 @@ impl Replace {
     pub fn restore(&mut self, shape: &Shape, snap: &RecordBatch) -> Result<(), String> {
         let (batch, since) = shape.split_since(snap)?;
         let since = since.values().to_vec();
-        let all: Vec<usize> = (0..shape.schema.fields().len()).collect();
-        let keys = shape
-            .converter(&shape.key)?
-            .convert_columns(&shape.key_columns(&batch))
-            .map_err(|e| e.to_string())?;
-        let whole = shape
-            .converter(&all)?
-            .convert_columns(batch.columns())
-            .map_err(|e| e.to_string())?;
+        let (keys, whole) = key_and_whole_rows(shape, &batch)?;
         self.rows = (0..batch.num_rows())
             .map(|i| {
                 (
@@ -173,4 +158,18 @@ impl Replace {
         self.current_since = since;
         Ok(())
     }
+}
+
+/// The key columns and the whole rows of `batch`, in row format (comparable as bytes).
+fn key_and_whole_rows(shape: &Shape, batch: &RecordBatch) -> Result<(Rows, Rows), String> {
+    let all: Vec<usize> = (0..shape.schema.fields().len()).collect();
+    let keys = shape
+        .converter(&shape.key)?
+        .convert_columns(&shape.key_columns(batch))
+        .map_err(|e| e.to_string())?;
+    let whole = shape
+        .converter(&all)?
+        .convert_columns(batch.columns())
+        .map_err(|e| e.to_string())?;
+    Ok((keys, whole))
 }
