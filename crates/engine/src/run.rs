@@ -411,8 +411,7 @@ impl Pipeline {
                 if let Some((files, parts)) = ck::read_state(&d.dir, store, &name)? {
                     let read_us = reading.elapsed().as_micros() as u64;
                     state.restore(parts).map_err(|e| bad("state", e))?;
-                    tracing::debug!(job = %name, read_us, restore_us = reading.elapsed().as_micros() as u64 - read_us, "state files read and restored");
-                    tracing::info!(job = %name, keys = state.len(), files = files.files.len(), "state restored");
+                    tracing::info!(job = %name, keys = state.len(), files = files.files.len(), read_us, restore_us = reading.elapsed().as_micros() as u64 - read_us, "state restored");
                     ck::remove_unlisted_state(&d.dir, &name, &files);
                     d.state_files.insert(name.clone(), files);
                 }

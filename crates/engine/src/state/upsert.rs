@@ -160,10 +160,15 @@ impl Upsert {
             }
         }
 
+        // Each returned row's `__since`: NULL for a row that removes its key.
+        let since: Int64Array = picked
+            .iter()
+            .map(|&i| (!shape.removes(&batch, i)).then_some(t))
+            .collect();
         let kept: Vec<u32> = picked
             .iter()
-            .filter(|&&i| !shape.removes(&batch, i))
-            .map(|&i| i as u32)
+            .zip(since.iter())
+            .filter_map(|(&i, s)| s.map(|_| i as u32))
             .collect();
         let added = take_record_batch(&batch, &UInt32Array::from(kept.clone()))
             .map_err(|e| e.to_string())?;
@@ -186,10 +191,6 @@ impl Upsert {
             &UInt32Array::from(picked.iter().map(|&i| i as u32).collect::<Vec<_>>()),
         )
         .map_err(|e| e.to_string())?;
-        let since: Int64Array = picked
-            .iter()
-            .map(|&i| (!shape.removes(&batch, i)).then_some(t))
-            .collect();
         let mut changes = vec![shape.with_since(&returned, since)];
         for e in &expired {
             let none = Int64Array::from(vec![None; e.num_rows()]);
