@@ -4,9 +4,12 @@
 #                   copy would cost ~2,900 CPU-s per clean build; see docs/operations.md)
 #   libclang-dev    bindgen, for the RocksDB bindings
 #   procps          `kill`, used by the crash tests
+#   mosquitto, mosquitto-clients
+#                   the MQTT broker the mqtt tests start on a loopback port of their own, and
+#                   mosquitto_pub / mosquitto_sub / mosquitto_passwd as independent clients
 set -euo pipefail
 need=()
-for p in librocksdb-dev libclang-dev procps; do
+for p in librocksdb-dev libclang-dev procps mosquitto mosquitto-clients; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,21 +15,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn kills(default: usize) -> usize {
+pub(crate) fn kills(default: usize) -> usize {
     std::env::var("SLUICE_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("SLUICE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| sluice_core::time::now_ms() as u64)
 }
 
-fn start(dir: &Path) -> Child {
+pub(crate) fn start(dir: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -47,7 +47,7 @@ fn start(dir: &Path) -> Child {
 }
 
 /// Graceful stop (SIGTERM); the gateway must exit 0.
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let ok = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -78,7 +78,7 @@ fn crash_loop(dir: &Path, n: usize, rng: &mut ChaCha8Rng, finished: impl Fn() ->
 }
 
 /// Rows of every batch of `job` the file sink in `out` committed, as JSON lines.
-fn committed_rows(out: &Path, job: &str) -> Vec<String> {
+pub(crate) fn committed_rows(out: &Path, job: &str) -> Vec<String> {
     let mut rows = Vec::new();
     for e in sluice_file::committed(out).unwrap() {
         if e.job != job {
@@ -92,7 +92,7 @@ fn committed_rows(out: &Path, job: &str) -> Vec<String> {
     rows
 }
 
-fn committed_count(out: &Path, job: &str) -> u64 {
+pub(crate) fn committed_count(out: &Path, job: &str) -> u64 {
     sluice_file::committed(out)
         .map(|es| es.iter().filter(|e| e.job == job).map(|e| e.rows).sum())
         .unwrap_or(0)
@@ -146,7 +146,7 @@ fn compare(expected: &[String], got: &[String]) -> (Vec<String>, Vec<String>) {
 }
 
 /// Every expected row once: none missing, none twice or unexpected.
-fn assert_exactly_once(what: &str, expected: &[String], got: &[String]) {
+pub(crate) fn assert_exactly_once(what: &str, expected: &[String], got: &[String]) {
     let (missing, extra) = compare(expected, got);
     eprintln!(
         "{what}: {} rows committed, {} missing, {} duplicated or unexpected",

@@ -6,6 +6,7 @@
 //! - `connectors`: the real binary against a real TCP peer and real directories.
 //! - `backpressure`: rate limits that reach the socket peer.
 //! - `crash`: SIGKILL the real binary at random points, restart, compare outputs record by record.
+//! - `mqtt`: the MQTT source and sink against a real mosquitto broker, with SIGKILLs.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
 mod backpressure;
@@ -14,5 +15,6 @@ mod common;
 mod connectors;
 mod crash;
 mod durability;
+mod mqtt;
 mod ops;
 mod stateful;

@@ -59,6 +59,16 @@ pub enum Which {
         #[arg(long, default_value_t = 200_000)]
         rate: u64,
     },
+    /// MQTT QoS 1 ingestion into a file sink vs `mosquitto_sub -q 1`, both draining a queued
+    /// backlog from the same local mosquitto (needs mosquitto and mosquitto-clients).
+    Mqtt {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Cost of an empty batch (plan + run + commit) of the word count job.
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
@@ -100,6 +110,11 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Restart { dir, keys, rate } => {
             crate::bench_wal::bench_restart(dir, keys, rate).await
         }
+        Which::Mqtt {
+            dir,
+            messages,
+            seed,
+        } => crate::bench_mqtt::bench_mqtt(dir, messages, seed).await,
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;

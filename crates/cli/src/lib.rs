@@ -2,6 +2,7 @@
 //! and a `StreamingContext`-style builder for pipelines written in Rust.
 
 pub mod bench;
+mod bench_mqtt;
 mod bench_overload;
 mod bench_wal;
 pub mod context;
@@ -21,8 +22,10 @@ pub fn registry() -> Registry {
         .register_source("file", sluice_file::FileSourceFactory)
         .register_source("generator", sluice_generator::GeneratorFactory)
         .register_source("queue", sluice_generator::QueueFactory)
+        .register_source("mqtt", sluice_mqtt::MqttSourceFactory)
         .register_sink("console", sluice_console::ConsoleFactory::default())
         .register_sink("file", sluice_file::FileSinkFactory)
+        .register_sink("mqtt", sluice_mqtt::MqttSinkFactory)
         .register_sink(
             "blackhole",
             sluice_console::BlackholeFactory(Default::default()),

@@ -44,6 +44,9 @@ pub enum ReceiverStatus {
     Stopped,
 }
 
+/// Resolves once an appended block is durable (see [`BlockWriter::append_at`]).
+pub type Durable<'a> = futures::future::BoxFuture<'a, Result<()>>;
+
 /// The engine's side of a receiver: where received blocks go.
 #[async_trait]
 pub trait BlockWriter: Send + Sync {
@@ -62,6 +65,18 @@ pub trait BlockWriter: Send + Sync {
     /// Still waits under backpressure. A block is planned into a batch only once durable.
     async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
         self.store_at(block, position).await
+    }
+    /// [`BlockWriter::store_at`] in two steps, for acknowledging receivers that keep reading while
+    /// earlier blocks are being synced: returns once the block is appended (in call order, after
+    /// any backpressure wait), with a future that resolves when it is durable — the moment to
+    /// acknowledge its records upstream.
+    async fn append_at(
+        &self,
+        block: RecordBatch,
+        position: serde_json::Value,
+    ) -> Result<Durable<'_>> {
+        self.store_at(block, position).await?;
+        Ok(Box::pin(async { Ok(()) }))
     }
     /// The position stored with the last durable block before a restart, if any: a receiver that
     /// can regenerate its input (the generator) continues after it instead of starting over.

@@ -245,7 +245,8 @@ impl ReceiverBlocks {
         self.failed.lock().unwrap().clone()
     }
 
-    fn fail(&self, e: Error) -> Error {
+    /// Record a failure of this receiver: the next batch that takes from it reports it.
+    pub(crate) fn fail(&self, e: Error) -> Error {
         *self.failed.lock().unwrap() = Some(e.to_string());
         e
     }
@@ -274,6 +275,25 @@ impl BlockWriter for ReceiverBlocks {
                 Ok(())
             }
         }
+    }
+
+    async fn append_at(
+        &self,
+        block: RecordBatch,
+        position: serde_json::Value,
+    ) -> Result<sluice_core::Durable<'_>> {
+        let n = block.num_rows();
+        let Some(log) = &self.log else {
+            self.store_at(block, position).await?;
+            return Ok(Box::pin(async { Ok(()) }));
+        };
+        if n == 0 {
+            return Ok(Box::pin(async { Ok(()) }));
+        }
+        self.admit(n).await?;
+        self.buffered.fetch_add(n, Ordering::SeqCst);
+        let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+        Ok(Box::pin(self.land(seq, block, durable)))
     }
 
     async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {

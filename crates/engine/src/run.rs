@@ -185,9 +185,13 @@ impl Pipeline {
                     let blocks = Arc::new(blocks);
                     let writer: Arc<dyn sluice_core::BlockWriter> = blocks.clone();
                     let name = s.name.clone();
+                    let failed = blocks.clone();
                     receivers.push(tokio::spawn(async move {
                         if let Err(e) = r.run(writer).await {
+                            // Fatal for the gateway (e.g. refused credentials): the next batch
+                            // reports it and the run ends with this error.
                             tracing::error!(receiver = %name, error = %e, "receiver stopped with an error");
+                            failed.fail(e);
                         }
                     }));
                     Input::Receiver(blocks)
@@ -454,7 +458,7 @@ impl Pipeline {
             if let Input::Receiver(b) = &s.input {
                 if let Some(e) = b.failure() {
                     return Err(Error::msg(format!(
-                        "receiver `{}` cannot store: {e}",
+                        "receiver `{}` failed: {e}",
                         s.name
                     )));
                 }

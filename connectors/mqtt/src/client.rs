@@ -1,0 +1,346 @@
+//! One MQTT connection, for either protocol version: a task that polls rumqttc's event loop
+//! (reconnecting with backoff) and turns what it sees into [`Event`]s, and a [`Client`] handle to
+//! acknowledge, subscribe and publish.
+//!
+//! rumqttc forgets which incoming QoS 2 messages it sent PUBREC for whenever the connection drops
+//! (and, of course, when the process restarts); the broker then sends PUBREL for them and rumqttc
+//! rejects it as unsolicited, reconnecting for ever. The driver keeps that set itself (`released`,
+//! which the source also persists with its WAL blocks) and gives it back to rumqttc after every
+//! CONNACK; a PUBREL it still did not know is added to the set, so the next connection completes it.
+
+use crate::connection::Options;
+use backon::BackoffBuilder;
+use rumqttc::Outgoing;
+use sluice_core::{Error, Result};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A message received from the broker.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pkid: u16,
+    /// MQTT 5 content type.
+    pub content_type: Option<String>,
+    /// MQTT 5 user properties.
+    pub user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Connected {
+        session_present: bool,
+    },
+    Message(Message),
+    /// One of our QoS 1/2 publishes was acknowledged (PUBACK / PUBCOMP).
+    Published,
+    /// The connection failed; the driver reconnects after a backoff. `refused` is set when the
+    /// broker refused the credentials or the client id (retrying will not help).
+    Down {
+        error: String,
+        refused: bool,
+    },
+}
+
+/// QoS 2 packet ids we sent PUBREC for and the broker has not released yet.
+pub type Released = Arc<Mutex<BTreeSet<u16>>>;
+
+#[derive(Clone)]
+pub enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+fn qos_of(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5_of(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn client_error(e: impl std::fmt::Display) -> Error {
+    Error::msg(format!("MQTT client stopped: {e}"))
+}
+
+impl Client {
+    /// Acknowledge a received message (PUBACK for QoS 1, PUBREC for QoS 2; nothing for QoS 0).
+    pub async fn ack(&self, qos: u8, pkid: u16) -> Result<()> {
+        match self {
+            Client::V311(c) => {
+                let mut p = rumqttc::Publish::new("", qos_of(qos), Vec::new());
+                p.pkid = pkid;
+                c.ack(&p).await.map_err(client_error)
+            }
+            Client::V5(c) => {
+                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+                    "",
+                    qos5_of(qos),
+                    Vec::new(),
+                    None,
+                );
+                p.pkid = pkid;
+                c.ack(&p).await.map_err(client_error)
+            }
+        }
+    }
+
+    pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<()> {
+        match self {
+            Client::V311(c) => c.subscribe(filter, qos_of(qos)).await.map_err(client_error),
+            Client::V5(c) => c
+                .subscribe(filter, qos5_of(qos))
+                .await
+                .map_err(client_error),
+        }
+    }
+
+    pub async fn publish(&self, topic: String, qos: u8, retain: bool, payload: Vec<u8>) -> Result<()> {
+        match self {
+            Client::V311(c) => c
+                .publish(topic, qos_of(qos), retain, payload)
+                .await
+                .map_err(client_error),
+            Client::V5(c) => c
+                .publish(topic, qos5_of(qos), retain, payload)
+                .await
+                .map_err(client_error),
+        }
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = match self {
+            Client::V311(c) => c.disconnect().await.map_err(client_error),
+            Client::V5(c) => c.disconnect().await.map_err(client_error),
+        };
+    }
+}
+
+/// Reconnect delays: exponential from `initial` up to `max`, for ever.
+#[derive(Clone, Copy)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Start the connection's driver task. Events arrive on the returned channel (`capacity` of them
+/// may wait); dropping the receiver stops the task.
+pub fn start(
+    options: Options,
+    capacity: usize,
+    released: Released,
+    retry: Retry,
+) -> (Client, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(capacity.max(16));
+    let client = match options {
+        Options::V311(o) => {
+            let (client, mut el) = rumqttc::AsyncClient::new(o, capacity.max(16));
+            el.network_options
+                .set_connection_timeout(retry.connect_timeout.as_secs().max(1));
+            tokio::spawn(async move {
+                let mut backoff = Backoff::new(retry);
+                loop {
+                    let ev = match el.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))) => {
+                            backoff.reset();
+                            for pkid in released.lock().unwrap().iter() {
+                                let mut p = rumqttc::Publish::new(
+                                    "",
+                                    rumqttc::QoS::ExactlyOnce,
+                                    Vec::new(),
+                                );
+                                p.pkid = *pkid;
+                                let _ = el
+                                    .state
+                                    .handle_incoming_packet(rumqttc::Packet::Publish(p));
+                                el.state.events.pop_back();
+                            }
+                            Event::Connected {
+                                session_present: c.session_present,
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                            Event::Message(Message {
+                                topic: p.topic,
+                                payload: p.payload.to_vec(),
+                                qos: p.qos as u8,
+                                retain: p.retain,
+                                dup: p.dup,
+                                pkid: p.pkid,
+                                content_type: None,
+                                user_properties: Vec::new(),
+                            })
+                        }
+                        Ok(rumqttc::Event::Incoming(
+                            rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_),
+                        )) => Event::Published,
+                        Ok(rumqttc::Event::Outgoing(Outgoing::PubComp(pkid))) => {
+                            // The QoS 2 exchange of an incoming message is over.
+                            released.lock().unwrap().remove(&pkid);
+                            continue
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            if let rumqttc::ConnectionError::MqttState(
+                                rumqttc::StateError::Unsolicited(pkid),
+                            ) = &e
+                            {
+                                released.lock().unwrap().insert(*pkid);
+                            }
+                            let refused = matches!(
+                                &e,
+                                rumqttc::ConnectionError::ConnectionRefused(
+                                    rumqttc::ConnectReturnCode::BadUserNamePassword
+                                        | rumqttc::ConnectReturnCode::NotAuthorized
+                                        | rumqttc::ConnectReturnCode::BadClientId
+                                )
+                            );
+                            let down = Event::Down {
+                                error: e.to_string(),
+                                refused,
+                            };
+                            if tx.send(down).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(backoff.next()).await;
+                            continue;
+                        }
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Client::V311(client)
+        }
+        Options::V5(o) => {
+            use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+            use rumqttc::v5::{ConnectionError, Event as Ev, StateError};
+            let mut o = o;
+            o.set_connection_timeout(retry.connect_timeout.as_secs().max(1));
+            let (client, mut el) = rumqttc::v5::AsyncClient::new(o, capacity.max(16));
+            tokio::spawn(async move {
+                let mut backoff = Backoff::new(retry);
+                loop {
+                    let ev = match el.poll().await {
+                        Ok(Ev::Incoming(Packet::ConnAck(c))) => {
+                            backoff.reset();
+                            for pkid in released.lock().unwrap().iter() {
+                                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+                                    "",
+                                    rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+                                    Vec::new(),
+                                    None,
+                                );
+                                p.pkid = *pkid;
+                                let _ = el.state.handle_incoming_packet(Packet::Publish(p));
+                                el.state.events.pop_back();
+                            }
+                            Event::Connected {
+                                session_present: c.session_present,
+                            }
+                        }
+                        Ok(Ev::Incoming(Packet::Publish(p))) => {
+                            let (content_type, user_properties) = match p.properties {
+                                Some(pr) => (pr.content_type, pr.user_properties),
+                                None => (None, Vec::new()),
+                            };
+                            Event::Message(Message {
+                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                                payload: p.payload.to_vec(),
+                                qos: p.qos as u8,
+                                retain: p.retain,
+                                dup: p.dup,
+                                pkid: p.pkid,
+                                content_type,
+                                user_properties,
+                            })
+                        }
+                        Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
+                            Event::Published
+                        }
+                        Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => {
+                            // The QoS 2 exchange of an incoming message is over.
+                            released.lock().unwrap().remove(&pkid);
+                            continue
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            if let ConnectionError::MqttState(StateError::Unsolicited(pkid)) = &e {
+                                released.lock().unwrap().insert(*pkid);
+                            }
+                            let refused = matches!(
+                                &e,
+                                ConnectionError::ConnectionRefused(
+                                    ConnectReturnCode::BadUserNamePassword
+                                        | ConnectReturnCode::NotAuthorized
+                                        | ConnectReturnCode::ClientIdentifierNotValid
+                                )
+                            );
+                            let down = Event::Down {
+                                error: e.to_string(),
+                                refused,
+                            };
+                            if tx.send(down).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(backoff.next()).await;
+                            continue;
+                        }
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Client::V5(client)
+        }
+    };
+    (client, rx)
+}
+
+/// Exponential reconnect delays, reset by a successful connect.
+struct Backoff {
+    retry: Retry,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    fn new(retry: Retry) -> Self {
+        Backoff {
+            retry,
+            delays: Self::delays(retry),
+        }
+    }
+
+    fn delays(retry: Retry) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(retry.initial)
+            .with_max_delay(retry.max)
+            .without_max_times()
+            .build()
+    }
+
+    fn next(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.retry.max)
+    }
+
+    fn reset(&mut self) {
+        self.delays = Self::delays(self.retry);
+    }
+}

@@ -1,0 +1,303 @@
+//! The `mqtt` sink: publishes each output row to a topic templated from its columns
+//! (`alerts/{site}`), for actuation and alerting. With QoS 1 or 2 a batch counts as written only
+//! when the broker has acknowledged every message (at-least-once: a batch re-run after a crash
+//! publishes again).
+
+use crate::client::{self, Client, Event, Retry};
+use crate::connection::{self, Connection, Options};
+use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use serde::Deserialize;
+use sluice_core::{
+    BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory,
+};
+use tokio::sync::mpsc;
+
+/// `[sinks.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Topic of each message; `{column}` is replaced by the row's value, e.g. `alerts/{site}`.
+    pub topic: String,
+    /// QoS of the published messages (default 1).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publish with the retain flag (default false).
+    #[serde(default)]
+    pub retain: bool,
+    /// The payload: the row's `payload` column (string or binary) when there is one, else the
+    /// whole row as a JSON object.
+    #[serde(default = "default_payload_column")]
+    pub payload_column: String,
+    /// How many QoS 1/2 publishes may wait for their acknowledgement (default 1000).
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_payload_column() -> String {
+    "payload".into()
+}
+fn default_inflight() -> u16 {
+    1000
+}
+
+/// A topic template cut into literal text and column names.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Column(String),
+}
+
+fn parse_template(path: &str, t: &str) -> Result<Vec<Part>, ConfigError> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].to_string()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return Err(ConfigError::new(
+                format!("{path}.topic"),
+                "`{column}` placeholders closed with `}`",
+                format!("\"{t}\""),
+            ));
+        };
+        let name = rest[open + 1..open + close].trim();
+        if name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.topic"),
+                "a column name between `{` and `}`",
+                format!("\"{t}\""),
+            ));
+        }
+        parts.push(Part::Column(name.to_string()));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    if parts.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.topic"),
+            "a topic such as \"alerts/{site}\"",
+            "\"\"",
+        ));
+    }
+    Ok(parts)
+}
+
+pub struct MqttSinkFactory;
+
+impl SinkFactory for MqttSinkFactory {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
+        let (conn, rest) = connection::split(options);
+        let cfg: MqttSinkConfig = sluice_core::options::parse(path, rest)?;
+        let mut conn: Connection = sluice_core::options::parse(path, conn)?;
+        if cfg.qos > 2 {
+            return Err(ConfigError::new(
+                format!("{path}.qos"),
+                "0, 1 or 2",
+                cfg.qos.to_string(),
+            ));
+        }
+        let template = parse_template(path, &cfg.topic)?;
+        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        // A re-run batch publishes again; a session carried across restarts would only bring
+        // acknowledgements for packets this process never sent.
+        conn.clean_session = true;
+        let transport = conn.transport(path)?;
+        let client_id = conn.client_id(&cx.app_name, &name);
+        Ok(Box::new(MqttSink {
+            options: Some(Options::new(&conn, client_id, transport, cfg.inflight)),
+            retry: Retry {
+                initial: conn.retry_initial,
+                max: conn.retry_max,
+                connect_timeout: conn.connect_timeout,
+            },
+            endpoint: conn.endpoint(),
+            template,
+            cfg,
+            name,
+            conn: None,
+        }))
+    }
+}
+
+pub struct MqttSink {
+    options: Option<Options>,
+    retry: Retry,
+    endpoint: String,
+    template: Vec<Part>,
+    cfg: MqttSinkConfig,
+    name: String,
+    conn: Option<(Client, mpsc::Receiver<Event>)>,
+}
+
+/// The topic and payload of every row of one batch.
+fn messages(
+    template: &[Part],
+    payload_column: &str,
+    schema: &SchemaRef,
+    batch: &arrow::record_batch::RecordBatch,
+    sink: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut columns: Vec<Option<ArrayRef>> = Vec::new();
+    for p in template {
+        columns.push(match p {
+            Part::Text(_) => None,
+            Part::Column(c) => {
+                let i = schema.index_of(c).map_err(|_| {
+                    Error::msg(format!(
+                        "mqtt sink `{sink}`: the topic template names column `{c}`, which the \
+                         job's output does not have"
+                    ))
+                })?;
+                Some(arrow::compute::cast(batch.column(i), &DataType::Utf8)?)
+            }
+        });
+    }
+    let payloads: Vec<Vec<u8>> = match schema.index_of(payload_column) {
+        Ok(i) => {
+            let col = batch.column(i);
+            match col.data_type() {
+                DataType::Binary => {
+                    let a = col.as_any().downcast_ref::<BinaryArray>().expect("binary");
+                    (0..a.len()).map(|r| a.value(r).to_vec()).collect()
+                }
+                _ => {
+                    let s = arrow::compute::cast(col, &DataType::Utf8)?;
+                    let a = s.as_any().downcast_ref::<StringArray>().expect("utf8");
+                    (0..a.len())
+                        .map(|r| a.value(r).as_bytes().to_vec())
+                        .collect()
+                }
+            }
+        }
+        Err(_) => {
+            let text = sluice_formats::encode_json_lines(std::slice::from_ref(batch))?;
+            text.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        }
+    };
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for (r, payload) in payloads.into_iter().enumerate() {
+        let mut topic = String::new();
+        for (p, col) in template.iter().zip(&columns) {
+            match (p, col) {
+                (Part::Text(t), _) => topic.push_str(t),
+                (Part::Column(_), Some(c)) => {
+                    let a = c.as_any().downcast_ref::<StringArray>().expect("utf8");
+                    if a.is_valid(r) {
+                        topic.push_str(a.value(r));
+                    }
+                }
+                (Part::Column(_), None) => {}
+            }
+        }
+        out.push((topic, payload));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Sink for MqttSink {
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
+        if self.conn.is_none() {
+            let options = self.options.take().expect("connects once");
+            let capacity = self.cfg.inflight.max(1) as usize * 2;
+            self.conn = Some(client::start(
+                options,
+                capacity,
+                Default::default(),
+                self.retry,
+            ));
+        }
+        let (client, events) = self.conn.as_mut().expect("connected");
+        let mut all = Vec::with_capacity(batch.num_rows());
+        for b in batch.batches {
+            all.extend(messages(
+                &self.template,
+                &self.cfg.payload_column,
+                &batch.schema,
+                b,
+                &self.name,
+            )?);
+        }
+        let expected = if self.cfg.qos == 0 { 0 } else { all.len() };
+        let mut next = 0;
+        let mut acked = 0;
+        while next < all.len() || acked < expected {
+            let (topic, payload) = all
+                .get(next)
+                .cloned()
+                .unwrap_or_default();
+            tokio::select! {
+                r = client.publish(topic, self.cfg.qos, self.cfg.retain, payload), if next < all.len() => {
+                    r?;
+                    next += 1;
+                }
+                ev = events.recv() => match ev {
+                    None => return Err(Error::msg(format!("mqtt sink `{}`: the connection task ended", self.name))),
+                    Some(Event::Published) => acked += 1,
+                    Some(Event::Connected { .. }) => {
+                        tracing::info!(sink = %self.name, endpoint = %self.endpoint, "mqtt connected");
+                    }
+                    Some(Event::Down { error, refused }) => {
+                        if refused {
+                            return Err(Error::msg(format!(
+                                "mqtt sink `{}`: {} refused the connection ({error}); check \
+                                 username, password and client_id",
+                                self.name, self.endpoint
+                            )));
+                        }
+                        tracing::warn!(sink = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some((client, _)) = &self.conn {
+            client.disconnect().await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_split_into_text_and_columns() {
+        assert_eq!(
+            parse_template("s", "alerts/{site}/{ device }").unwrap(),
+            vec![
+                Part::Text("alerts/".into()),
+                Part::Column("site".into()),
+                Part::Text("/".into()),
+                Part::Column("device".into()),
+            ]
+        );
+        let e = parse_template("sinks.a", "alerts/{site").unwrap_err();
+        assert!(e.to_string().contains("sinks.a.topic"), "{e}");
+    }
+}

@@ -1,0 +1,594 @@
+//! The `mqtt` source: subscribes to topic filters and stores what arrives in the WAL before it
+//! acknowledges it (PUBACK for QoS 1, PUBREC for QoS 2), so a crash between receipt and
+//! processing loses nothing: the broker redelivers what was not acknowledged.
+//!
+//! Exactly once within a persistent session: a redelivery (DUP set) of a message that is already
+//! durable but whose acknowledgement was lost is recognised by its packet id and a hash of its
+//! topic and payload, acknowledged, and not stored again. The recent packet ids (as many as can be
+//! unacknowledged at once, `inflight`) and the QoS 2 exchanges waiting for PUBREL are stored with
+//! each WAL block, so this holds across a restart too.
+
+use crate::client::{self, Client, Event, Message, Released, Retry};
+use crate::connection::{self, Connection, Options, Protocol};
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, MapBuilder, StringBuilder,
+    TimestampMillisecondBuilder, UInt8Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use serde::Deserialize;
+use sluice_core::time::serde_duration;
+use sluice_core::{
+    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee, Receiver,
+    ReceiverStatus, Result, SourceFactory, SourceRuntime,
+};
+use sluice_formats::{Decoder, Format};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `[sources.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// Topic filters (`+` and `#` wildcards; `$share/<group>/<filter>` for a shared
+    /// subscription), each a string or `{ filter = "...", qos = 2 }`.
+    pub topics: Vec<Subscription>,
+    /// QoS of the filters given as plain strings (default 1).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Payload decoding: `text` (a `payload` string column), `raw` (a `payload` binary column),
+    /// `json` or `csv` (with `schema`). Undecodable payloads go to the dead-letter output.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// CSV field delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// Add the envelope columns `topic`, `qos`, `retain`, `received_at` (and with MQTT 5
+    /// `content_type`, `user_properties`) after the payload's columns (default true).
+    #[serde(default = "default_true")]
+    pub envelope: bool,
+    /// A block is stored after this many messages ... (default 10000)
+    #[serde(default = "default_block_messages")]
+    pub block_messages: usize,
+    /// ... or this much time, whichever comes first (default 20ms).
+    #[serde(
+        default = "default_block_interval",
+        deserialize_with = "serde_duration::deserialize"
+    )]
+    pub block_interval: Duration,
+    /// How many QoS 1/2 messages may wait for their acknowledgement (MQTT 5's receive maximum;
+    /// with 3.1.1 set the broker's own limit, mosquitto's `max_inflight_messages`, to at most
+    /// this). Also how many recent packet ids are remembered to recognise redeliveries.
+    /// Default 1000.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+}
+
+/// One topic filter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Subscription {
+    Filter(String),
+    WithQos { filter: String, qos: u8 },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Text,
+    Raw,
+    Json,
+    Csv,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_block_messages() -> usize {
+    10_000
+}
+fn default_block_interval() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_inflight() -> u16 {
+    1000
+}
+
+const ENVELOPE: &[&str] = &[
+    "topic",
+    "qos",
+    "retain",
+    "received_at",
+    "content_type",
+    "user_properties",
+];
+
+pub struct MqttSourceFactory;
+
+impl SourceFactory for MqttSourceFactory {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
+        let (conn, rest) = connection::split(options);
+        let cfg: MqttSourceConfig = sluice_core::options::parse(path, rest)?;
+        let conn: Connection = sluice_core::options::parse(path, conn)?;
+        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let mut filters = Vec::new();
+        for (i, t) in cfg.topics.iter().enumerate() {
+            let (filter, qos) = match t {
+                Subscription::Filter(f) => (f.clone(), cfg.qos),
+                Subscription::WithQos { filter, qos } => (filter.clone(), *qos),
+            };
+            if qos > 2 {
+                return Err(ConfigError::new(
+                    format!("{path}.topics[{i}].qos"),
+                    "0, 1 or 2",
+                    qos.to_string(),
+                ));
+            }
+            if filter.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.topics[{i}]"),
+                    "a topic filter such as \"sensors/+/temperature\"",
+                    "\"\"",
+                ));
+            }
+            filters.push((filter, qos));
+        }
+        if filters.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.topics"),
+                "at least one topic filter",
+                "[]",
+            ));
+        }
+        if cfg.qos > 2 {
+            return Err(ConfigError::new(
+                format!("{path}.qos"),
+                "0, 1 or 2",
+                cfg.qos.to_string(),
+            ));
+        }
+        if cfg.block_messages == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.block_messages"),
+                "at least 1",
+                "0",
+            ));
+        }
+        let decoder = match cfg.format {
+            PayloadFormat::Json => Some(Decoder::for_component(
+                path,
+                Format::Json,
+                cfg.schema.as_deref(),
+                cfg.delimiter,
+            )?),
+            PayloadFormat::Csv => Some(Decoder::for_component(
+                path,
+                Format::Csv,
+                cfg.schema.as_deref(),
+                cfg.delimiter,
+            )?),
+            PayloadFormat::Text | PayloadFormat::Raw => {
+                if cfg.schema.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.schema"),
+                        "no schema for format \"text\" or \"raw\" (one `payload` column)",
+                        "a schema",
+                    )
+                    .with_hint("set format = \"json\" or \"csv\" to decode payloads with a schema"));
+                }
+                None
+            }
+        };
+        let mut fields: Vec<Field> = match &decoder {
+            Some(d) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
+            None if cfg.format == PayloadFormat::Raw => {
+                vec![Field::new("payload", DataType::Binary, false)]
+            }
+            None => vec![Field::new("payload", DataType::Utf8, false)],
+        };
+        if cfg.envelope {
+            if let Some(f) = fields.iter().find(|f| ENVELOPE.contains(&f.name().as_str())) {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    format!(
+                        "no column named like an envelope column ({})",
+                        ENVELOPE.join(", ")
+                    ),
+                    format!("a column `{}`", f.name()),
+                )
+                .with_hint("rename the column, or set envelope = false"));
+            }
+            fields.push(Field::new("topic", DataType::Utf8, false));
+            fields.push(Field::new("qos", DataType::UInt8, false));
+            fields.push(Field::new("retain", DataType::Boolean, false));
+            fields.push(Field::new(
+                "received_at",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+            if conn.protocol == Protocol::V5 {
+                fields.push(Field::new("content_type", DataType::Utf8, true));
+                fields.push(Field::new(
+                    "user_properties",
+                    user_properties_type(),
+                    false,
+                ));
+            }
+        }
+        let transport = conn.transport(path)?;
+        let client_id = conn.client_id(&cx.app_name, &name);
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        Ok(BuiltSource {
+            schema: schema.clone(),
+            guarantee: if filters.iter().all(|(_, q)| *q > 0) {
+                Guarantee::Acknowledged
+            } else {
+                Guarantee::Unacknowledged
+            },
+            runtime: SourceRuntime::Receiver(Box::new(MqttReceiver {
+                options: Some(Options::new(&conn, client_id, transport, cfg.inflight)),
+                retry: Retry {
+                    initial: conn.retry_initial,
+                    max: conn.retry_max,
+                    connect_timeout: conn.connect_timeout,
+                },
+                endpoint: conn.endpoint(),
+                clean_session: conn.clean_session,
+                v5: conn.protocol == Protocol::V5,
+                filters,
+                decoder,
+                schema,
+                cfg,
+                name,
+            })),
+        })
+    }
+}
+
+fn user_properties_type() -> DataType {
+    arrow::array::Array::data_type(
+        &MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()).finish(),
+    )
+    .clone()
+}
+
+pub struct MqttReceiver {
+    options: Option<Options>,
+    retry: Retry,
+    endpoint: String,
+    clean_session: bool,
+    v5: bool,
+    filters: Vec<(String, u8)>,
+    decoder: Option<Decoder>,
+    schema: SchemaRef,
+    cfg: MqttSourceConfig,
+    name: String,
+}
+
+/// The packet ids (with a hash of topic and payload) of the most recent messages stored.
+struct Recent {
+    entries: VecDeque<u64>,
+    cap: usize,
+}
+
+impl Recent {
+    fn entry(m: &Message) -> u64 {
+        // FNV-1a over topic, a separator and payload; 48 bits of it beside the 16-bit packet id.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in m.topic.bytes().chain([0xff]).chain(m.payload.iter().copied()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        ((m.pkid as u64) << 48) | (h & 0xffff_ffff_ffff)
+    }
+
+    fn contains(&self, m: &Message) -> bool {
+        let e = Self::entry(m);
+        self.entries.iter().rev().any(|&x| x == e)
+    }
+
+    fn push(&mut self, m: &Message) {
+        if m.qos == 0 {
+            return;
+        }
+        if self.entries.len() == self.cap {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(Self::entry(m));
+    }
+}
+
+/// Messages collected for the next block, and acknowledgements that wait for it.
+#[derive(Default)]
+struct Pending {
+    messages: Vec<Message>,
+    received_at: Vec<i64>,
+    /// Acknowledgements of redeliveries already stored: sent with this block's.
+    extra_acks: Vec<(u8, u16)>,
+    started: Option<Instant>,
+}
+
+impl MqttReceiver {
+    /// Decode one block; returns the batch and the acknowledgements it carries.
+    fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> (RecordBatch, Vec<(u8, u16)>) {
+        let messages = std::mem::take(&mut pending.messages);
+        let received = std::mem::take(&mut pending.received_at);
+        let mut acks: Vec<(u8, u16)> = std::mem::take(&mut pending.extra_acks);
+        pending.started = None;
+        acks.extend(messages.iter().filter(|m| m.qos > 0).map(|m| (m.qos, m.pkid)));
+        // Which messages become rows; the others are dead letters (still acknowledged).
+        let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        match (&self.decoder, self.cfg.format) {
+            (None, PayloadFormat::Raw) => {
+                let mut b = BinaryBuilder::new();
+                for (i, m) in messages.iter().enumerate() {
+                    b.append_value(&m.payload);
+                    kept.push(i);
+                }
+                columns.push(Arc::new(b.finish()));
+            }
+            (None, _) => {
+                let mut b = StringBuilder::new();
+                for (i, m) in messages.iter().enumerate() {
+                    match std::str::from_utf8(&m.payload) {
+                        Ok(s) => {
+                            b.append_value(s);
+                            kept.push(i);
+                        }
+                        Err(_) => out
+                            .dead_letters()
+                            .push(self.dead(m, "payload is not valid UTF-8".into())),
+                    }
+                }
+                columns.push(Arc::new(b.finish()));
+            }
+            (Some(d), _) => {
+                let mut texts: Vec<&str> = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    match std::str::from_utf8(&m.payload) {
+                        Ok(s) => {
+                            texts.push(s);
+                            kept.push(i);
+                        }
+                        Err(_) => out
+                            .dead_letters()
+                            .push(self.dead(m, "payload is not valid UTF-8".into())),
+                    }
+                }
+                let (batch, dead) = d.decode(&texts);
+                let batch = if dead.is_empty() {
+                    batch
+                } else {
+                    // Find which payloads failed, one by one, to keep the envelope aligned.
+                    let mut parts = Vec::new();
+                    let mut still = Vec::with_capacity(kept.len());
+                    for (text, &i) in texts.iter().zip(&kept) {
+                        let (b, dead) = d.decode(&[text]);
+                        match dead.into_iter().next() {
+                            None => {
+                                parts.push(b);
+                                still.push(i);
+                            }
+                            Some(dl) => out
+                                .dead_letters()
+                                .push(self.dead(&messages[i], dl.reason)),
+                        }
+                    }
+                    kept = still;
+                    arrow::compute::concat_batches(&d.schema(), &parts)
+                        .expect("batches of one schema")
+                };
+                columns.extend(batch.columns().iter().cloned());
+            }
+        }
+        if self.cfg.envelope {
+            let mut topic = StringBuilder::new();
+            let mut qos = UInt8Builder::new();
+            let mut retain = BooleanBuilder::new();
+            let mut at = TimestampMillisecondBuilder::new();
+            let mut content_type = StringBuilder::new();
+            let mut props = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+            for &i in &kept {
+                let m = &messages[i];
+                topic.append_value(&m.topic);
+                qos.append_value(m.qos);
+                retain.append_value(m.retain);
+                at.append_value(received[i]);
+                if self.v5 {
+                    content_type.append_option(m.content_type.as_deref());
+                    for (k, v) in &m.user_properties {
+                        props.keys().append_value(k);
+                        props.values().append_value(v);
+                    }
+                    props.append(true).expect("map entries");
+                }
+            }
+            columns.push(Arc::new(topic.finish()));
+            columns.push(Arc::new(qos.finish()));
+            columns.push(Arc::new(retain.finish()));
+            columns.push(Arc::new(at.finish()));
+            if self.v5 {
+                columns.push(Arc::new(content_type.finish()));
+                columns.push(Arc::new(props.finish()));
+            }
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns).expect("columns match the schema");
+        (batch, acks)
+    }
+
+    fn dead(&self, m: &Message, reason: String) -> DeadLetter {
+        let shown = &m.payload[..m.payload.len().min(4096)];
+        DeadLetter {
+            origin: self.name.clone(),
+            reason: format!("{reason} (topic {})", m.topic),
+            payload: String::from_utf8_lossy(shown).into_owned(),
+        }
+    }
+
+    fn block_limit(&self, out: &Arc<dyn BlockWriter>) -> usize {
+        out.block_budget()
+            .map_or(self.cfg.block_messages, |b| b.min(self.cfg.block_messages))
+            .max(1)
+    }
+}
+
+/// What is stored with every block: enough to recognise redeliveries after a restart.
+fn position(recent: &Recent, released: &Released) -> serde_json::Value {
+    serde_json::json!({
+        "recent": recent.entries.iter().collect::<Vec<_>>(),
+        "released": released.lock().unwrap().iter().collect::<Vec<_>>(),
+    })
+}
+
+fn restore(position: Option<serde_json::Value>, cap: usize) -> (Recent, Released) {
+    let mut recent = Recent {
+        entries: VecDeque::with_capacity(cap),
+        cap,
+    };
+    let released = Released::default();
+    if let Some(p) = position {
+        if let Some(a) = p["recent"].as_array() {
+            recent
+                .entries
+                .extend(a.iter().filter_map(|v| v.as_u64()).take(cap));
+        }
+        if let Some(a) = p["released"].as_array() {
+            let mut r = released.lock().unwrap();
+            r.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u16));
+        }
+    }
+    (recent, released)
+}
+
+/// The acknowledgements of a block, once it is durable.
+fn acks_when(stored: Durable<'_>, acks: Vec<(u8, u16)>) -> BoxFuture<'_, Result<Vec<(u8, u16)>>> {
+    Box::pin(async move {
+        stored.await?;
+        Ok(acks)
+    })
+}
+
+async fn send_acks(client: &Client, released: &Released, acks: Vec<(u8, u16)>) -> Result<()> {
+    for (qos, pkid) in acks {
+        if qos == 2 {
+            released.lock().unwrap().insert(pkid);
+        }
+        client.ack(qos, pkid).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Receiver for MqttReceiver {
+    async fn run(mut self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
+        let cap = self.cfg.inflight.max(1) as usize;
+        let (mut recent, released) = restore(out.resume_position(), cap);
+        let options = self.options.take().expect("run once");
+        let (client, mut events) = client::start(options, cap * 2, released.clone(), self.retry);
+        let mut pending = Pending::default();
+        let mut durable = FuturesOrdered::new();
+        let mut connected_once = false;
+        // Redeliveries of stored messages since the last block (logged with it).
+        let mut redelivered = 0u64;
+        loop {
+            let flush_in = pending
+                .started
+                .map(|s| self.cfg.block_interval.saturating_sub(s.elapsed()))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                Some(r) = durable.next(), if !durable.is_empty() => {
+                    let acks: Vec<(u8, u16)> = r?;
+                    send_acks(&client, &released, acks).await?;
+                }
+                ev = events.recv() => match ev {
+                    None => return Err(Error::msg("the MQTT connection task ended")),
+                    Some(Event::Connected { session_present }) => {
+                        tracing::info!(
+                            source = %self.name, endpoint = %self.endpoint, session_present,
+                            "mqtt connected"
+                        );
+                        out.set_status(ReceiverStatus::Connected(self.endpoint.clone()));
+                        if !session_present || self.clean_session || !connected_once {
+                            for (f, q) in &self.filters {
+                                client.subscribe(f, *q).await?;
+                            }
+                        }
+                        connected_once = true;
+                    }
+                    Some(Event::Message(m)) => {
+                        if m.dup && m.qos > 0 && recent.contains(&m) {
+                            redelivered += 1;
+                            pending.extra_acks.push((m.qos, m.pkid));
+                        } else {
+                            recent.push(&m);
+                            pending.messages.push(m);
+                            pending.received_at.push(sluice_core::time::now_ms());
+                        }
+                        if pending.started.is_none() {
+                            pending.started = Some(Instant::now());
+                        }
+                    }
+                    Some(Event::Down { error, refused }) => {
+                        if refused {
+                            return Err(Error::msg(format!(
+                                "mqtt source `{}`: {} refused the connection ({error}); check \
+                                 username, password and client_id",
+                                self.name, self.endpoint
+                            )));
+                        }
+                        tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
+                        out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
+                    }
+                    Some(Event::Published) => {}
+                },
+                _ = tokio::time::sleep(flush_in) => {}
+                _ = out.stopped() => break,
+            }
+            let due = pending
+                .started
+                .is_some_and(|s| s.elapsed() >= self.cfg.block_interval);
+            if pending.messages.len() >= self.block_limit(&out) || due {
+                if redelivered > 0 {
+                    tracing::info!(
+                        source = %self.name, count = redelivered,
+                        "mqtt redeliveries of stored messages acknowledged, not stored again"
+                    );
+                    redelivered = 0;
+                }
+                let (batch, acks) = self.block(&mut pending, &out);
+                let stored = out.append_at(batch, position(&recent, &released)).await?;
+                durable.push_back(acks_when(stored, acks));
+            }
+        }
+        // Stopping: store what was received, acknowledge it once durable, then disconnect.
+        if !pending.messages.is_empty() || !pending.extra_acks.is_empty() {
+            let (batch, acks) = self.block(&mut pending, &out);
+            let stored = out.append_at(batch, position(&recent, &released)).await?;
+            durable.push_back(acks_when(stored, acks));
+        }
+        while let Some(r) = durable.next().await {
+            send_acks(&client, &released, r?).await?;
+        }
+        client.disconnect().await;
+        out.set_status(ReceiverStatus::Stopped);
+        Ok(())
+    }
+}

@@ -1,0 +1,672 @@
+//! The `mqtt` source and sink against a real mosquitto broker (started here on a loopback port of
+//! its own, with persistence), with `mosquitto_pub` / `mosquitto_sub` as independent clients.
+
+use crate::common::sluice;
+use crate::crash::{
+    assert_exactly_once, committed_count, committed_rows, kills, seed, start, stop,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A mosquitto broker on 127.0.0.1, stopped when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Mosquitto {
+    /// Start a broker whose files live in `dir`; `extra` is appended to its config.
+    pub fn start(dir: &Path, extra: &str) -> Mosquitto {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
+             max_inflight_messages 1000\nmax_queued_messages 0\nlog_dest stderr\n{extra}\n",
+            dir.join("data").display()
+        );
+        let extra_has_auth = extra.contains("password_file");
+        let conf = if extra_has_auth {
+            conf
+        } else {
+            format!("{conf}allow_anonymous true\n")
+        };
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (mosquitto saves its persistence file) and start again on the same port.
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.launch();
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// `mosquitto_pub` publishing each line of `lines` as one message.
+    pub fn publish(&self, topic: &str, qos: u8, lines: &[String], extra: &[&str]) {
+        let mut child = self.pub_command(topic, qos, extra).spawn().expect("mosquitto_pub");
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn pub_command(&self, topic: &str, qos: u8, extra: &[&str]) -> Command {
+        let mut c = Command::new("mosquitto_pub");
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", topic])
+            .args(["-q", &qos.to_string(), "-l"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+}
+
+/// Wait until the gateway started in `dir` has connected `n` times in all (its log says so).
+fn wait_connected(dir: &Path, n: usize) {
+    wait_for("the gateway to connect", Duration::from_secs(30), || {
+        log_of(dir).matches("mqtt connected").count() >= n
+    });
+}
+
+/// A pipeline reading `filters` (TOML array) from the broker into JSON files under `out/`.
+fn pipeline(name: &str, port: u16, source_extra: &str, sql: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{name}"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+dead_letter = "rejected"
+
+[sources.readings]
+type = "mqtt"
+host = "127.0.0.1"
+port = {port}
+retry_max = "500ms"
+{source_extra}
+
+[jobs.copy]
+sql = "{sql}"
+sinks = ["out"]
+
+[sinks.out]
+type = "file"
+path = "out"
+format = "json"
+
+[sinks.rejected]
+type = "file"
+path = "rejected"
+format = "json"
+"#
+    )
+}
+
+fn numbered(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("{{\"n\": {i}}}")).collect()
+}
+
+fn expected_n(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("{{\"n\":{i}}}")).collect()
+}
+
+fn setup(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = tmp.path().join(name);
+    std::fs::create_dir_all(&gw).unwrap();
+    (tmp, gw)
+}
+
+#[test]
+fn mqtt_delivers_qos_0_1_2_with_envelope_and_sends_bad_payloads_to_the_dead_letters() {
+    let (tmp, gw) = setup("gw");
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let source = r#"topics = [{ filter = "q0/#", qos = 0 }, { filter = "q1/#", qos = 1 }, { filter = "q2/+/+", qos = 2 }]
+format = "json"
+schema = "n bigint""#;
+    let toml = pipeline(
+        "mqtt-qos",
+        broker.port,
+        source,
+        "SELECT n, topic, qos, split_part(topic, '/', 3) AS device FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    broker.publish("q0/site/a", 0, &numbered(0, 100), &[]);
+    broker.publish("q1/site/b", 1, &numbered(100, 300), &[]);
+    broker.publish("q2/site/c", 2, &numbered(300, 600), &[]);
+    broker.publish("q1/site/b", 1, &["not json".to_string(), "{\"n\": 600}".to_string()], &[]);
+    wait_for("601 rows", Duration::from_secs(30), || {
+        committed_count(&gw.join("out"), "copy") >= 601
+    });
+    stop(child);
+    let rows = committed_rows(&gw.join("out"), "copy");
+    let ns: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r).unwrap();
+            // QoS and topic come from the envelope; the device is the topic's third segment.
+            let n = v["n"].as_i64().unwrap();
+            let (qos, device) = match n {
+                0..100 => (0, "a"),
+                100..300 | 600 => (1, "b"),
+                _ => (2, "c"),
+            };
+            assert_eq!(v["qos"], qos, "{r}");
+            assert_eq!(v["device"], device, "{r}");
+            format!("{{\"n\":{n}}}")
+        })
+        .collect();
+    assert_exactly_once("qos 0/1/2", &expected_n(0, 601), &ns);
+    let dead_all = committed_rows(&gw.join("rejected"), "dead_letter");
+    assert_eq!(dead_all.len(), 1, "{dead_all:?}");
+    assert!(
+        dead_all[0].contains("not json") && dead_all[0].contains("q1/site/b"),
+        "{}",
+        dead_all[0]
+    );
+}
+
+#[test]
+fn mqtt_v5_user_properties_and_content_type_are_columns() {
+    let (tmp, gw) = setup("gw");
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let toml = pipeline(
+        "mqtt-v5",
+        broker.port,
+        "topics = [\"sensors/#\"]\nprotocol = \"5\"",
+        "SELECT payload, content_type, user_properties['site'] AS site FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    let lines: Vec<String> = (0..50).map(|i| format!("reading {i}")).collect();
+    broker.publish(
+        "sensors/x",
+        1,
+        &lines,
+        &["-V", "mqttv5", "-D", "publish", "user-property", "site", "north", "-D", "publish", "content-type", "text/plain"],
+    );
+    wait_for("50 rows", Duration::from_secs(30), || {
+        committed_count(&gw.join("out"), "copy") >= 50
+    });
+    stop(child);
+    let rows = committed_rows(&gw.join("out"), "copy");
+    assert_eq!(rows.len(), 50);
+    for r in &rows {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["site"], "north", "{r}");
+        assert_eq!(v["content_type"], "text/plain", "{r}");
+        assert!(v["payload"].as_str().unwrap().starts_with("reading "));
+    }
+}
+
+/// Publishes `lines` at about `per_sec` messages per second from a thread.
+fn paced_publisher(
+    broker: &Mosquitto,
+    topic: &str,
+    qos: u8,
+    lines: Vec<String>,
+    per_sec: usize,
+) -> std::thread::JoinHandle<()> {
+    let mut child = broker
+        .pub_command(topic, qos, &[])
+        .spawn()
+        .expect("mosquitto_pub");
+    std::thread::spawn(move || {
+        let mut stdin = child.stdin.take().unwrap();
+        let started = Instant::now();
+        for (i, chunk) in lines.chunks(per_sec / 20).enumerate() {
+            let mut buf = String::new();
+            for l in chunk {
+                buf.push_str(l);
+                buf.push('\n');
+            }
+            stdin.write_all(buf.as_bytes()).unwrap();
+            let due = started + Duration::from_millis(50 * (i as u64 + 1));
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+}
+
+fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
+    let seed = seed();
+    eprintln!("mqtt crash test (qos {qos}): seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (tmp, gw) = setup("gw");
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let toml = pipeline(
+        "mqtt-crash",
+        broker.port,
+        &format!("topics = [\"numbers\"]\nqos = {qos}\nformat = \"json\"\nschema = \"n bigint\""),
+        "SELECT n FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    // The persistent session exists before the first message is published.
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    let publisher = paced_publisher(&broker, "numbers", qos, numbered(0, total), per_sec);
+    let mut child = Some(child);
+    let n = kills(default_kills);
+    for _ in 0..n {
+        std::thread::sleep(Duration::from_millis(rng.random_range(250..1200)));
+        let mut c = child.take().unwrap_or_else(|| start(&gw));
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+        // Down for a while: the broker queues what is published meanwhile.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        child = Some(start(&gw));
+    }
+    publisher.join().unwrap();
+    let out = gw.join("out");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while committed_count(&out, "copy") < total as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop(child.take().unwrap());
+    let rows = committed_rows(&out, "copy");
+    assert_exactly_once(
+        &format!("mqtt qos {qos} after {n} SIGKILLs"),
+        &expected_n(0, total),
+        &rows,
+    );
+    let recognised: u64 = log_of(&gw)
+        .lines()
+        .filter(|l| l.contains("mqtt redeliveries of stored messages"))
+        .filter_map(|l| l.split("count=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("redeliveries recognised and not stored again: {recognised}");
+}
+
+#[test]
+fn mqtt_qos1_survives_20_sigkills_exactly_once() {
+    crash_run(1, 100_000, 20, 5_000);
+}
+
+#[test]
+fn mqtt_qos2_survives_sigkills_exactly_once() {
+    crash_run(2, 10_000, 5, 2_000);
+}
+
+#[test]
+fn mqtt_messages_published_while_down_and_across_a_broker_restart_arrive_once() {
+    let (tmp, gw) = setup("gw");
+    let mut broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let toml = pipeline(
+        "mqtt-restart",
+        broker.port,
+        "topics = [\"numbers\"]\nformat = \"json\"\nschema = \"n bigint\"",
+        "SELECT n FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    broker.publish("numbers", 1, &numbered(0, 2000), &[]);
+    wait_for("2000 rows", Duration::from_secs(30), || {
+        committed_count(&gw.join("out"), "copy") >= 2000
+    });
+    // Gateway down: the broker keeps the session's messages.
+    stop(child);
+    broker.publish("numbers", 1, &numbered(2000, 4000), &[]);
+    let child = start(&gw);
+    wait_connected(&gw, 2);
+    // Broker restart in the middle of a stream.
+    let publisher = paced_publisher(&broker, "numbers", 1, numbered(4000, 6000), 4000);
+    publisher.join().unwrap();
+    broker.restart();
+    wait_connected(&gw, 3);
+    broker.publish("numbers", 1, &numbered(6000, 8000), &[]);
+    wait_for("8000 rows", Duration::from_secs(60), || {
+        committed_count(&gw.join("out"), "copy") >= 8000
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop(child);
+    let rows = committed_rows(&gw.join("out"), "copy");
+    assert_exactly_once("down time and broker restart", &expected_n(0, 8000), &rows);
+    assert!(log_of(&gw).contains("mqtt connection down"), "the drop is logged");
+}
+
+#[test]
+fn mqtt_shared_subscription_splits_messages_between_two_gateways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let mut gws = Vec::new();
+    for name in ["a", "b"] {
+        let gw = tmp.path().join(name);
+        std::fs::create_dir_all(&gw).unwrap();
+        let toml = pipeline(
+            "mqtt-shared",
+            broker.port,
+            &format!(
+                "topics = [\"$share/sluice/numbers/#\"]\nclient_id = \"gateway-{name}\"\nformat = \"json\"\nschema = \"n bigint\""
+            ),
+            "SELECT n FROM readings",
+        );
+        std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+        let child = start(&gw);
+        wait_connected(&gw, 1);
+        gws.push((gw, child));
+    }
+    broker.publish("numbers/1", 1, &numbered(0, 5000), &[]);
+    let total = || {
+        gws.iter()
+            .map(|(gw, _)| committed_count(&gw.join("out"), "copy"))
+            .sum::<u64>()
+    };
+    wait_for("5000 rows in all", Duration::from_secs(30), || total() >= 5000);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut all = Vec::new();
+    for (gw, child) in gws {
+        stop(child);
+        let rows = committed_rows(&gw.join("out"), "copy");
+        eprintln!("gateway {}: {} rows", gw.display(), rows.len());
+        assert!(!rows.is_empty(), "each gateway gets a share");
+        all.extend(rows);
+    }
+    assert_exactly_once("shared subscription", &expected_n(0, 5000), &all);
+}
+
+#[test]
+fn mqtt_wrong_credentials_stop_the_gateway_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bdir = tmp.path().join("broker");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let pw = bdir.join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["sensor", "right"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let broker = Mosquitto::start(
+        &bdir,
+        &format!("allow_anonymous false\npassword_file {}", pw.display()),
+    );
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let toml = pipeline(
+        "mqtt-auth",
+        broker.port,
+        "topics = [\"numbers\"]\nusername = \"sensor\"\npassword = \"wrong\"",
+        "SELECT payload FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let out = sluice()
+        .current_dir(&gw)
+        .args(["run", "pipeline.toml", "--duration", "20s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused the connection") && err.contains("check username, password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong"), "the password is never printed: {err}");
+
+    // The right password works.
+    let toml = pipeline(
+        "mqtt-auth",
+        broker.port,
+        "topics = [\"numbers\"]\nusername = \"sensor\"\npassword = \"right\"",
+        "SELECT payload FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    broker.publish("numbers", 1, &["hello".to_string()], &["-u", "sensor", "-P", "right"]);
+    wait_for("1 row", Duration::from_secs(30), || {
+        committed_count(&gw.join("out"), "copy") >= 1
+    });
+    stop(child);
+}
+
+#[test]
+fn mqtt_sink_publishes_to_templated_topics_with_qos_1() {
+    let (tmp, gw) = setup("gw");
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", "alerts/#", "-q", "1", "-v", "-C", "300"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let toml = format!(
+        r#"
+[app]
+name = "mqtt-sink"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+
+[sources.readings]
+type = "generator"
+kind = "sensors"
+rate = 1000
+count = 300
+seed = 3
+sites = 3
+format = "json"
+schema = "device string, site string, ts int64, temperature double, humidity double"
+
+[jobs.alerts]
+sql = "SELECT site, device, temperature FROM readings"
+sinks = ["mqtt"]
+
+[sinks.mqtt]
+type = "mqtt"
+host = "127.0.0.1"
+port = {}
+topic = "alerts/{{site}}"
+qos = 1
+"#,
+        broker.port
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    let out = sub.wait_with_output_timeout(Duration::from_secs(30));
+    stop(child);
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 300, "{text}");
+    for l in lines {
+        let (topic, payload) = l.split_once(' ').unwrap();
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(topic, format!("alerts/{}", v["site"].as_str().unwrap()));
+        assert!(v["temperature"].is_number());
+    }
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(&mut self, limit: Duration) -> Vec<u8>;
+}
+
+impl WaitTimeout for Child {
+    /// Stdout of a child that should exit by itself; killed after `limit`.
+    fn wait_with_output_timeout(&mut self, limit: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        while self.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.kill();
+        let _ = self.wait();
+        let mut buf = Vec::new();
+        if let Some(mut s) = self.stdout.take() {
+            use std::io::Read;
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    }
+}
+
+#[test]
+fn iot_mqtt_example_writes_parquet_minute_averages_and_publishes_anomalies() {
+    let (tmp, gw) = setup("gw");
+    let broker = Mosquitto::start(&tmp.path().join("broker"), "");
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", "alerts/#", "-q", "1", "-v", "-C", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let config = crate::common::repo().join("configs/iot-mqtt.toml");
+    let devices = crate::common::repo().join("configs/devices.csv");
+    let port = broker.port.to_string();
+    let log = std::fs::File::create(gw.join("gateway.log")).unwrap();
+    let child = sluice()
+        .current_dir(&gw)
+        .env("RUST_LOG", "info")
+        .env("SLUICE__SOURCES__SENSORS__PORT", &port)
+        .env("SLUICE__SINKS__ALERTS__PORT", &port)
+        .env("SLUICE__TABLES__DEVICES__PATH", &devices)
+        .arg("run")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_connected(&gw, 1);
+    // Minute 0: 40 ordinary readings from dev-000 (site-0) and one far off; then a reading at
+    // minute 2 moves the watermark past minute 1, which closes minute 0.
+    let mut lines: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"ts\": \"2026-11-22T13:00:{:02}\", \"temperature\": {:.1}, \"humidity\": 40}}",
+                i,
+                20.0 + (i % 5) as f64 * 0.1
+            )
+        })
+        .collect();
+    lines.push(
+        "{\"ts\": \"2026-11-22T13:00:50\", \"temperature\": 90.0, \"humidity\": 40}".to_string(),
+    );
+    lines.push("not a reading".to_string());
+    broker.publish("sensors/site-0/dev-000", 1, &lines, &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    broker.publish(
+        "sensors/site-0/dev-000",
+        1,
+        &["{\"ts\": \"2026-11-22T13:02:15\", \"temperature\": 20.0, \"humidity\": 40}".to_string()],
+        &[],
+    );
+    let alert = String::from_utf8(sub.wait_with_output_timeout(Duration::from_secs(30))).unwrap();
+    let averages = gw.join("out/iot-mqtt/averages");
+    wait_for("the minute average", Duration::from_secs(20), || {
+        committed_count(&averages, "site_minutes") >= 1
+    });
+    stop(child);
+    let (topic, payload) = alert.trim().split_once(' ').expect("one alert");
+    assert_eq!(topic, "alerts/site-0");
+    let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(v["temperature"], 90.0, "{payload}");
+    assert_eq!(v["device"], "dev-000");
+    assert_eq!(v["owner"], "alice");
+    assert!(v["z_score"].as_f64().unwrap() > 3.0, "{payload}");
+    let avg = committed_rows(&averages, "site_minutes");
+    let first: serde_json::Value = serde_json::from_str(&avg[0]).unwrap();
+    assert_eq!(first["site"], "site-0");
+    assert_eq!(first["readings"], 41, "{}", avg[0]);
+    // Readings as Parquet, partitioned by site: all 42 good ones.
+    let mut rows = 0;
+    for e in sluice_file::committed(&gw.join("out/iot-mqtt/readings")).unwrap() {
+        for f in e.files {
+            let file = std::fs::File::open(gw.join("out/iot-mqtt/readings").join(f)).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+        }
+    }
+    assert_eq!(rows, 42);
+    let dead = committed_rows(&gw.join("out/iot-mqtt/rejected"), "dead_letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+}
