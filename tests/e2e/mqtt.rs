@@ -19,6 +19,17 @@ pub struct Mosquitto {
     child: Option<Child>,
 }
 
+/// As root, mosquitto switches to user `mosquitto`, which cannot read the test's files; `user root`
+/// keeps it as it is.
+pub fn run_as_line() -> &'static str {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        "user root\n"
+    } else {
+        ""
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -34,8 +45,9 @@ impl Mosquitto {
         let port = free_port();
         let conf = format!(
             "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
-             max_inflight_messages 1000\nmax_queued_messages 0\nlog_dest stderr\n{extra}\n",
-            dir.join("data").display()
+             max_inflight_messages 1000\nmax_queued_messages 0\nlog_dest stderr\n{}{extra}\n",
+            dir.join("data").display(),
+            run_as_line()
         );
         let extra_has_auth = extra.contains("password_file");
         let conf = if extra_has_auth {
@@ -92,7 +104,10 @@ impl Mosquitto {
 
     /// `mosquitto_pub` publishing each line of `lines` as one message.
     pub fn publish(&self, topic: &str, qos: u8, lines: &[String], extra: &[&str]) {
-        let mut child = self.pub_command(topic, qos, extra).spawn().expect("mosquitto_pub");
+        let mut child = self
+            .pub_command(topic, qos, extra)
+            .spawn()
+            .expect("mosquitto_pub");
         let mut stdin = child.stdin.take().unwrap();
         for l in lines {
             writeln!(stdin, "{l}").unwrap();
@@ -211,7 +226,12 @@ schema = "n bigint""#;
     broker.publish("q0/site/a", 0, &numbered(0, 100), &[]);
     broker.publish("q1/site/b", 1, &numbered(100, 300), &[]);
     broker.publish("q2/site/c", 2, &numbered(300, 600), &[]);
-    broker.publish("q1/site/b", 1, &["not json".to_string(), "{\"n\": 600}".to_string()], &[]);
+    broker.publish(
+        "q1/site/b",
+        1,
+        &["not json".to_string(), "{\"n\": 600}".to_string()],
+        &[],
+    );
     wait_for("601 rows", Duration::from_secs(30), || {
         committed_count(&gw.join("out"), "copy") >= 601
     });
@@ -261,7 +281,19 @@ fn mqtt_v5_user_properties_and_content_type_are_columns() {
         "sensors/x",
         1,
         &lines,
-        &["-V", "mqttv5", "-D", "publish", "user-property", "site", "north", "-D", "publish", "content-type", "text/plain"],
+        &[
+            "-V",
+            "mqttv5",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "north",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+        ],
     );
     wait_for("50 rows", Duration::from_secs(30), || {
         committed_count(&gw.join("out"), "copy") >= 50
@@ -359,7 +391,14 @@ fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
     let recognised: u64 = log_of(&gw)
         .lines()
         .filter(|l| l.contains("mqtt redeliveries of stored messages"))
-        .filter_map(|l| l.split("count=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("count=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     eprintln!("redeliveries recognised and not stored again: {recognised}");
 }
@@ -409,7 +448,10 @@ fn mqtt_messages_published_while_down_and_across_a_broker_restart_arrive_once() 
     stop(child);
     let rows = committed_rows(&gw.join("out"), "copy");
     assert_exactly_once("down time and broker restart", &expected_n(0, 8000), &rows);
-    assert!(log_of(&gw).contains("mqtt connection down"), "the drop is logged");
+    assert!(
+        log_of(&gw).contains("mqtt connection down"),
+        "the drop is logged"
+    );
 }
 
 #[test]
@@ -439,7 +481,9 @@ fn mqtt_shared_subscription_splits_messages_between_two_gateways() {
             .map(|(gw, _)| committed_count(&gw.join("out"), "copy"))
             .sum::<u64>()
     };
-    wait_for("5000 rows in all", Duration::from_secs(30), || total() >= 5000);
+    wait_for("5000 rows in all", Duration::from_secs(30), || {
+        total() >= 5000
+    });
     std::thread::sleep(Duration::from_millis(500));
     let mut all = Vec::new();
     for (gw, child) in gws {
@@ -489,7 +533,10 @@ fn mqtt_wrong_credentials_stop_the_gateway_with_a_clear_error() {
         err.contains("refused the connection") && err.contains("check username, password"),
         "{err}"
     );
-    assert!(!err.contains("wrong"), "the password is never printed: {err}");
+    assert!(
+        !err.contains("wrong"),
+        "the password is never printed: {err}"
+    );
 
     // The right password works.
     let toml = pipeline(
@@ -501,7 +548,12 @@ fn mqtt_wrong_credentials_stop_the_gateway_with_a_clear_error() {
     std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
     let child = start(&gw);
     wait_connected(&gw, 1);
-    broker.publish("numbers", 1, &["hello".to_string()], &["-u", "sensor", "-P", "right"]);
+    broker.publish(
+        "numbers",
+        1,
+        &["hello".to_string()],
+        &["-u", "sensor", "-P", "right"],
+    );
     wait_for("1 row", Duration::from_secs(30), || {
         committed_count(&gw.join("out"), "copy") >= 1
     });
@@ -633,7 +685,10 @@ fn iot_mqtt_example_writes_parquet_minute_averages_and_publishes_anomalies() {
     broker.publish(
         "sensors/site-0/dev-000",
         1,
-        &["{\"ts\": \"2026-11-22T13:02:15\", \"temperature\": 20.0, \"humidity\": 40}".to_string()],
+        &[
+            "{\"ts\": \"2026-11-22T13:02:15\", \"temperature\": 20.0, \"humidity\": 40}"
+                .to_string(),
+        ],
         &[],
     );
     let alert = String::from_utf8(sub.wait_with_output_timeout(Duration::from_secs(30))).unwrap();
@@ -669,4 +724,133 @@ fn iot_mqtt_example_writes_parquet_minute_averages_and_publishes_anomalies() {
     assert_eq!(rows, 42);
     let dead = committed_rows(&gw.join("out/iot-mqtt/rejected"), "dead_letter");
     assert_eq!(dead.len(), 1, "{dead:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl`.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice test CA",
+    ]);
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+            "-subj",
+            &format!("/CN={who}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{who}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{who}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn mqtt_over_tls_with_a_client_certificate() {
+    let (tmp, gw) = setup("gw");
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let c = |f: &str| certs.join(f).display().to_string();
+    let broker = Mosquitto::start(
+        &tmp.path().join("broker"),
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true",
+            c("ca.pem"),
+            c("server.pem"),
+            c("server.key")
+        ),
+    );
+    let toml = pipeline(
+        "mqtt-tls",
+        broker.port,
+        &format!(
+            "topics = [\"secure/#\"]\ntls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}",
+            c("ca.pem"),
+            c("client.pem"),
+            c("client.key")
+        ),
+        "SELECT payload, topic FROM readings",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    wait_connected(&gw, 1);
+    assert!(log_of(&gw).contains("mqtts://127.0.0.1"), "{}", log_of(&gw));
+    let lines: Vec<String> = (0..20).map(|i| format!("secret {i}")).collect();
+    let tls_args = [
+        "--cafile",
+        &c("ca.pem"),
+        "--cert",
+        &c("client.pem"),
+        "--key",
+        &c("client.key"),
+    ];
+    broker.publish("secure/a", 1, &lines, &tls_args);
+    wait_for("20 rows", Duration::from_secs(30), || {
+        committed_count(&gw.join("out"), "copy") >= 20
+    });
+    stop(child);
+    let rows = committed_rows(&gw.join("out"), "copy");
+    let mut got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    got.sort();
+    let mut want = lines.clone();
+    want.sort();
+    assert_eq!(got, want);
 }

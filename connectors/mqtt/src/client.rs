@@ -87,12 +87,8 @@ impl Client {
                 c.ack(&p).await.map_err(client_error)
             }
             Client::V5(c) => {
-                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
-                    "",
-                    qos5_of(qos),
-                    Vec::new(),
-                    None,
-                );
+                let mut p =
+                    rumqttc::v5::mqttbytes::v5::Publish::new("", qos5_of(qos), Vec::new(), None);
                 p.pkid = pkid;
                 c.ack(&p).await.map_err(client_error)
             }
@@ -109,7 +105,13 @@ impl Client {
         }
     }
 
-    pub async fn publish(&self, topic: String, qos: u8, retain: bool, payload: Vec<u8>) -> Result<()> {
+    pub async fn publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<()> {
         match self {
             Client::V311(c) => c
                 .publish(topic, qos_of(qos), retain, payload)
@@ -165,9 +167,8 @@ pub fn start(
                                     Vec::new(),
                                 );
                                 p.pkid = *pkid;
-                                let _ = el
-                                    .state
-                                    .handle_incoming_packet(rumqttc::Packet::Publish(p));
+                                let _ =
+                                    el.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
                                 el.state.events.pop_back();
                             }
                             Event::Connected {
@@ -192,7 +193,7 @@ pub fn start(
                         Ok(rumqttc::Event::Outgoing(Outgoing::PubComp(pkid))) => {
                             // The QoS 2 exchange of an incoming message is over.
                             released.lock().unwrap().remove(&pkid);
-                            continue
+                            continue;
                         }
                         Ok(_) => continue,
                         Err(e) => {
@@ -277,7 +278,7 @@ pub fn start(
                         Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => {
                             // The QoS 2 exchange of an incoming message is over.
                             released.lock().unwrap().remove(&pkid);
-                            continue
+                            continue;
                         }
                         Ok(_) => continue,
                         Err(e) => {

@@ -9,9 +9,7 @@ use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_core::{
-    BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory,
-};
+use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
 use tokio::sync::mpsc;
 
 /// `[sinks.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
@@ -238,10 +236,7 @@ impl Sink for MqttSink {
         let mut next = 0;
         let mut acked = 0;
         while next < all.len() || acked < expected {
-            let (topic, payload) = all
-                .get(next)
-                .cloned()
-                .unwrap_or_default();
+            let (topic, payload) = all.get(next).cloned().unwrap_or_default();
             tokio::select! {
                 r = client.publish(topic, self.cfg.qos, self.cfg.retain, payload), if next < all.len() => {
                     r?;

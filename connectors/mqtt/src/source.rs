@@ -22,8 +22,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee, Receiver,
-    ReceiverStatus, Result, SourceFactory, SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee,
+    Receiver, ReceiverStatus, Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::collections::VecDeque;
@@ -190,7 +190,9 @@ impl SourceFactory for MqttSourceFactory {
                         "no schema for format \"text\" or \"raw\" (one `payload` column)",
                         "a schema",
                     )
-                    .with_hint("set format = \"json\" or \"csv\" to decode payloads with a schema"));
+                    .with_hint(
+                        "set format = \"json\" or \"csv\" to decode payloads with a schema",
+                    ));
                 }
                 None
             }
@@ -203,7 +205,10 @@ impl SourceFactory for MqttSourceFactory {
             None => vec![Field::new("payload", DataType::Utf8, false)],
         };
         if cfg.envelope {
-            if let Some(f) = fields.iter().find(|f| ENVELOPE.contains(&f.name().as_str())) {
+            if let Some(f) = fields
+                .iter()
+                .find(|f| ENVELOPE.contains(&f.name().as_str()))
+            {
                 return Err(ConfigError::new(
                     format!("{path}.schema"),
                     format!(
@@ -224,11 +229,7 @@ impl SourceFactory for MqttSourceFactory {
             ));
             if conn.protocol == Protocol::V5 {
                 fields.push(Field::new("content_type", DataType::Utf8, true));
-                fields.push(Field::new(
-                    "user_properties",
-                    user_properties_type(),
-                    false,
-                ));
+                fields.push(Field::new("user_properties", user_properties_type(), false));
             }
         }
         let transport = conn.transport(path)?;
@@ -291,7 +292,12 @@ impl Recent {
     fn entry(m: &Message) -> u64 {
         // FNV-1a over topic, a separator and payload; 48 bits of it beside the 16-bit packet id.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in m.topic.bytes().chain([0xff]).chain(m.payload.iter().copied()) {
+        for b in m
+            .topic
+            .bytes()
+            .chain([0xff])
+            .chain(m.payload.iter().copied())
+        {
             h ^= b as u64;
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -326,12 +332,21 @@ struct Pending {
 
 impl MqttReceiver {
     /// Decode one block; returns the batch and the acknowledgements it carries.
-    fn block(&self, pending: &mut Pending, out: &Arc<dyn BlockWriter>) -> (RecordBatch, Vec<(u8, u16)>) {
+    fn block(
+        &self,
+        pending: &mut Pending,
+        out: &Arc<dyn BlockWriter>,
+    ) -> (RecordBatch, Vec<(u8, u16)>) {
         let messages = std::mem::take(&mut pending.messages);
         let received = std::mem::take(&mut pending.received_at);
         let mut acks: Vec<(u8, u16)> = std::mem::take(&mut pending.extra_acks);
         pending.started = None;
-        acks.extend(messages.iter().filter(|m| m.qos > 0).map(|m| (m.qos, m.pkid)));
+        acks.extend(
+            messages
+                .iter()
+                .filter(|m| m.qos > 0)
+                .map(|m| (m.qos, m.pkid)),
+        );
         // Which messages become rows; the others are dead letters (still acknowledged).
         let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
         let mut columns: Vec<ArrayRef> = Vec::new();
@@ -386,9 +401,7 @@ impl MqttReceiver {
                                 parts.push(b);
                                 still.push(i);
                             }
-                            Some(dl) => out
-                                .dead_letters()
-                                .push(self.dead(&messages[i], dl.reason)),
+                            Some(dl) => out.dead_letters().push(self.dead(&messages[i], dl.reason)),
                         }
                     }
                     kept = still;
@@ -429,7 +442,8 @@ impl MqttReceiver {
                 columns.push(Arc::new(props.finish()));
             }
         }
-        let batch = RecordBatch::try_new(self.schema.clone(), columns).expect("columns match the schema");
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).expect("columns match the schema");
         (batch, acks)
     }
 

@@ -31,8 +31,10 @@ impl Broker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
-                data.display()
+                 persistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n{}",
+                data.display(),
+                // As root, mosquitto would switch to user `mosquitto` and lose access to `data`.
+                if is_root() { "user root\n" } else { "" }
             ),
         )?;
         let child = Command::new("mosquitto")
@@ -80,6 +82,14 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// N seeded JSON readings of 100 bytes each, one per line.
@@ -165,7 +175,10 @@ fn sluice_drain(
         if done >= n {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {done} of {n} messages in 600 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {n} messages in 600 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let seconds = started.elapsed().as_secs_f64();

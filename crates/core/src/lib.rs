@@ -18,6 +18,7 @@ pub use error::{ConfigError, Error, Result};
 pub use registry::{BuildContext, Registry, SinkFactory, SourceFactory};
 pub use sink::{Sink, SinkBatch};
 pub use source::{
-    BlockWriter, BuiltSource, Durable, Guarantee, Receiver, ReceiverStatus, ReplayableSource, SourceRuntime,
+    BlockWriter, BuiltSource, Durable, Guarantee, Receiver, ReceiverStatus, ReplayableSource,
+    SourceRuntime,
 };
 pub use time::BatchTime;

@@ -457,10 +457,7 @@ impl Pipeline {
         for s in sources.iter() {
             if let Input::Receiver(b) = &s.input {
                 if let Some(e) = b.failure() {
-                    return Err(Error::msg(format!(
-                        "receiver `{}` failed: {e}",
-                        s.name
-                    )));
+                    return Err(Error::msg(format!("receiver `{}` failed: {e}", s.name)));
                 }
             }
         }
