@@ -151,7 +151,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(capacity.max(16));
     let client = match options {
         Options::V311(o) => {
-            let (client, mut el) = rumqttc::AsyncClient::new(o, capacity.max(16));
+            let (client, mut el) = rumqttc::AsyncClient::new(*o, capacity.max(16));
             el.network_options
                 .set_connection_timeout(retry.connect_timeout.as_secs().max(1));
             tokio::spawn(async move {
@@ -232,7 +232,7 @@ pub fn start(
         Options::V5(o) => {
             use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
             use rumqttc::v5::{ConnectionError, Event as Ev, StateError};
-            let mut o = o;
+            let mut o = *o;
             o.set_connection_timeout(retry.connect_timeout.as_secs().max(1));
             let (client, mut el) = rumqttc::v5::AsyncClient::new(o, capacity.max(16));
             tokio::spawn(async move {

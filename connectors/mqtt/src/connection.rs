@@ -205,8 +205,8 @@ impl Connection {
 
 /// rumqttc options for either protocol, with manual acknowledgements.
 pub enum Options {
-    V311(rumqttc::MqttOptions),
-    V5(rumqttc::v5::MqttOptions),
+    V311(Box<rumqttc::MqttOptions>),
+    V5(Box<rumqttc::v5::MqttOptions>),
 }
 
 impl Options {
@@ -233,7 +233,7 @@ impl Options {
                 if let Some(t) = transport {
                     o.set_transport(t);
                 }
-                Options::V311(o)
+                Options::V311(Box::new(o))
             }
             Protocol::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(client_id, c.host.clone(), c.port);
@@ -255,7 +255,7 @@ impl Options {
                 if let Some(t) = transport {
                     o.set_transport(t);
                 }
-                Options::V5(o)
+                Options::V5(Box::new(o))
             }
         }
     }
