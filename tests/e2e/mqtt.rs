@@ -383,6 +383,13 @@ fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
     std::thread::sleep(Duration::from_millis(500));
     stop(child.take().unwrap());
     let rows = committed_rows(&out, "copy");
+    if let Ok(keep) = std::env::var("SLUICE_TEST_KEEP") {
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(tmp.path())
+            .arg(format!("{keep}-qos{qos}"))
+            .status();
+    }
     assert_exactly_once(
         &format!("mqtt qos {qos} after {n} SIGKILLs"),
         &expected_n(0, total),

@@ -40,6 +40,8 @@ pub enum Event {
     Message(Message),
     /// One of our QoS 1/2 publishes was acknowledged (PUBACK / PUBCOMP).
     Published,
+    /// Our PUBACK / PUBREC for a received message was written out.
+    Acked(u16),
     /// The connection failed; the driver reconnects after a backoff. `refused` is set when the
     /// broker refused the credentials or the client id (retrying will not help).
     Down {
@@ -149,170 +151,209 @@ pub fn start(
     retry: Retry,
 ) -> (Client, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(capacity.max(16));
-    let client = match options {
+    let capacity = capacity.max(16);
+    match options {
         Options::V311(o) => {
-            let (client, mut el) = rumqttc::AsyncClient::new(*o, capacity.max(16));
+            let (client, mut el) = rumqttc::AsyncClient::new(*o, capacity);
             el.network_options
                 .set_connection_timeout(retry.connect_timeout.as_secs().max(1));
-            tokio::spawn(async move {
-                let mut backoff = Backoff::new(retry);
-                loop {
-                    let ev = match el.poll().await {
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))) => {
-                            backoff.reset();
-                            for pkid in released.lock().unwrap().iter() {
-                                let mut p = rumqttc::Publish::new(
-                                    "",
-                                    rumqttc::QoS::ExactlyOnce,
-                                    Vec::new(),
-                                );
-                                p.pkid = *pkid;
-                                let _ =
-                                    el.state.handle_incoming_packet(rumqttc::Packet::Publish(p));
-                                el.state.events.pop_back();
-                            }
-                            Event::Connected {
-                                session_present: c.session_present,
-                            }
-                        }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                            Event::Message(Message {
-                                topic: p.topic,
-                                payload: p.payload.to_vec(),
-                                qos: p.qos as u8,
-                                retain: p.retain,
-                                dup: p.dup,
-                                pkid: p.pkid,
-                                content_type: None,
-                                user_properties: Vec::new(),
-                            })
-                        }
-                        Ok(rumqttc::Event::Incoming(
-                            rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_),
-                        )) => Event::Published,
-                        Ok(rumqttc::Event::Outgoing(Outgoing::PubComp(pkid))) => {
-                            // The QoS 2 exchange of an incoming message is over.
-                            released.lock().unwrap().remove(&pkid);
-                            continue;
-                        }
-                        Ok(_) => continue,
-                        Err(e) => {
-                            if let rumqttc::ConnectionError::MqttState(
-                                rumqttc::StateError::Unsolicited(pkid),
-                            ) = &e
-                            {
-                                released.lock().unwrap().insert(*pkid);
-                            }
-                            let refused = matches!(
-                                &e,
-                                rumqttc::ConnectionError::ConnectionRefused(
-                                    rumqttc::ConnectReturnCode::BadUserNamePassword
-                                        | rumqttc::ConnectReturnCode::NotAuthorized
-                                        | rumqttc::ConnectReturnCode::BadClientId
-                                )
-                            );
-                            let down = Event::Down {
-                                error: e.to_string(),
-                                refused,
-                            };
-                            if tx.send(down).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(backoff.next()).await;
-                            continue;
-                        }
-                    };
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Client::V311(client)
+            tokio::spawn(drive(el, tx, released, retry));
+            (Client::V311(client), rx)
         }
-        Options::V5(o) => {
-            use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
-            use rumqttc::v5::{ConnectionError, Event as Ev, StateError};
-            let mut o = *o;
+        Options::V5(mut o) => {
             o.set_connection_timeout(retry.connect_timeout.as_secs().max(1));
-            let (client, mut el) = rumqttc::v5::AsyncClient::new(o, capacity.max(16));
-            tokio::spawn(async move {
-                let mut backoff = Backoff::new(retry);
-                loop {
-                    let ev = match el.poll().await {
-                        Ok(Ev::Incoming(Packet::ConnAck(c))) => {
-                            backoff.reset();
-                            for pkid in released.lock().unwrap().iter() {
-                                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
-                                    "",
-                                    rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-                                    Vec::new(),
-                                    None,
-                                );
-                                p.pkid = *pkid;
-                                let _ = el.state.handle_incoming_packet(Packet::Publish(p));
-                                el.state.events.pop_back();
-                            }
-                            Event::Connected {
-                                session_present: c.session_present,
-                            }
-                        }
-                        Ok(Ev::Incoming(Packet::Publish(p))) => {
-                            let (content_type, user_properties) = match p.properties {
-                                Some(pr) => (pr.content_type, pr.user_properties),
-                                None => (None, Vec::new()),
-                            };
-                            Event::Message(Message {
-                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                                payload: p.payload.to_vec(),
-                                qos: p.qos as u8,
-                                retain: p.retain,
-                                dup: p.dup,
-                                pkid: p.pkid,
-                                content_type,
-                                user_properties,
-                            })
-                        }
-                        Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
-                            Event::Published
-                        }
-                        Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => {
-                            // The QoS 2 exchange of an incoming message is over.
-                            released.lock().unwrap().remove(&pkid);
-                            continue;
-                        }
-                        Ok(_) => continue,
-                        Err(e) => {
-                            if let ConnectionError::MqttState(StateError::Unsolicited(pkid)) = &e {
-                                released.lock().unwrap().insert(*pkid);
-                            }
-                            let refused = matches!(
-                                &e,
-                                ConnectionError::ConnectionRefused(
-                                    ConnectReturnCode::BadUserNamePassword
-                                        | ConnectReturnCode::NotAuthorized
-                                        | ConnectReturnCode::ClientIdentifierNotValid
-                                )
-                            );
-                            let down = Event::Down {
-                                error: e.to_string(),
-                                refused,
-                            };
-                            if tx.send(down).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(backoff.next()).await;
-                            continue;
-                        }
-                    };
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Client::V5(client)
+            let (client, el) = rumqttc::v5::AsyncClient::new(*o, capacity);
+            tokio::spawn(drive(el, tx, released, retry));
+            (Client::V5(client), rx)
         }
-    };
-    (client, rx)
+    }
+}
+
+/// What one poll of an event loop meant to the driver.
+enum Polled {
+    ConnAck {
+        session_present: bool,
+    },
+    Message(Message),
+    /// PUBACK / PUBCOMP for one of our publishes.
+    Published,
+    /// We sent PUBCOMP: the QoS 2 exchange of an incoming message is over.
+    PubCompSent(u16),
+    /// We sent PUBACK / PUBREC for a received message.
+    AckSent(u16),
+    Other,
+}
+
+/// Why a poll failed.
+struct Failure {
+    error: String,
+    /// A PUBREL (or ack) for a packet id the client did not know.
+    unsolicited: Option<u16>,
+    /// Credentials or client id refused.
+    refused: bool,
+}
+
+/// The two rumqttc event loops, as the driver needs them.
+trait EventLoop: Send + 'static {
+    fn poll(&mut self) -> impl std::future::Future<Output = Result<Polled, Failure>> + Send;
+    /// Tell the client we sent PUBREC for `pkid` (so it answers the broker's PUBREL).
+    fn released(&mut self, pkid: u16);
+}
+
+impl EventLoop for rumqttc::EventLoop {
+    async fn poll(&mut self) -> Result<Polled, Failure> {
+        use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event as Ev, Packet};
+        match rumqttc::EventLoop::poll(self).await {
+            Ok(Ev::Incoming(Packet::ConnAck(c))) => Ok(Polled::ConnAck {
+                session_present: c.session_present,
+            }),
+            Ok(Ev::Incoming(Packet::Publish(p))) => Ok(Polled::Message(Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                retain: p.retain,
+                dup: p.dup,
+                pkid: p.pkid,
+                content_type: None,
+                user_properties: Vec::new(),
+            })),
+            Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ok(Polled::Published),
+            Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => Ok(Polled::PubCompSent(pkid)),
+            Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
+                Ok(Polled::AckSent(pkid))
+            }
+            Ok(_) => Ok(Polled::Other),
+            Err(e) => Err(Failure {
+                unsolicited: match &e {
+                    ConnectionError::MqttState(rumqttc::StateError::Unsolicited(p)) => Some(*p),
+                    _ => None,
+                },
+                refused: matches!(
+                    &e,
+                    ConnectionError::ConnectionRefused(
+                        Code::BadUserNamePassword | Code::NotAuthorized | Code::BadClientId
+                    )
+                ),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn released(&mut self, pkid: u16) {
+        let mut p = rumqttc::Publish::new("", rumqttc::QoS::ExactlyOnce, Vec::new());
+        p.pkid = pkid;
+        let _ = self
+            .state
+            .handle_incoming_packet(rumqttc::Packet::Publish(p));
+        self.state.events.pop_back();
+    }
+}
+
+impl EventLoop for rumqttc::v5::EventLoop {
+    async fn poll(&mut self) -> Result<Polled, Failure> {
+        use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet};
+        use rumqttc::v5::{ConnectionError, Event as Ev, StateError};
+        match rumqttc::v5::EventLoop::poll(self).await {
+            Ok(Ev::Incoming(Packet::ConnAck(c))) => Ok(Polled::ConnAck {
+                session_present: c.session_present,
+            }),
+            Ok(Ev::Incoming(Packet::Publish(p))) => {
+                let (content_type, user_properties) = match p.properties {
+                    Some(pr) => (pr.content_type, pr.user_properties),
+                    None => (None, Vec::new()),
+                };
+                Ok(Polled::Message(Message {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    qos: p.qos as u8,
+                    retain: p.retain,
+                    dup: p.dup,
+                    pkid: p.pkid,
+                    content_type,
+                    user_properties,
+                }))
+            }
+            Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ok(Polled::Published),
+            Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => Ok(Polled::PubCompSent(pkid)),
+            Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
+                Ok(Polled::AckSent(pkid))
+            }
+            Ok(_) => Ok(Polled::Other),
+            Err(e) => Err(Failure {
+                unsolicited: match &e {
+                    ConnectionError::MqttState(StateError::Unsolicited(p)) => Some(*p),
+                    _ => None,
+                },
+                refused: matches!(
+                    &e,
+                    ConnectionError::ConnectionRefused(
+                        Code::BadUserNamePassword
+                            | Code::NotAuthorized
+                            | Code::ClientIdentifierNotValid
+                    )
+                ),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn released(&mut self, pkid: u16) {
+        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+            "",
+            rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+            Vec::new(),
+            None,
+        );
+        p.pkid = pkid;
+        let _ = self
+            .state
+            .handle_incoming_packet(rumqttc::v5::mqttbytes::v5::Packet::Publish(p));
+        self.state.events.pop_back();
+    }
+}
+
+/// Poll `el` for ever (reconnecting with backoff), forwarding events until the receiver is dropped.
+async fn drive(mut el: impl EventLoop, tx: mpsc::Sender<Event>, released: Released, retry: Retry) {
+    let mut backoff = Backoff::new(retry);
+    loop {
+        let ev = match el.poll().await {
+            Ok(Polled::ConnAck { session_present }) => {
+                backoff.reset();
+                let pending: Vec<u16> = released.lock().unwrap().iter().copied().collect();
+                for pkid in pending {
+                    el.released(pkid);
+                }
+                Event::Connected { session_present }
+            }
+            Ok(Polled::Message(m)) => Event::Message(m),
+            Ok(Polled::Published) => Event::Published,
+            Ok(Polled::AckSent(pkid)) => Event::Acked(pkid),
+            Ok(Polled::PubCompSent(pkid)) => {
+                released.lock().unwrap().remove(&pkid);
+                continue;
+            }
+            Ok(Polled::Other) => continue,
+            Err(f) => {
+                if let Some(pkid) = f.unsolicited {
+                    // Most likely a PUBREL whose PUBREC state was lost: known from the next
+                    // connection on.
+                    released.lock().unwrap().insert(pkid);
+                }
+                let down = Event::Down {
+                    error: f.error,
+                    refused: f.refused,
+                };
+                if tx.send(down).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            }
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Exponential reconnect delays, reset by a successful connect.

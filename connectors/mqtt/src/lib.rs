@@ -4,6 +4,7 @@
 
 mod client;
 mod connection;
+mod redelivery;
 mod sink;
 mod source;
 

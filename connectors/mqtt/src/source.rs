@@ -3,13 +3,13 @@
 //! processing loses nothing: the broker redelivers what was not acknowledged.
 //!
 //! Exactly once within a persistent session: a redelivery (DUP set) of a message that is already
-//! durable but whose acknowledgement was lost is recognised by its packet id and a hash of its
-//! topic and payload, acknowledged, and not stored again. The recent packet ids (as many as can be
-//! unacknowledged at once, `inflight`) and the QoS 2 exchanges waiting for PUBREL are stored with
-//! each WAL block, so this holds across a restart too.
+//! durable but whose acknowledgement was lost is recognised (see [`crate::redelivery`]),
+//! acknowledged, and not stored again. What is needed for that, and the QoS 2 exchanges waiting for
+//! PUBREL, are stored with each WAL block, so this holds across a restart too.
 
 use crate::client::{self, Client, Event, Message, Released, Retry};
 use crate::connection::{self, Connection, Options, Protocol};
+use crate::redelivery::Remembered;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, MapBuilder, StringBuilder,
     TimestampMillisecondBuilder, UInt8Builder,
@@ -26,9 +26,9 @@ use sluice_core::{
     Receiver, ReceiverStatus, Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// `[sources.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
 #[derive(Debug, Clone, Deserialize)]
@@ -65,7 +65,8 @@ pub struct MqttSourceConfig {
     pub block_interval: Duration,
     /// How many QoS 1/2 messages may wait for their acknowledgement (MQTT 5's receive maximum;
     /// with 3.1.1 set the broker's own limit, mosquitto's `max_inflight_messages`, to at most
-    /// this). Also how many recent packet ids are remembered to recognise redeliveries.
+    /// this). Also how many acknowledged messages are remembered after their acknowledgement
+    /// was sent, in case it is lost.
     /// Default 1000.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
@@ -282,44 +283,6 @@ pub struct MqttReceiver {
     name: String,
 }
 
-/// The packet ids (with a hash of topic and payload) of the most recent messages stored.
-struct Recent {
-    entries: VecDeque<u64>,
-    cap: usize,
-}
-
-impl Recent {
-    fn entry(m: &Message) -> u64 {
-        // FNV-1a over topic, a separator and payload; 48 bits of it beside the 16-bit packet id.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in m
-            .topic
-            .bytes()
-            .chain([0xff])
-            .chain(m.payload.iter().copied())
-        {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        ((m.pkid as u64) << 48) | (h & 0xffff_ffff_ffff)
-    }
-
-    fn contains(&self, m: &Message) -> bool {
-        let e = Self::entry(m);
-        self.entries.iter().rev().any(|&x| x == e)
-    }
-
-    fn push(&mut self, m: &Message) {
-        if m.qos == 0 {
-            return;
-        }
-        if self.entries.len() == self.cap {
-            self.entries.pop_front();
-        }
-        self.entries.push_back(Self::entry(m));
-    }
-}
-
 /// Messages collected for the next block, and acknowledgements that wait for it.
 #[derive(Default)]
 struct Pending {
@@ -464,31 +427,25 @@ impl MqttReceiver {
 }
 
 /// What is stored with every block: enough to recognise redeliveries after a restart.
-fn position(recent: &Recent, released: &Released) -> serde_json::Value {
+fn position(remembered: &Remembered, released: &Released) -> serde_json::Value {
     serde_json::json!({
-        "recent": recent.entries.iter().collect::<Vec<_>>(),
+        "stored": remembered.entries(),
         "released": released.lock().unwrap().iter().collect::<Vec<_>>(),
     })
 }
 
-fn restore(position: Option<serde_json::Value>, cap: usize) -> (Recent, Released) {
-    let mut recent = Recent {
-        entries: VecDeque::with_capacity(cap),
-        cap,
-    };
+fn restore(position: Option<serde_json::Value>, margin: usize) -> (Remembered, Released) {
+    let position = position.unwrap_or_default();
+    let stored = position["stored"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect::<Vec<_>>())
+        .unwrap_or_default();
     let released = Released::default();
-    if let Some(p) = position {
-        if let Some(a) = p["recent"].as_array() {
-            recent
-                .entries
-                .extend(a.iter().filter_map(|v| v.as_u64()).take(cap));
-        }
-        if let Some(a) = p["released"].as_array() {
-            let mut r = released.lock().unwrap();
-            r.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u16));
-        }
+    if let Some(a) = position["released"].as_array() {
+        let mut r = released.lock().unwrap();
+        r.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u16));
     }
-    (recent, released)
+    (Remembered::restore(stored, margin), released)
 }
 
 /// The acknowledgements of a block, once it is durable.
@@ -499,23 +456,65 @@ fn acks_when(stored: Durable<'_>, acks: Vec<(u8, u16)>) -> BoxFuture<'_, Result<
     })
 }
 
-async fn send_acks(client: &Client, released: &Released, acks: Vec<(u8, u16)>) -> Result<()> {
-    for (qos, pkid) in acks {
-        if qos == 2 {
-            released.lock().unwrap().insert(pkid);
+/// What the receiver asks of the client. Sent through a task of its own: the client's request
+/// queue empties only while its event loop runs, and that waits for the receiver to take its events,
+/// so the receiver must never wait on the queue itself.
+enum Request {
+    Subscribe(Vec<(String, u8)>),
+    Ack(Vec<(u8, u16)>),
+}
+
+fn spawn_outbox(client: Client) -> (mpsc::UnboundedSender<Request>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            let sent = match r {
+                Request::Subscribe(filters) => {
+                    let mut r = Ok(());
+                    for (f, q) in filters {
+                        r = r.and(client.subscribe(&f, q).await);
+                    }
+                    r
+                }
+                Request::Ack(acks) => {
+                    let mut r = Ok(());
+                    for (qos, pkid) in acks {
+                        r = r.and(client.ack(qos, pkid).await);
+                    }
+                    r
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
         }
-        client.ack(qos, pkid).await?;
+    });
+    (tx, task)
+}
+
+/// Queue a durable block's acknowledgements (QoS 2 ones wait for PUBREL from then on).
+fn send_acks(
+    outbox: &mpsc::UnboundedSender<Request>,
+    released: &Released,
+    acks: Vec<(u8, u16)>,
+) -> Result<()> {
+    {
+        let mut r = released.lock().unwrap();
+        r.extend(acks.iter().filter(|(q, _)| *q == 2).map(|(_, p)| *p));
     }
-    Ok(())
+    outbox
+        .send(Request::Ack(acks))
+        .map_err(|_| Error::msg("the MQTT client stopped"))
 }
 
 #[async_trait]
 impl Receiver for MqttReceiver {
     async fn run(mut self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
         let cap = self.cfg.inflight.max(1) as usize;
-        let (mut recent, released) = restore(out.resume_position(), cap);
+        let (mut remembered, released) = restore(out.resume_position(), cap);
         let options = self.options.take().expect("run once");
         let (client, mut events) = client::start(options, cap * 2, released.clone(), self.retry);
+        let (outbox, sending) = spawn_outbox(client.clone());
         let mut pending = Pending::default();
         let mut durable = FuturesOrdered::new();
         let mut connected_once = false;
@@ -530,7 +529,7 @@ impl Receiver for MqttReceiver {
                 biased;
                 Some(r) = durable.next(), if !durable.is_empty() => {
                     let acks: Vec<(u8, u16)> = r?;
-                    send_acks(&client, &released, acks).await?;
+                    send_acks(&outbox, &released, acks)?;
                 }
                 ev = events.recv() => match ev {
                     None => return Err(Error::msg("the MQTT connection task ended")),
@@ -541,18 +540,18 @@ impl Receiver for MqttReceiver {
                         );
                         out.set_status(ReceiverStatus::Connected(self.endpoint.clone()));
                         if !session_present || self.clean_session || !connected_once {
-                            for (f, q) in &self.filters {
-                                client.subscribe(f, *q).await?;
-                            }
+                            outbox
+                                .send(Request::Subscribe(self.filters.clone()))
+                                .map_err(|_| Error::msg("the MQTT client stopped"))?;
                         }
                         connected_once = true;
                     }
                     Some(Event::Message(m)) => {
-                        if m.dup && m.qos > 0 && recent.contains(&m) {
+                        if m.dup && m.qos > 0 && remembered.recognise(&m) {
                             redelivered += 1;
                             pending.extra_acks.push((m.qos, m.pkid));
                         } else {
-                            recent.push(&m);
+                            remembered.stored(&m);
                             pending.messages.push(m);
                             pending.received_at.push(sluice_core::time::now_ms());
                         }
@@ -571,6 +570,7 @@ impl Receiver for MqttReceiver {
                         tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
                     }
+                    Some(Event::Acked(pkid)) => remembered.acked(pkid),
                     Some(Event::Published) => {}
                 },
                 _ = tokio::time::sleep(flush_in) => {}
@@ -588,20 +588,29 @@ impl Receiver for MqttReceiver {
                     redelivered = 0;
                 }
                 let (batch, acks) = self.block(&mut pending, &out);
-                let stored = out.append_at(batch, position(&recent, &released)).await?;
+                let stored = out
+                    .append_at(batch, position(&remembered, &released))
+                    .await?;
                 durable.push_back(acks_when(stored, acks));
             }
         }
         // Stopping: store what was received, acknowledge it once durable, then disconnect.
         if !pending.messages.is_empty() || !pending.extra_acks.is_empty() {
             let (batch, acks) = self.block(&mut pending, &out);
-            let stored = out.append_at(batch, position(&recent, &released)).await?;
+            let stored = out
+                .append_at(batch, position(&remembered, &released))
+                .await?;
             durable.push_back(acks_when(stored, acks));
         }
+        // The connection keeps running (its events drained) until the last acknowledgements are out.
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
         while let Some(r) = durable.next().await {
-            send_acks(&client, &released, r?).await?;
+            send_acks(&outbox, &released, r?)?;
         }
+        drop(outbox);
+        let _ = sending.await;
         client.disconnect().await;
+        drain.abort();
         out.set_status(ReceiverStatus::Stopped);
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 use crate::rate::RateLimit;
 use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{BlockWriter, DeadLetters, Error, ReceiverStatus, Result};
 use sluice_wal::Log;
@@ -18,7 +19,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 
-type Durable = oneshot::Receiver<Result<()>>;
+/// A block's sync: awaited by an acknowledging receiver, checked without waiting by batches.
+type Durable = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
+
+fn durable(synced: oneshot::Receiver<Result<()>>) -> Durable {
+    async move {
+        match synced.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the WAL writer stopped".to_string()),
+        }
+    }
+    .boxed()
+    .shared()
+}
 
 /// Pushed blocks that may be on their way to the disk at once, per receiver.
 const MAX_INFLIGHT: usize = 16;
@@ -183,9 +197,7 @@ impl ReceiverBlocks {
 
     /// Wait for a block's sync, then [`ReceiverBlocks::landed`].
     async fn land(&self, seq: u64, block: RecordBatch, durable: Durable) -> Result<()> {
-        let r = durable
-            .await
-            .unwrap_or_else(|_| Err(Error::msg("the WAL writer stopped")));
+        let r = durable.await.map_err(Error::msg);
         self.landed(seq, block, r)
     }
 
@@ -193,12 +205,9 @@ impl ReceiverBlocks {
     fn settle(&self) {
         let mut inflight = self.inflight.lock().unwrap();
         while let Some((_, _, durable)) = inflight.front_mut() {
-            let r = match durable.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => break,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    Err(Error::msg("the WAL writer stopped"))
-                }
-                Ok(r) => r,
+            let r = match durable.clone().now_or_never() {
+                None => break,
+                Some(r) => r.map_err(Error::msg),
             };
             let (seq, block, _) = inflight.pop_front().expect("front exists");
             // A failure is recorded; the next batch reports it.
@@ -264,8 +273,8 @@ impl BlockWriter for ReceiverBlocks {
         self.buffered.fetch_add(n, Ordering::SeqCst);
         match &self.log {
             Some(log) => {
-                let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
-                self.land(seq, block, durable).await
+                let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+                self.land(seq, block, durable(synced)).await
             }
             None => {
                 let mut p = self.pending.lock().unwrap();
@@ -292,8 +301,15 @@ impl BlockWriter for ReceiverBlocks {
         }
         self.admit(n).await?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
-        let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
-        Ok(Box::pin(self.land(seq, block, durable)))
+        let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+        let synced = durable(synced);
+        // Batches land it once synced (`take` settles), whether or not the receiver is waiting.
+        self.inflight
+            .lock()
+            .unwrap()
+            .push_back((seq, block, synced.clone()));
+        self.settle();
+        Ok(Box::pin(async move { synced.await.map_err(Error::msg) }))
     }
 
     async fn push_at(&self, block: RecordBatch, position: serde_json::Value) -> Result<()> {
@@ -305,11 +321,11 @@ impl BlockWriter for ReceiverBlocks {
             return Ok(());
         }
         self.admit(n).await?;
-        let (seq, durable) = log.append(&block, &position).map_err(|e| self.fail(e))?;
+        let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
         let full = {
             let mut inflight = self.inflight.lock().unwrap();
-            inflight.push_back((seq, block, durable));
+            inflight.push_back((seq, block, durable(synced)));
             inflight.len() > MAX_INFLIGHT
         };
         self.settle();
