@@ -52,15 +52,25 @@ impl Broker {
         Ok(Broker { port, child })
     }
 
-    /// Queue the messages of `file` (one per line) on `topic` with QoS 1.
+    /// Queue the messages of `file` (one per line) on `topic` with QoS 1, returning once the
+    /// broker has acknowledged every one. (`mosquitto_pub -l` 2.0.11 disconnects at the end of
+    /// its input with tens of thousands still unsent, so the bench publishes itself.)
     fn publish(&self, topic: &str, file: &Path) -> anyhow::Result<()> {
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-t", topic, "-q", "1", "-l"])
-            .stdin(std::fs::File::open(file)?)
-            .status()?;
-        anyhow::ensure!(status.success(), "mosquitto_pub failed");
-        Ok(())
+        let lines: Vec<Vec<u8>> = std::fs::read(file)?
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let (port, topic) = (self.port, topic.to_string());
+        // Its own runtime on its own thread: the bench's callers are synchronous.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(publish_all(port, topic, lines))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bench publisher panicked"))?
     }
 
     /// `mosquitto_sub` with a persistent session; with `count` it reads that many and exits.
@@ -82,6 +92,36 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+async fn publish_all(port: u16, topic: String, lines: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new("bench-pub", "127.0.0.1", port);
+    options.set_inflight(1000);
+    let (client, mut events) = AsyncClient::new(options, 1000);
+    let total = lines.len();
+    let sender = tokio::spawn(async move {
+        for line in lines {
+            client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, line)
+                .await?;
+        }
+        anyhow::Ok(client)
+    });
+    let mut acked = 0;
+    while acked < total {
+        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await? {
+            acked += 1;
+        }
+    }
+    let client = sender.await??;
+    client.disconnect().await?;
+    // Let the DISCONNECT go out.
+    while !matches!(
+        events.poll().await,
+        Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+    ) {}
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -143,6 +183,10 @@ format = "json"
 struct Measured {
     seconds: f64,
     peak_rss_mb: f64,
+    batches: usize,
+    largest_batch: u64,
+    max_processing_ms: f64,
+    max_delay_ms: f64,
 }
 
 /// The gateway drains `n` queued messages; seconds until the last is committed.
@@ -184,6 +228,8 @@ fn sluice_drain(
     let seconds = started.elapsed().as_secs_f64();
     stop_gateway(child)?;
     let _ = reader.join();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let with_data: Vec<_> = seen.iter().filter(|s| s.records > 0).collect();
     let rows: u64 = sluice_file::committed(&work.join("out"))?
         .iter()
         .map(|e| e.rows)
@@ -192,6 +238,13 @@ fn sluice_drain(
     Ok(Measured {
         seconds,
         peak_rss_mb: rss,
+        batches: with_data.len(),
+        largest_batch: with_data.iter().map(|s| s.records).max().unwrap_or(0),
+        max_processing_ms: with_data
+            .iter()
+            .map(|s| s.processing_ms)
+            .fold(0.0, f64::max),
+        max_delay_ms: with_data.iter().map(|s| s.delay_ms).fold(0.0, f64::max),
     })
 }
 
@@ -206,7 +259,10 @@ pub async fn bench_mqtt(dir: PathBuf, messages: u64, seed: u64) -> anyhow::Resul
     // mosquitto_sub -q 1 on its own broker.
     let reference = {
         let broker = Broker::start(&tmp.path().join("ref"))?;
-        let status = broker.sub("bench/ref", None).status()?;
+        let status = broker
+            .sub("bench/ref", None)
+            .stderr(Stdio::null())
+            .status()?;
         let _ = status; // -W 1 exits with an error after its timeout: the session exists now.
         broker.publish("bench/ref", &file)?;
         let started = Instant::now();
@@ -229,6 +285,10 @@ pub async fn bench_mqtt(dir: PathBuf, messages: u64, seed: u64) -> anyhow::Resul
             rate,
             100.0 * rate / ref_rate,
             m.peak_rss_mb
+        );
+        println!(
+            "  {} batches with data, largest {} messages, max processing {:.0} ms, max scheduling delay {:.0} ms",
+            m.batches, m.largest_batch, m.max_processing_ms, m.max_delay_ms
         );
     }
     Ok(())
