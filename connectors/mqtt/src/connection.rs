@@ -129,6 +129,15 @@ fn default_retry_max() -> Duration {
     Duration::from_secs(5)
 }
 
+/// The error that ends a component whose broker refused it (CONNACK with an error code): retrying
+/// would not help.
+pub fn refused(component: &str, name: &str, endpoint: &str, error: &str) -> sluice_core::Error {
+    sluice_core::Error::msg(format!(
+        "mqtt {component} `{name}`: {endpoint} refused the connection ({error}); check username, \
+         password and client_id"
+    ))
+}
+
 /// Split a component's options into the connection's keys and the rest.
 pub fn split(options: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
     let mut conn = serde_json::Map::new();

@@ -250,11 +250,7 @@ impl Sink for MqttSink {
                     }
                     Some(Event::Down { error, refused }) => {
                         if refused {
-                            return Err(Error::msg(format!(
-                                "mqtt sink `{}`: {} refused the connection ({error}); check \
-                                 username, password and client_id",
-                                self.name, self.endpoint
-                            )));
+                            return Err(crate::connection::refused("sink", &self.name, &self.endpoint.to_string(), &error.to_string()));
                         }
                         tracing::warn!(sink = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                     }

@@ -561,11 +561,7 @@ impl Receiver for MqttReceiver {
                     }
                     Some(Event::Down { error, refused }) => {
                         if refused {
-                            return Err(Error::msg(format!(
-                                "mqtt source `{}`: {} refused the connection ({error}); check \
-                                 username, password and client_id",
-                                self.name, self.endpoint
-                            )));
+                            return Err(crate::connection::refused("source", &self.name, &self.endpoint.to_string(), &error.to_string()));
                         }
                         tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
