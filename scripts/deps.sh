@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the system libraries sluice builds against, if missing (Debian/Ubuntu):
+# Installs what sluice builds against and what its tests start, if missing (Debian/Ubuntu):
 #   librocksdb-dev  RocksDB for the checkpoint store, linked dynamically (building the bundled C++
 #                   copy would cost ~2,900 CPU-s per clean build; see docs/operations.md)
 #   libclang-dev    bindgen, for the RocksDB bindings
@@ -7,9 +7,14 @@
 #   mosquitto, mosquitto-clients
 #                   the MQTT broker the mqtt tests start on a loopback port of their own, and
 #                   mosquitto_pub / mosquitto_sub / mosquitto_passwd as independent clients
+#   python3-venv    for the independent readers below
+# and into $SLUICE_TOOLS (default ~/.cache/sluice-tools, outside the clone, kept between runs):
+#   bin/s3s-fs      the S3 server the object-store tests start (crates.io s3s-fs 0.14.1, the last
+#                   release this rustc builds; ~300 CPU-s once)
+#   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written
 set -euo pipefail
 need=()
-for p in librocksdb-dev libclang-dev procps mosquitto mosquitto-clients; do
+for p in librocksdb-dev libclang-dev procps mosquitto mosquitto-clients python3-venv; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,4 +23,18 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"
+mkdir -p "$tools"
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+  echo "installing s3s-fs 0.14.1 into $tools" >&2
+  # Its own target dir: the workspace's would be rebuilt with other features.
+  env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" s3s-fs@0.14.1 --features binary --locked
+fi
+if [ ! -x "$tools/python-venv/bin/python" ] ||
+  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard" 2>/dev/null; then
+  echo "installing pyarrow, fastavro, zstandard into $tools/python-venv" >&2
+  python3 -m venv "$tools/python-venv"
+  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard
 fi

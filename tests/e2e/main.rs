@@ -7,6 +7,7 @@
 //! - `backpressure`: rate limits that reach the socket peer.
 //! - `crash`: SIGKILL the real binary at random points, restart, compare outputs record by record.
 //! - `mqtt`: the MQTT source and sink against a real mosquitto broker, with SIGKILLs.
+//! - `object_store`: the object-storage sink against a real S3 server (s3s-fs), with SIGKILLs.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
 mod backpressure;
@@ -16,5 +17,6 @@ mod connectors;
 mod crash;
 mod durability;
 mod mqtt;
+mod object_store;
 mod ops;
 mod stateful;

@@ -2,11 +2,9 @@
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use sluice_core::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use sluice_core::arrow::compute::{cast, take_record_batch};
-use sluice_core::arrow::datatypes::{DataType, SchemaRef};
+use sluice_core::arrow::array::RecordBatch;
+use sluice_core::arrow::datatypes::SchemaRef;
 use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -150,61 +148,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-impl FileSink {
-    /// Split rows by the partition columns' values.
-    fn partitions(
-        &self,
-        schema: &SchemaRef,
-        batches: &[RecordBatch],
-    ) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
-        let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
-        if self.cfg.partition_by.is_empty() {
-            parts.insert(String::new(), batches.to_vec());
-            return Ok(parts);
-        }
-        let idx: Vec<usize> = self
-            .cfg
-            .partition_by
-            .iter()
-            .map(|c| {
-                schema.index_of(c).map_err(|_| {
-                    Error::msg(format!("partition column `{c}` is not in the job's output"))
-                })
-            })
-            .collect::<Result<_>>()?;
-        for b in batches {
-            let cols = idx
-                .iter()
-                .map(|&i| cast(b.column(i), &DataType::Utf8))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let mut rows: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-            for r in 0..b.num_rows() {
-                let key = idx
-                    .iter()
-                    .zip(&cols)
-                    .map(|(&i, c)| {
-                        let v = if c.is_null(r) {
-                            "__null__".to_string()
-                        } else {
-                            c.as_string::<i32>().value(r).replace('/', "%2F")
-                        };
-                        format!("{}={}", schema.field(i).name(), v)
-                    })
-                    .collect::<Vec<_>>()
-                    .join("/");
-                rows.entry(key).or_default().push(r as u32);
-            }
-            for (k, r) in rows {
-                parts
-                    .entry(k)
-                    .or_default()
-                    .push(take_record_batch(b, &UInt32Array::from(r))?);
-            }
-        }
-        Ok(parts)
-    }
-}
-
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
@@ -219,7 +162,11 @@ impl Sink for FileSink {
         let stem = format!("{prefix}-{}", batch.time.millis());
         let name = format!("{stem}.{}", self.cfg.format.ext());
         let mut files = Vec::new();
-        for (part, rows) in self.partitions(&batch.schema, batch.batches)? {
+        let layout = sluice_formats::partition::Layout {
+            columns: self.cfg.partition_by.clone(),
+            ..Default::default()
+        };
+        for (part, rows) in layout.split(&batch.schema, batch.batches, batch.time.millis())? {
             let rel = if part.is_empty() {
                 name.clone()
             } else {

@@ -70,6 +70,14 @@ pub enum Which {
         seed: u64,
     },
     /// Cost of an empty batch (plan + run + commit) of the word count job.
+    ObjectStore {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 5_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        rate: u64,
+    },
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
         batches: u64,
@@ -115,6 +123,9 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             messages,
             seed,
         } => crate::bench_mqtt::bench_mqtt(dir, messages, seed).await,
+        Which::ObjectStore { dir, records, rate } => {
+            crate::bench_object_store::bench_object_store(dir, records, rate).await
+        }
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod bench_mqtt;
+mod bench_object_store;
 mod bench_overload;
 mod bench_wal;
 pub mod context;
@@ -26,6 +27,7 @@ pub fn registry() -> Registry {
         .register_sink("console", sluice_console::ConsoleFactory::default())
         .register_sink("file", sluice_file::FileSinkFactory)
         .register_sink("mqtt", sluice_mqtt::MqttSinkFactory)
+        .register_sink("object_store", sluice_object_store::ObjectStoreSinkFactory)
         .register_sink(
             "blackhole",
             sluice_console::BlackholeFactory(Default::default()),

@@ -25,6 +25,12 @@ impl SinkBatch<'_> {
 
 #[async_trait]
 pub trait Sink: Send {
+    /// Called once before the first batch: connect and check what can be checked (the endpoint
+    /// answers, the bucket exists, the credentials are accepted), so a bad setup stops the gateway
+    /// at start with a clear error rather than at the first batch.
+    async fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()>;
     /// Whether writing the same (job, batch time) twice leaves one copy.
     fn idempotent(&self) -> bool;

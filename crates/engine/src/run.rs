@@ -111,6 +111,11 @@ impl Pipeline {
         let interval = self.app.batch_interval;
         let mut stop_rx = opts.shutdown.subscribe();
         let mut durable = self.open_checkpoint()?;
+        for (name, s) in &mut self.sinks {
+            s.open()
+                .await
+                .map_err(|e| Error::msg(format!("sink `{name}`: {e}")))?;
+        }
         let plans: Vec<Plan> = match &durable {
             Some(d) => d
                 .store

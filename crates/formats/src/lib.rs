@@ -11,6 +11,8 @@ use sluice_core::schema::{line_schema, parse_schema};
 use sluice_core::{ConfigError, DeadLetter};
 use std::sync::Arc;
 
+pub mod partition;
+
 /// How a payload is decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

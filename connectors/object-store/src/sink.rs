@@ -1,0 +1,379 @@
+//! The sink: each (job, batch) written under deterministic keys, then recorded in the manifest.
+
+use crate::config::ObjectStoreSinkConfig;
+use crate::encode::{self, Encoder};
+use crate::errors;
+use crate::manifest::{self, Entry, File, Open, Staged, ROOT};
+use async_trait::async_trait;
+use opendal::Operator;
+use sluice_core::arrow::array::RecordBatch;
+use sluice_core::arrow::datatypes::SchemaRef;
+use sluice_core::{Error, Result, Sink, SinkBatch};
+use sluice_formats::partition::Layout;
+use std::collections::{BTreeMap, HashMap};
+
+pub struct ObjectStoreSink {
+    pub(crate) cfg: ObjectStoreSinkConfig,
+    pub(crate) op: Operator,
+    /// The same store with few retries: the start-up check should fail fast.
+    pub(crate) check_op: Operator,
+    pub(crate) endpoint: String,
+    pub(crate) layout: Layout,
+    /// Each job's newest entry written by this run.
+    pub(crate) last: HashMap<String, Entry>,
+}
+
+impl ObjectStoreSink {
+    fn rolling(&self) -> bool {
+        self.cfg.max_file_size.is_some() || self.cfg.max_file_age.is_some()
+    }
+
+    /// `key_prefix` for a batch time, then the partition folder, then the name.
+    fn data_key(&self, job: &str, batch_time: i64, folder: &str) -> String {
+        let mut key = String::new();
+        if let Some(p) = &self.cfg.key_prefix {
+            let when = chrono::DateTime::from_timestamp_millis(batch_time).unwrap_or_default();
+            key.push_str(
+                when.format(&p.replace("{job}", job))
+                    .to_string()
+                    .trim_matches('/'),
+            );
+            key.push('/');
+        }
+        if !folder.is_empty() {
+            key.push_str(folder);
+            key.push('/');
+        }
+        let ext = encode::extension(self.cfg.format, self.cfg.compression);
+        key.push_str(&format!("{job}-{batch_time}.{ext}"));
+        key
+    }
+
+    fn encoder(&self, schema: &SchemaRef, key: &str) -> Result<Encoder> {
+        Encoder::new(
+            self.cfg.format,
+            self.cfg.compression,
+            self.cfg.row_group_rows,
+            schema,
+            key,
+        )
+    }
+
+    /// A new data object at `key`, written while it is encoded.
+    async fn object(&self, key: &str, encoder: Encoder) -> Result<ObjectWriter> {
+        let w = self
+            .op
+            .writer_with(key)
+            .chunk(self.cfg.part_size.as_u64() as usize)
+            .concurrent(self.cfg.concurrency.max(1))
+            .await
+            .map_err(errors::io)?;
+        Ok(ObjectWriter {
+            w,
+            encoder,
+            bytes: 0,
+        })
+    }
+
+    /// Writes one partition's rows of one batch as a data object.
+    async fn write_file(
+        &self,
+        key: String,
+        schema: &SchemaRef,
+        rows: &[RecordBatch],
+        batch_time: i64,
+    ) -> Result<File> {
+        let o = self.object(&key, self.encoder(schema, &key)?).await?;
+        let (rows, bytes) = o.write_all(rows, schema).await?;
+        Ok(File {
+            key,
+            rows,
+            bytes,
+            first_batch: batch_time,
+            last_batch: batch_time,
+        })
+    }
+
+    /// Joins a file's staged pieces into its data object, one piece in memory at a time.
+    async fn roll(
+        &self,
+        job: &str,
+        folder: &str,
+        open: &Open,
+        schema: &SchemaRef,
+        batch_time: i64,
+    ) -> Result<File> {
+        let key = self.data_key(job, open.first_batch, folder);
+        let mut o = self.object(&key, self.encoder(schema, &key)?).await?;
+        let mut rows = 0u64;
+        for piece in &open.pieces {
+            let batches = match self.read_staged(&piece.key).await {
+                Ok(b) => b,
+                Err(e) => {
+                    o.abort().await;
+                    return Err(e);
+                }
+            };
+            rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            o.write(&batches).await?;
+        }
+        let (_, bytes) = o.finish(schema).await?;
+        Ok(File {
+            key,
+            rows,
+            bytes,
+            first_batch: open.first_batch,
+            last_batch: batch_time,
+        })
+    }
+
+    async fn read_staged(&self, key: &str) -> Result<Vec<RecordBatch>> {
+        let data = self.op.read(key).await.map_err(errors::io)?.to_bytes();
+        let reader = sluice_core::arrow::ipc::reader::StreamReader::try_new(
+            std::io::Cursor::new(data),
+            None,
+        )?;
+        Ok(reader.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The job's entry before `batch_time`: this run's last one, or the manifest's.
+    async fn previous(&mut self, job: &str, batch_time: i64) -> Result<Option<Entry>> {
+        if let Some(e) = self.last.get(job) {
+            if e.batch_time < batch_time {
+                return Ok(Some(e.clone()));
+            }
+        }
+        manifest::before(&self.op, job, batch_time).await
+    }
+
+    /// Deletes staged pieces that a committed entry rolled into its files.
+    async fn delete_rolled(&self, entry: &Entry) -> Result<()> {
+        if !entry.rolled.is_empty() {
+            self.op
+                .delete_iter(entry.rolled.iter().map(String::as_str))
+                .await
+                .map_err(errors::io)?;
+        }
+        Ok(())
+    }
+
+    async fn write_batch(&mut self, batch: SinkBatch<'_>) -> Result<()> {
+        let t = batch.time.millis();
+        let job = batch.job.to_string();
+        let rows = batch.num_rows() as u64;
+        let rolling = self.rolling();
+        if !rolling && rows == 0 && !self.cfg.write_empty {
+            return Ok(());
+        }
+        let previous = self.previous(&job, t).await?;
+        if let Some(p) = &previous {
+            // `t` being written means `p` is committed: nothing re-runs it.
+            self.delete_rolled(p).await?;
+        }
+        let parts = self
+            .layout
+            .split(&batch.schema, batch.batches, t)
+            .map_err(|e| Error::msg(e.to_string()))?;
+        let mut entry = Entry {
+            job: job.clone(),
+            batch_time: t,
+            rows,
+            previous: previous.as_ref().map(|p| p.batch_time),
+            ..Default::default()
+        };
+        if !rolling {
+            for (folder, part) in &parts {
+                let key = self.data_key(&job, t, folder);
+                entry
+                    .files
+                    .push(self.write_file(key, &batch.schema, part, t).await?);
+            }
+        } else {
+            let mut open = previous.map(|p| p.open).unwrap_or_default();
+            for (n, (folder, part)) in parts.iter().enumerate() {
+                let n_rows: usize = part.iter().map(|b| b.num_rows()).sum();
+                if n_rows == 0 {
+                    continue;
+                }
+                let key = format!("{ROOT}/staging/{job}/{t}/{n}.arrow");
+                let o = self.object(&key, Encoder::staging(&batch.schema)?).await?;
+                let (_, bytes) = o.write_all(part, &batch.schema).await?;
+                open.entry(folder.clone())
+                    .or_insert_with(|| Open {
+                        first_batch: t,
+                        pieces: Vec::new(),
+                    })
+                    .pieces
+                    .push(Staged {
+                        batch: t,
+                        key,
+                        rows: n_rows as u64,
+                        bytes,
+                    });
+            }
+            let due: Vec<String> = open
+                .iter()
+                .filter(|(_, o)| self.due(o, t))
+                .map(|(f, _)| f.clone())
+                .collect();
+            if due.is_empty() && rows == 0 && entry.previous.is_some() {
+                // Nothing changed: no entry.
+                return Ok(());
+            }
+            for folder in due {
+                let o = open.remove(&folder).expect("due folders are open");
+                entry
+                    .files
+                    .push(self.roll(&job, &folder, &o, &batch.schema, t).await?);
+                entry.rolled.extend(o.pieces.into_iter().map(|p| p.key));
+            }
+            entry.open = open;
+        }
+        manifest::write(&self.op, &entry).await?;
+        if batch.replay {
+            tracing::info!(job = %job, batch = t, files = entry.files.len(), "re-run batch rewrote its objects");
+        }
+        self.last.insert(job, entry);
+        Ok(())
+    }
+
+    fn due(&self, open: &Open, t: i64) -> bool {
+        self.cfg
+            .max_file_size
+            .is_some_and(|max| open.bytes() >= max.as_u64())
+            || self
+                .cfg
+                .max_file_age
+                .is_some_and(|age| t - open.first_batch >= age.as_millis() as i64)
+    }
+
+    fn context(&self, e: Error) -> Error {
+        Error::msg(format!("{}: {e}", self.endpoint))
+    }
+}
+
+#[async_trait]
+impl Sink for ObjectStoreSink {
+    async fn open(&mut self) -> Result<()> {
+        match self.check_op.list_with(&format!("{ROOT}/")).limit(1).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.kind() == opendal::ErrorKind::NotFound
+                    && !format!("{e:?}").contains("NoSuchBucket") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.context(errors::io(e))),
+        }
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
+        self.write_batch(batch).await.map_err(|e| self.context(e))
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    /// Rolls the files still open, so a stopped gateway leaves every committed row in a data
+    /// object: their entry is the job's last one, rewritten with the files added.
+    async fn close(&mut self) -> Result<()> {
+        let jobs: Vec<String> = self.last.keys().cloned().collect();
+        for job in jobs {
+            let mut entry = self.last[&job].clone();
+            let open: BTreeMap<String, Open> = std::mem::take(&mut entry.open);
+            for (folder, o) in open {
+                let first = o.pieces.first().map(|p| p.key.clone());
+                let Some(first) = first else { continue };
+                let schema = self
+                    .read_staged(&first)
+                    .await
+                    .map_err(|e| self.context(e))?;
+                let schema = match schema.first() {
+                    Some(b) => b.schema(),
+                    None => continue,
+                };
+                let f = self
+                    .roll(&job, &folder, &o, &schema, entry.batch_time)
+                    .await
+                    .map_err(|e| self.context(e))?;
+                entry.files.push(f);
+                entry.rolled.extend(o.pieces.into_iter().map(|p| p.key));
+            }
+            if entry != self.last[&job] {
+                manifest::write(&self.op, &entry)
+                    .await
+                    .map_err(|e| self.context(e))?;
+            }
+            // The last batch is committed: what it rolled can go.
+            self.delete_rolled(&entry)
+                .await
+                .map_err(|e| self.context(e))?;
+            self.last.insert(job, entry);
+        }
+        Ok(())
+    }
+}
+
+/// One data object being uploaded while it is encoded; aborted (its parts discarded) on error.
+struct ObjectWriter {
+    w: opendal::Writer,
+    encoder: Encoder,
+    bytes: u64,
+}
+
+impl ObjectWriter {
+    async fn write(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let result = async {
+            for b in batches {
+                self.encoder.write(b)?;
+                let out = self.encoder.take();
+                if !out.is_empty() {
+                    self.bytes += out.len() as u64;
+                    self.w.write(out).await.map_err(errors::io)?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    /// Ends the object; returns (rows, bytes).
+    async fn finish(self, schema: &SchemaRef) -> Result<(u64, u64)> {
+        let ObjectWriter {
+            mut w,
+            encoder,
+            mut bytes,
+        } = self;
+        let rows = encoder.rows();
+        let result = async {
+            let out = encoder.finish(schema)?;
+            bytes += out.len() as u64;
+            w.write(out).await.map_err(errors::io)?;
+            w.close().await.map_err(errors::io)?;
+            Ok((rows, bytes))
+        }
+        .await;
+        if result.is_err() {
+            let _ = w.abort().await;
+        }
+        result
+    }
+
+    async fn write_all(
+        mut self,
+        batches: &[RecordBatch],
+        schema: &SchemaRef,
+    ) -> Result<(u64, u64)> {
+        self.write(batches).await?;
+        self.finish(schema).await
+    }
+
+    async fn abort(&mut self) {
+        let _ = self.w.abort().await;
+    }
+}

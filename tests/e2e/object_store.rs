@@ -1,0 +1,629 @@
+//! The `object_store` sink against a real S3 server: `s3s-fs` (which checks SigV4) started here on
+//! a loopback port of its own. Objects are read back from the server's folder with the `parquet`,
+//! arrow and `apache-avro` readers and, independently, with pyarrow and fastavro.
+
+use crate::crash::{assert_exactly_once, kills, seed, start, stop};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AK: &str = "sluice-test-key";
+const SK: &str = "sluice-test-secret";
+
+/// An s3s-fs server on 127.0.0.1, stopped when dropped. Buckets are folders of `root`.
+pub struct S3 {
+    pub port: u16,
+    pub root: PathBuf,
+    child: Child,
+}
+
+/// Where scripts/deps.sh installs the test servers and clients (`SLUICE_TOOLS`).
+fn tools() -> PathBuf {
+    std::env::var("SLUICE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice-tools")
+        })
+}
+
+fn tool(name: &str) -> PathBuf {
+    let p = tools().join("bin").join(name);
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+impl S3 {
+    pub fn start(dir: &Path, buckets: &[&str]) -> S3 {
+        let root = dir.join("s3");
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(tool("s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", AK, "--secret-key", SK])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs (scripts/deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3 { port, root, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The sink keys that reach this server.
+    pub fn keys(&self, bucket_path: &str, secret: &str) -> String {
+        format!(
+            "path = \"s3://{bucket_path}\"\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = \"{secret}\"\nretry_initial = \"50ms\"\nmax_retries = 3\n",
+            self.endpoint()
+        )
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The manifest entries under a sink's folder (on the server's disk), in batch order.
+fn entries(dir: &Path, job: &str) -> Vec<Value> {
+    let m = dir.join("_sluice/manifest").join(job);
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(&m) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    names.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// The data objects the manifest lists for `job`, relative to `dir`.
+fn committed_files(dir: &Path, job: &str) -> Vec<String> {
+    entries(dir, job)
+        .iter()
+        .flat_map(|e| e["files"].as_array().unwrap().clone())
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `device|ts` of every row of a data object, read with the Rust readers.
+fn rows_of(path: &Path) -> Vec<String> {
+    let name = path.to_string_lossy().to_string();
+    let bytes = std::fs::read(path).unwrap();
+    let text = |b: Vec<u8>| -> String {
+        if name.ends_with(".gz") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&b[..]), &mut s)
+                .unwrap();
+            s
+        } else if name.ends_with(".zst") {
+            String::from_utf8(zstd::decode_all(&b[..]).unwrap()).unwrap()
+        } else {
+            String::from_utf8(b).unwrap()
+        }
+    };
+    if name.ends_with(".parquet") {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            bytes::Bytes::from(bytes),
+            1024,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let d = arrow::compute::cast(
+                b.column_by_name("device").unwrap(),
+                &arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let t = arrow::compute::cast(
+                b.column_by_name("ts").unwrap(),
+                &arrow::datatypes::DataType::Int64,
+            )
+            .unwrap();
+            use arrow::array::AsArray;
+            for i in 0..b.num_rows() {
+                out.push(format!(
+                    "{}|{}",
+                    d.as_string::<i32>().value(i),
+                    t.as_primitive::<arrow::datatypes::Int64Type>().value(i)
+                ));
+            }
+        }
+        out
+    } else if name.contains(".json") {
+        text(bytes)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                format!("{}|{}", v["device"].as_str().unwrap(), v["ts"])
+            })
+            .collect()
+    } else if name.contains(".csv") {
+        let t = text(bytes);
+        let mut lines = t.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let (d, ts) = (
+            header.iter().position(|h| *h == "device").unwrap(),
+            header.iter().position(|h| *h == "ts").unwrap(),
+        );
+        lines
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                format!("{}|{}", f[d], f[ts])
+            })
+            .collect()
+    } else if name.ends_with(".avro") {
+        apache_avro::Reader::new(&bytes[..])
+            .unwrap()
+            .map(|r| {
+                let apache_avro::types::Value::Record(fields) = r.unwrap() else {
+                    panic!("not a record")
+                };
+                let get = |k: &str| fields.iter().find(|(n, _)| n == k).unwrap().1.clone();
+                let un = |v: apache_avro::types::Value| match v {
+                    apache_avro::types::Value::Union(_, b) => *b,
+                    v => v,
+                };
+                let (apache_avro::types::Value::String(d), apache_avro::types::Value::Long(t)) =
+                    (un(get("device")), un(get("ts")))
+                else {
+                    panic!("unexpected avro types")
+                };
+                format!("{d}|{t}")
+            })
+            .collect()
+    } else {
+        panic!("unknown object {name}")
+    }
+}
+
+fn committed_rows(dir: &Path, job: &str) -> Vec<String> {
+    committed_files(dir, job)
+        .iter()
+        .flat_map(|k| rows_of(&dir.join(k)))
+        .collect()
+}
+
+/// The generator's records as `device|ts`.
+fn generated(count: u64, rate: u64) -> Vec<String> {
+    let cfg: sluice_generator::GeneratorConfig = serde_json::from_value(serde_json::json!({
+        "kind": "sensors", "rate": rate, "count": count, "start_ms": 1700000000000i64, "devices": 12
+    }))
+    .unwrap();
+    let mut w = sluice_generator::Workload::new(&cfg);
+    w.take(count as usize)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{}|{}", v["device"].as_str().unwrap(), v["ts"])
+        })
+        .collect()
+}
+
+fn pipeline(name: &str, count: u64, rate: u64, sinks: &str) -> String {
+    let names: Vec<String> = sinks
+        .lines()
+        .filter_map(|l| l.strip_prefix("[sinks."))
+        .map(|l| format!("\"{}\"", l.trim_end_matches(']')))
+        .collect();
+    format!(
+        r#"
+[app]
+name = "{name}"
+batch_interval = "100ms"
+checkpoint_dir = "checkpoint"
+
+[sources.readings]
+type = "generator"
+kind = "sensors"
+rate = {rate}
+count = {count}
+start_ms = 1700000000000
+devices = 12
+format = "json"
+schema = "device string, site string, ts int64, temperature double, humidity double"
+
+[jobs.copy]
+sql = "SELECT device, site, ts, to_timestamp_millis(ts) AS at, temperature FROM readings"
+sinks = [{}]
+{sinks}"#,
+        names.join(", ")
+    )
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn committed_count(dir: &Path, job: &str) -> u64 {
+    entries(dir, job)
+        .iter()
+        .map(|e| e["rows"].as_u64().unwrap())
+        .sum()
+}
+
+/// pyarrow / fastavro / zstandard (installed by scripts/deps.sh) count the rows of the objects and sum `ts`.
+fn python_check(files: &[PathBuf]) -> (u64, i64) {
+    let py = tools().join("python-venv/bin/python");
+    let script = r#"
+import sys, json, gzip
+rows, total = 0, 0
+for path in sys.argv[1:]:
+    if path.endswith('.parquet'):
+        import pyarrow.parquet as pq
+        t = pq.read_table(path)
+        rows += t.num_rows; total += sum(t.column('ts').to_pylist())
+    elif path.endswith('.avro'):
+        import fastavro
+        with open(path, 'rb') as f:
+            for r in fastavro.reader(f):
+                rows += 1; total += r['ts']
+    elif '.csv' in path:
+        import pyarrow.csv as pc
+        t = pc.read_csv(path)
+        rows += t.num_rows; total += sum(t.column('ts').to_pylist())
+    elif '.json' in path:
+        if path.endswith('.zst'):
+            import zstandard, io
+            f = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, 'rb')))
+        else:
+            f = (gzip.open if path.endswith('.gz') else open)(path, 'rt')
+        with f:
+            for line in f:
+                rows += 1; total += json.loads(line)['ts']
+print(rows, total)
+"#;
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("the test venv's python (scripts/deps.sh makes it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python reader failed: {err}");
+    let s = String::from_utf8(out.stdout).unwrap();
+    let mut it = s.split_whitespace().map(|v| v.parse::<i64>().unwrap());
+    (it.next().unwrap() as u64, it.next().unwrap())
+}
+
+#[test]
+fn object_store_every_format_reads_back_equal_to_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3::start(tmp.path(), &["lake"]);
+    let sinks = [
+        (
+            "pq",
+            "format = \"parquet\"\ncompression = \"zstd\"\nrow_group_rows = 500",
+        ),
+        ("pqs", "format = \"parquet\"\ncompression = \"snappy\""),
+        ("js", "format = \"json\"\ncompression = \"gzip\""),
+        ("jz", "format = \"json\"\ncompression = \"zstd\""),
+        ("cs", "format = \"csv\""),
+        ("av", "format = \"avro\"\ncompression = \"deflate\""),
+    ];
+    let mut toml = String::new();
+    for (name, keys) in sinks {
+        toml.push_str(&format!(
+            "\n[sinks.{name}]\ntype = \"object_store\"\n{}{keys}\n",
+            s3.keys(&format!("lake/{name}"), SK)
+        ));
+    }
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline("os-formats", 3000, 3000, &toml),
+    )
+    .unwrap();
+    let child = start(&gw);
+    wait_for("3000 rows in every sink", Duration::from_secs(60), || {
+        sinks
+            .iter()
+            .all(|(n, _)| committed_count(&s3.root.join("lake").join(n), "copy") >= 3000)
+    });
+    stop(child);
+    let expected = generated(3000, 3000);
+    let ts_sum: i64 = expected
+        .iter()
+        .map(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap())
+        .sum();
+    for (name, _) in sinks {
+        let dir = s3.root.join("lake").join(name);
+        assert_exactly_once(name, &expected, &committed_rows(&dir, "copy"));
+        let files: Vec<PathBuf> = committed_files(&dir, "copy")
+            .iter()
+            .map(|k| dir.join(k))
+            .collect();
+        assert_eq!(
+            python_check(&files),
+            (3000, ts_sum),
+            "{name} read by pyarrow/fastavro"
+        );
+    }
+}
+
+#[test]
+fn object_store_partitions_by_time_and_column_and_rolls_files_across_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3::start(tmp.path(), &["lake"]);
+    let toml = format!(
+        "\n[sinks.parts]\ntype = \"object_store\"\n{}format = \"parquet\"\npartition_by = [\"site\"]\ntime_partition = \"dt=%Y-%m-%d/minute=%M\"\ntime_column = \"at\"\nkey_prefix = \"{{job}}/%Y\"\nmax_file_age = \"1s\"\n",
+        s3.keys("lake/parts", SK)
+    );
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    // 4000 records at 1000/s: 4 s of event time, over a minute boundary? ts starts at
+    // 1700000000000 = 2023-11-14 22:13:20 UTC, so minutes 13 only; sites split the rest.
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline("os-parts", 4000, 1000, &toml),
+    )
+    .unwrap();
+    let child = start(&gw);
+    let dir = s3.root.join("lake/parts");
+    wait_for("4000 rows", Duration::from_secs(60), || {
+        committed_count(&dir, "copy") >= 4000
+    });
+    stop(child);
+    let files = committed_files(&dir, "copy");
+    assert!(!files.is_empty());
+    let mut rows = Vec::new();
+    for f in &files {
+        // copy/2023/dt=2023-11-14/minute=13/site=<site>/copy-<first batch>.parquet
+        let parts: Vec<&str> = f.split('/').collect();
+        assert_eq!(parts.len(), 6, "{f}");
+        // The key prefix's year is the batch time's, the folders the event time's.
+        let first: i64 = parts[5]
+            .trim_start_matches("copy-")
+            .trim_end_matches(".parquet")
+            .parse()
+            .expect(f);
+        let year = chrono::DateTime::from_timestamp_millis(first)
+            .unwrap()
+            .format("%Y")
+            .to_string();
+        assert_eq!(
+            &parts[..4],
+            ["copy", year.as_str(), "dt=2023-11-14", "minute=13"],
+            "{f}"
+        );
+        let site = parts[4].strip_prefix("site=").expect(f);
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            bytes::Bytes::from(std::fs::read(dir.join(f)).unwrap()),
+            4096,
+        )
+        .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            use arrow::array::AsArray;
+            let sites = b.column_by_name("site").unwrap().as_string::<i32>();
+            assert!(
+                sites.iter().all(|s| s == Some(site)),
+                "{f} holds another site"
+            );
+        }
+        rows.extend(rows_of(&dir.join(f)));
+    }
+    assert_exactly_once("partitioned", &generated(4000, 1000), &rows);
+    // Files span batches: far fewer files than (batches × folders), and the staged pieces are
+    // gone after the graceful stop.
+    let batches = entries(&dir, "copy").len();
+    let sites: std::collections::BTreeSet<&str> =
+        files.iter().map(|f| f.split('/').nth(4).unwrap()).collect();
+    assert!(
+        files.len() < batches * sites.len() / 2,
+        "{} files for {batches} batches and {} sites",
+        files.len(),
+        sites.len()
+    );
+    let staging = dir.join("_sluice/staging");
+    let left: Vec<_> = walk(&staging);
+    assert!(left.is_empty(), "staged pieces left: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// 20 SIGKILLs while the gateway writes a per-batch sink and a rolling one: the objects the
+/// manifests list hold every record exactly once.
+#[test]
+fn object_store_survives_20_sigkills_exactly_once() {
+    let seed = seed();
+    let n = kills(20);
+    eprintln!("seed {seed}, {n} kills");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3::start(tmp.path(), &["lake"]);
+    let toml = format!(
+        "\n[sinks.batches]\ntype = \"object_store\"\n{}format = \"json\"\n\n[sinks.rolled]\ntype = \"object_store\"\n{}format = \"parquet\"\nmax_file_size = \"40KiB\"\nmax_file_age = \"2s\"\npartition_by = [\"site\"]\n",
+        s3.keys("lake/batches", SK),
+        s3.keys("lake/rolled", SK)
+    );
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let count = 20_000;
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline("os-crash", count, 1000, &toml),
+    )
+    .unwrap();
+    for _ in 0..n {
+        let mut child = start(&gw);
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let child = start(&gw);
+    let (b, r) = (s3.root.join("lake/batches"), s3.root.join("lake/rolled"));
+    wait_for("every record", Duration::from_secs(120), || {
+        committed_count(&b, "copy") >= count && committed_count(&r, "copy") >= count
+    });
+    stop(child);
+    let expected = generated(count, 1000);
+    assert_exactly_once("per-batch objects", &expected, &committed_rows(&b, "copy"));
+    assert_exactly_once("rolled objects", &expected, &committed_rows(&r, "copy"));
+    let log = std::fs::read_to_string(gw.join("gateway.log")).unwrap();
+    assert!(n == 0 || log.contains("resuming from the checkpoint"));
+}
+
+fn run_expecting_failure(dir: &Path, toml: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+    let out = crate::common::sluice()
+        .current_dir(dir)
+        .args(["run", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected a failure: {err}");
+    err
+}
+
+#[test]
+fn object_store_wrong_secret_missing_bucket_and_unreachable_endpoint_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3::start(tmp.path(), &["lake"]);
+    let sink = |keys: String| {
+        pipeline(
+            "os-errors",
+            100,
+            1000,
+            &format!("\n[sinks.out]\ntype = \"object_store\"\n{keys}"),
+        )
+    };
+
+    let err = run_expecting_failure(
+        &tmp.path().join("a"),
+        &sink(s3.keys("lake/x", "wrong-secret")),
+    );
+    assert!(err.contains("sink `out`"), "{err}");
+    assert!(err.contains(&s3.endpoint()), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains("secret_access_key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-secret"),
+        "the secret is never printed: {err}"
+    );
+
+    let err = run_expecting_failure(&tmp.path().join("b"), &sink(s3.keys("nope/x", SK)));
+    assert!(
+        err.contains("sink `out`") && err.contains("bucket `nope`"),
+        "{err}"
+    );
+    assert!(err.contains("does not exist"), "{err}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let keys = s3
+        .keys("lake/x", SK)
+        .replace(&s3.endpoint(), &format!("http://127.0.0.1:{closed}"));
+    let err = run_expecting_failure(&tmp.path().join("c"), &sink(keys));
+    assert!(
+        err.contains("sink `out`") && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(err.contains("endpoint"), "{err}");
+}
+
+/// `configs/sensors-to-s3.toml` against s3s-fs (its endpoint and keys overridden from the
+/// environment): readings land partitioned by hour and site, per-batch summaries as JSON lines.
+#[test]
+fn sensors_to_s3_example_lands_a_partitioned_lake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3::start(tmp.path(), &["lake"]);
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let mut cmd = crate::common::sluice();
+    cmd.current_dir(&gw)
+        .arg("run")
+        .arg(crate::common::repo().join("configs/sensors-to-s3.toml"))
+        .args(["--duration", "4s"]);
+    for sink in ["READINGS", "SUMMARIES"] {
+        cmd.env(format!("SLUICE__SINKS__{sink}__ENDPOINT"), s3.endpoint())
+            .env(format!("SLUICE__SINKS__{sink}__ACCESS_KEY_ID"), AK)
+            .env(format!("SLUICE__SINKS__{sink}__SECRET_ACCESS_KEY"), SK);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readings = s3.root.join("lake/readings");
+    let files = committed_files(&readings, "readings");
+    assert!(!files.is_empty(), "no readings committed");
+    // The graceful stop rolled the open files: every committed row is in a listed object.
+    let rows: u64 = entries(&readings, "readings")
+        .iter()
+        .map(|e| e["rows"].as_u64().unwrap())
+        .sum();
+    let in_files: u64 = entries(&readings, "readings")
+        .iter()
+        .flat_map(|e| e["files"].as_array().unwrap().clone())
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    assert!(rows > 0);
+    assert_eq!(rows, in_files);
+    for f in &files {
+        let parts: Vec<&str> = f.split('/').collect();
+        assert!(
+            parts[0].starts_with("dt=")
+                && parts[1].starts_with("hour=")
+                && parts[2].starts_with("site="),
+            "{f}"
+        );
+    }
+    let summaries = committed_files(&s3.root.join("lake/summaries"), "site_batches");
+    assert!(!summaries.is_empty());
+    assert!(
+        summaries
+            .iter()
+            .all(|k| k.starts_with("site_batches/20") && k.ends_with(".json")),
+        "{summaries:?}"
+    );
+}
