@@ -216,7 +216,7 @@ impl ObjectStoreSink {
                 .filter(|(_, o)| self.due(o, t))
                 .map(|(f, _)| f.clone())
                 .collect();
-            if due.is_empty() && rows == 0 && entry.previous.is_some() {
+            if due.is_empty() && rows == 0 {
                 // Nothing changed: no entry.
                 return Ok(());
             }
