@@ -57,6 +57,7 @@ impl SinkFactory for ObjectStoreSinkFactory {
             check_op,
             layout,
             last: Default::default(),
+            schemas: Default::default(),
         }))
     }
 }

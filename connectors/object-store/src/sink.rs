@@ -21,6 +21,8 @@ pub struct ObjectStoreSink {
     pub(crate) layout: Layout,
     /// Each job's newest entry written by this run.
     pub(crate) last: HashMap<String, Entry>,
+    /// Each job's output schema, as its batches arrive (what `close` encodes open files with).
+    pub(crate) schemas: HashMap<String, SchemaRef>,
 }
 
 impl ObjectStoreSink {
@@ -105,7 +107,6 @@ impl ObjectStoreSink {
     ) -> Result<File> {
         let key = self.data_key(job, open.first_batch, folder);
         let mut o = self.object(&key, self.encoder(schema, &key)?).await?;
-        let mut rows = 0u64;
         for piece in &open.pieces {
             let batches = match self.read_staged(&piece.key).await {
                 Ok(b) => b,
@@ -114,10 +115,9 @@ impl ObjectStoreSink {
                     return Err(e);
                 }
             };
-            rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             o.write(&batches).await?;
         }
-        let (_, bytes) = o.finish(schema).await?;
+        let (rows, bytes) = o.finish(schema).await?;
         Ok(File {
             key,
             rows,
@@ -233,6 +233,7 @@ impl ObjectStoreSink {
         if batch.replay {
             tracing::info!(job = %job, batch = t, files = entry.files.len(), "re-run batch rewrote its objects");
         }
+        self.schemas.insert(job.clone(), batch.schema.clone());
         self.last.insert(job, entry);
         Ok(())
     }
@@ -282,17 +283,8 @@ impl Sink for ObjectStoreSink {
         for job in jobs {
             let mut entry = self.last[&job].clone();
             let open: BTreeMap<String, Open> = std::mem::take(&mut entry.open);
+            let schema = self.schemas[&job].clone();
             for (folder, o) in open {
-                let first = o.pieces.first().map(|p| p.key.clone());
-                let Some(first) = first else { continue };
-                let schema = self
-                    .read_staged(&first)
-                    .await
-                    .map_err(|e| self.context(e))?;
-                let schema = match schema.first() {
-                    Some(b) => b.schema(),
-                    None => continue,
-                };
                 let f = self
                     .roll(&job, &folder, &o, &schema, entry.batch_time)
                     .await
