@@ -8,6 +8,9 @@
 #                   the MQTT broker the mqtt tests start on a loopback port of their own, and
 #                   mosquitto_pub / mosquitto_sub / mosquitto_passwd as independent clients
 #   python3-venv    for the independent readers below
+#   ceph-mon, ceph-osd, radosgw, uuid-runtime, curl
+#                   a one-node Ceph cluster with its S3 gateway (tests/services/ceph-rgw.sh), the
+#                   object-store suite's production S3 server; ~70 MB, without recommends
 # and into $SLUICE_TOOLS (default ~/.cache/sluice-tools, outside the clone, kept between runs):
 #   bin/s3s-fs      the S3 server the object-store tests start (crates.io s3s-fs 0.14.1, the last
 #                   release this rustc builds; ~300 CPU-s once)
@@ -23,6 +26,17 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+ceph=()
+for p in ceph-mon ceph-osd radosgw uuid-runtime curl; do
+  dpkg -s "$p" >/dev/null 2>&1 || ceph+=("$p")
+done
+if [ ${#ceph[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${ceph[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
 fi
 
 tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"

@@ -8,6 +8,7 @@
 //! - `crash`: SIGKILL the real binary at random points, restart, compare outputs record by record.
 //! - `mqtt`: the MQTT source and sink against a real mosquitto broker, with SIGKILLs.
 //! - `object_store`: the object-storage sink against a real S3 server (s3s-fs), with SIGKILLs.
+//! - `object_store_ceph`: the same sink against Ceph RGW (one-node cluster started by the test).
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
 mod backpressure;
@@ -18,5 +19,6 @@ mod crash;
 mod durability;
 mod mqtt;
 mod object_store;
+mod object_store_ceph;
 mod ops;
 mod stateful;

@@ -108,14 +108,10 @@ impl ObjectStoreSink {
         let key = self.data_key(job, open.first_batch, folder);
         let mut o = self.object(&key, self.encoder(schema, &key)?).await?;
         for piece in &open.pieces {
-            let batches = match self.read_staged(&piece.key).await {
-                Ok(b) => b,
-                Err(e) => {
-                    o.abort().await;
-                    return Err(e);
-                }
-            };
-            o.write(&batches).await?;
+            if let Err(e) = self.copy_staged(&piece.key, &mut o).await {
+                o.abort().await;
+                return Err(e);
+            }
         }
         let (rows, bytes) = o.finish(schema).await?;
         Ok(File {
@@ -127,13 +123,33 @@ impl ObjectStoreSink {
         })
     }
 
-    async fn read_staged(&self, key: &str) -> Result<Vec<RecordBatch>> {
-        let data = self.op.read(key).await.map_err(errors::io)?.to_bytes();
-        let reader = sluice_core::arrow::ipc::reader::StreamReader::try_new(
-            std::io::Cursor::new(data),
-            None,
-        )?;
-        Ok(reader.collect::<std::result::Result<_, _>>()?)
+    /// Streams a staged piece into `o`: one IPC message (at most [`SLICE_BYTES`] of rows) in memory.
+    async fn copy_staged(&self, key: &str, o: &mut ObjectWriter) -> Result<()> {
+        use futures::TryStreamExt;
+        let mut chunks = self
+            .op
+            .reader_with(key)
+            .chunk(SLICE_BYTES)
+            .await
+            .map_err(errors::io)?
+            .into_bytes_stream(..)
+            .await
+            .map_err(errors::io)?;
+        let mut decoder = sluice_core::arrow::ipc::reader::StreamDecoder::new();
+        while let Some(chunk) = chunks
+            .try_next()
+            .await
+            .map_err(|e| Error::msg(format!("reading staged piece {key}: {e}")))?
+        {
+            let mut buf = sluice_core::arrow::buffer::Buffer::from(chunk);
+            while !buf.is_empty() {
+                if let Some(batch) = decoder.decode(&mut buf)? {
+                    o.write(std::slice::from_ref(&batch)).await?;
+                }
+            }
+        }
+        decoder.finish()?;
+        Ok(())
     }
 
     /// The job's entry before `batch_time`: this run's last one, or the manifest's.
@@ -307,6 +323,20 @@ impl Sink for ObjectStoreSink {
     }
 }
 
+/// Rows are encoded (and staged) in slices of about this much Arrow data, so an encoder's output
+/// and a staged piece's IPC messages stay small whatever the size of a batch.
+const SLICE_BYTES: usize = 4 << 20;
+
+/// `batch` as zero-copy slices of about [`SLICE_BYTES`] each.
+fn slices(batch: &RecordBatch) -> impl Iterator<Item = RecordBatch> + '_ {
+    let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    let per = (rows * SLICE_BYTES / bytes).clamp(1, rows.max(1));
+    (0..rows)
+        .step_by(per)
+        .map(move |at| batch.slice(at, per.min(rows - at)))
+}
+
 /// One data object being uploaded while it is encoded; aborted (its parts discarded) on error.
 struct ObjectWriter {
     w: opendal::Writer,
@@ -317,8 +347,8 @@ struct ObjectWriter {
 impl ObjectWriter {
     async fn write(&mut self, batches: &[RecordBatch]) -> Result<()> {
         let result = async {
-            for b in batches {
-                self.encoder.write(b)?;
+            for b in batches.iter().flat_map(slices) {
+                self.encoder.write(&b)?;
                 let out = self.encoder.take();
                 if !out.is_empty() {
                     self.bytes += out.len() as u64;

@@ -69,7 +69,8 @@ pub enum Which {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
-    /// Cost of an empty batch (plan + run + commit) of the word count job.
+    /// Generated sensor records into objects on a local s3s-fs, against a raw PUT of the same
+    /// bytes and the same pipeline into the blackhole sink (needs s3s-fs: scripts/deps.sh).
     ObjectStore {
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
@@ -77,7 +78,11 @@ pub enum Which {
         records: u64,
         #[arg(long, default_value_t = 1_000_000)]
         rate: u64,
+        /// The sink's `format`: parquet (zstd) or json (JSON lines, uncompressed).
+        #[arg(long, default_value = "parquet")]
+        format: String,
     },
+    /// Cost of an empty batch (plan + run + commit) of the word count job.
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
         batches: u64,
@@ -123,9 +128,12 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             messages,
             seed,
         } => crate::bench_mqtt::bench_mqtt(dir, messages, seed).await,
-        Which::ObjectStore { dir, records, rate } => {
-            crate::bench_object_store::bench_object_store(dir, records, rate).await
-        }
+        Which::ObjectStore {
+            dir,
+            records,
+            rate,
+            format,
+        } => crate::bench_object_store::bench_object_store(dir, records, rate, &format).await,
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;

@@ -1,5 +1,5 @@
 //! `sluice bench object-store`: sensor records from the generator through a pass-through job into
-//! Parquet objects on a local S3 server (s3s-fs), compared in the same run with the raw PUT rate of
+//! Parquet (or JSON lines) objects on a local S3 server (s3s-fs), compared in the same run with the raw PUT rate of
 //! the same bytes to the same server through the OpenDAL writer alone, and with the same pipeline
 //! into the `blackhole` sink (the pipeline's cost without storage).
 
@@ -132,19 +132,30 @@ fn drain(work: &Path, toml: &str, records: u64) -> anyhow::Result<Drained> {
     })
 }
 
-pub async fn bench_object_store(dir: PathBuf, records: u64, rate: u64) -> anyhow::Result<()> {
+pub async fn bench_object_store(
+    dir: PathBuf,
+    records: u64,
+    rate: u64,
+    format: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(format, "parquet" | "json"),
+        "--format is parquet or json, not {format}"
+    );
     let tmp = tempfile::Builder::new()
         .prefix("sluice-bench-object-store")
         .tempdir_in(&dir)?;
     let server = Server::start(tmp.path())?;
-    println!("workload: {records} sensor records (generator, seeded) → Parquet (zstd) on s3s-fs, 1 s batches");
+    println!(
+        "workload: {records} sensor records (generator, seeded) → {format} on s3s-fs, 1 s batches"
+    );
 
     let blackhole = drain(
         &tmp.path().join("blackhole"),
         &config(records, rate, "type = \"blackhole\""),
         records,
     )?;
-    let mut sink = String::from("type = \"object_store\"\nformat = \"parquet\"\n");
+    let mut sink = format!("type = \"object_store\"\nformat = \"{format}\"\n");
     for (k, v) in server.sink_options("out").as_object().unwrap() {
         sink.push_str(&format!("{k} = {v}\n"));
     }
@@ -196,7 +207,7 @@ pub async fn bench_object_store(dir: PathBuf, records: u64, rate: u64) -> anyhow
         blackhole.peak_rss_mb
     );
     println!(
-        "object_store sink: {:.2} s, {:.0} records/s, {} objects, {:.1} MB of Parquet = {:.1} MB/s, peak RSS {:.0} MB",
+        "object_store sink: {:.2} s, {:.0} records/s, {} objects, {:.1} MB of {format} = {:.1} MB/s, peak RSS {:.0} MB",
         run.seconds,
         rate_of(run.seconds),
         files.len(),
@@ -210,6 +221,11 @@ pub async fn bench_object_store(dir: PathBuf, records: u64, rate: u64) -> anyhow
         raw_seconds,
         mb / raw_seconds,
         100.0 * (mb / run.seconds) / (mb / raw_seconds)
+    );
+    println!(
+        "storage's cost: the object_store run took {:+.2} s against the blackhole run; its rate is {:.0}% of the pipeline's without storage",
+        run.seconds - blackhole.seconds,
+        100.0 * blackhole.seconds / run.seconds
     );
     Ok(())
 }
