@@ -10,3 +10,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # System libraries (RocksDB, libclang, procps); later connector suites add their servers here.
 scripts/deps.sh
 cargo test --workspace "$@"
+# HDFS: only against a NameNode you name (none can be run here), e.g. SLUICE_TEST_WEBHDFS=127.0.0.1:9870.
+if [ -n "${SLUICE_TEST_WEBHDFS:-}" ]; then
+  cargo test -p sluice --test e2e -- --ignored object_store_on_webhdfs
+fi

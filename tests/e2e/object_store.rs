@@ -628,6 +628,89 @@ fn sensors_to_s3_example_lands_a_partitioned_lake() {
     );
 }
 
+/// Copy every object under `prefix` of the store a sink with `options` writes to into `local`, so
+/// the folder-reading helpers can check stores that are not on this disk.
+pub(crate) fn mirror(options: Value, prefix: &str, local: &Path) {
+    let op = sluice_object_store::operator(options, local).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listed = match op.list_with(prefix).recursive(true).await {
+            Ok(listed) => listed,
+            // Nothing written yet (stores with real folders say so).
+            Err(e) if e.kind() == sluice_object_store::opendal::ErrorKind::NotFound => return,
+            Err(e) => panic!("listing {prefix}: {e}"),
+        };
+        for e in listed {
+            if e.metadata().is_dir() {
+                continue;
+            }
+            let body = op.read(e.path()).await.unwrap().to_vec();
+            let to = local.join(e.path());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, body).unwrap();
+        }
+    });
+}
+
+/// HDFS through WebHDFS, when `SLUICE_TEST_WEBHDFS` names a NameNode's HTTP address (`host:port`,
+/// e.g. `127.0.0.1:9870`; `SLUICE_TEST_WEBHDFS_USER` sets `hdfs_user`). No NameNode can be run
+/// here, so the test is ignored unless `tests/run.sh` sees the variable and asks for it.
+#[test]
+#[ignore = "needs a WebHDFS endpoint: SLUICE_TEST_WEBHDFS=host:port tests/run.sh"]
+fn object_store_on_webhdfs() {
+    let endpoint = std::env::var("SLUICE_TEST_WEBHDFS")
+        .expect("SLUICE_TEST_WEBHDFS=host:port of a NameNode's WebHDFS");
+    let endpoint = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let root = format!("/tmp/sluice-e2e-{}", sluice_core::time::now_ms());
+    let user = std::env::var("SLUICE_TEST_WEBHDFS_USER").ok();
+    let user_key = user
+        .as_deref()
+        .map(|u| format!("hdfs_user = \"{u}\"\n"))
+        .unwrap_or_default();
+    let toml = format!(
+        "\n[sinks.js]\ntype = \"object_store\"\npath = \"webhdfs://{endpoint}{root}/js\"\n{user_key}format = \"json\"\n\n[sinks.pq]\ntype = \"object_store\"\npath = \"webhdfs://{endpoint}{root}/pq\"\n{user_key}format = \"parquet\"\nmax_file_age = \"1s\"\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline("hdfs", 2000, 1000, &toml),
+    )
+    .unwrap();
+    let local = tmp.path().join("mirror");
+    let options = |sink: &str| {
+        let mut o = serde_json::json!({ "path": format!("webhdfs://{endpoint}{root}/{sink}") });
+        if let Some(u) = &user {
+            o["hdfs_user"] = Value::from(u.as_str());
+        }
+        o
+    };
+    let committed = |sink: &str| {
+        let to = local.join(sink);
+        let _ = std::fs::remove_dir_all(&to);
+        mirror(options(sink), "_sluice/manifest/", &to);
+        committed_count(&to, "copy")
+    };
+    let child = start(&gw);
+    wait_for("2000 rows in both sinks", Duration::from_secs(120), || {
+        committed("js") >= 2000 && committed("pq") >= 2000
+    });
+    stop(child);
+    for sink in ["js", "pq"] {
+        let to = local.join(sink);
+        let _ = std::fs::remove_dir_all(&to);
+        mirror(options(sink), "", &to);
+        assert_exactly_once(sink, &generated(2000, 1000), &committed_rows(&to, "copy"));
+    }
+}
+
 /// A memory figure of a running process from /proc (`VmRSS`, `VmHWM`), in MB; 0 once it has exited.
 fn memory_mb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

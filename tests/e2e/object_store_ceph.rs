@@ -6,8 +6,8 @@
 
 use crate::crash::{assert_exactly_once, kills, seed, start, stop};
 use crate::object_store::{
-    committed_count, committed_files, committed_rows, generated, pipeline, run_expecting_failure,
-    tools, wait_for,
+    committed_count, committed_files, committed_rows, generated, mirror, pipeline,
+    run_expecting_failure, tools, wait_for,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -87,32 +87,16 @@ impl Ceph {
 
     /// Copy every object under `prefix` of `bucket` into `local` (the helpers read folders).
     fn mirror(&self, bucket: &str, prefix: &str, local: &Path) {
-        let op = sluice_object_store::operator(
+        mirror(
             serde_json::json!({
                 "path": format!("s3://{bucket}"),
                 "endpoint": self.endpoint(),
                 "access_key_id": AK,
                 "secret_access_key": SK,
             }),
+            prefix,
             local,
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let listed = op.list_with(prefix).recursive(true).await.unwrap();
-            for e in listed {
-                if e.metadata().is_dir() {
-                    continue;
-                }
-                let body = op.read(e.path()).await.unwrap().to_vec();
-                let to = local.join(e.path());
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::write(to, body).unwrap();
-            }
-        });
+        );
     }
 
     /// Rows the manifest of `sink` (a folder of bucket `lake`) lists as committed.
