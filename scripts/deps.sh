@@ -16,28 +16,26 @@
 #                   release this rustc builds; ~300 CPU-s once)
 #   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written
 set -euo pipefail
-need=()
-for p in librocksdb-dev libclang-dev procps mosquitto mosquitto-clients python3-venv; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
+# apt_install [apt-get options --] PACKAGE...: installs those of the packages that are missing.
+apt_install() {
+  local opts=()
+  if [ "${2:-}" = "--" ]; then
+    opts=("$1")
+    shift 2
+  fi
+  local need=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  [ ${#need[@]} -gt 0 ] || return 0
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing ${need[*]}" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-ceph=()
-for p in ceph-mon ceph-osd radosgw uuid-runtime curl; do
-  dpkg -s "$p" >/dev/null 2>&1 || ceph+=("$p")
-done
-if [ ${#ceph[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing ${ceph[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${opts[@]}" "${need[@]}" >/dev/null
+}
+apt_install librocksdb-dev libclang-dev procps mosquitto mosquitto-clients python3-venv
+apt_install --no-install-recommends -- ceph-mon ceph-osd radosgw uuid-runtime curl
 
 tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"
 mkdir -p "$tools"
