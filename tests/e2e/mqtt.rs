@@ -454,6 +454,13 @@ fn mqtt_messages_published_while_down_and_across_a_broker_restart_arrive_once() 
     std::thread::sleep(Duration::from_millis(500));
     stop(child);
     let rows = committed_rows(&gw.join("out"), "copy");
+    if let Ok(keep) = std::env::var("SLUICE_TEST_KEEP") {
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(tmp.path())
+            .arg(format!("{keep}-restart"))
+            .status();
+    }
     assert_exactly_once("down time and broker restart", &expected_n(0, 8000), &rows);
     assert!(
         log_of(&gw).contains("mqtt connection down"),
