@@ -10,8 +10,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # System libraries (RocksDB, libclang, procps); later connector suites add their servers here.
 scripts/deps.sh
 # The two heaviest end-to-end tests (a 208 MB object; a Ceph cluster) run on their own, after the
-# rest: run beside the MQTT crash tests, their disk and CPU load delayed the gateway's WAL syncs and
-# acknowledgements enough to expose the open MQTT defect in docs/mqtt.md ("Known limits").
+# rest, so that their disk and CPU load does not slow every other test (it once exposed an MQTT
+# defect, since fixed: docs/mqtt.md, "Known limits").
 heavy=(object_store_writes_200_mb_with_bounded_memory object_store_on_ceph_rgw)
 cargo test --workspace "$@" -- $(printf -- '--skip %s ' "${heavy[@]}")
 cargo test -p sluice --test e2e "$@" -- "${heavy[@]}"

@@ -42,6 +42,10 @@ pub enum Event {
     Published,
     /// Our PUBACK / PUBREC for a received message was written out.
     Acked(u16),
+    /// A probe (UNSUBSCRIBE of a filter nobody uses) was written out with this packet id ...
+    ProbeSent(u16),
+    /// ... and the broker answered it: it has read everything written before the probe.
+    ProbeAnswered(u16),
     /// The connection failed; the driver reconnects after a backoff. `refused` is set when the
     /// broker refused the credentials or the client id (retrying will not help).
     Down {
@@ -75,6 +79,9 @@ fn qos5_of(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// The filter probes unsubscribe from.
+const PROBE_FILTER: &str = "$sluice/probe";
+
 fn client_error(e: impl std::fmt::Display) -> Error {
     Error::msg(format!("MQTT client stopped: {e}"))
 }
@@ -94,6 +101,16 @@ impl Client {
                 p.pkid = pkid;
                 c.ack(&p).await.map_err(client_error)
             }
+        }
+    }
+
+    /// Ask the broker for an answer that proves it has read what was written before: an
+    /// UNSUBSCRIBE of a filter this client never subscribes to (a broker answers UNSUBACK whether
+    /// or not anything matched, and reads a connection's packets in order).
+    pub async fn probe(&self) -> Result<()> {
+        match self {
+            Client::V311(c) => c.unsubscribe(PROBE_FILTER).await.map_err(client_error),
+            Client::V5(c) => c.unsubscribe(PROBE_FILTER).await.map_err(client_error),
         }
     }
 
@@ -181,6 +198,8 @@ enum Polled {
     PubCompSent(u16),
     /// We sent PUBACK / PUBREC for a received message.
     AckSent(u16),
+    ProbeSent(u16),
+    ProbeAnswered(u16),
     Other,
 }
 
@@ -222,6 +241,8 @@ impl EventLoop for rumqttc::EventLoop {
             Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
                 Ok(Polled::AckSent(pkid))
             }
+            Ok(Ev::Outgoing(Outgoing::Unsubscribe(pkid))) => Ok(Polled::ProbeSent(pkid)),
+            Ok(Ev::Incoming(Packet::UnsubAck(a))) => Ok(Polled::ProbeAnswered(a.pkid)),
             Ok(_) => Ok(Polled::Other),
             Err(e) => Err(Failure {
                 unsolicited: match &e {
@@ -278,6 +299,8 @@ impl EventLoop for rumqttc::v5::EventLoop {
             Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
                 Ok(Polled::AckSent(pkid))
             }
+            Ok(Ev::Outgoing(Outgoing::Unsubscribe(pkid))) => Ok(Polled::ProbeSent(pkid)),
+            Ok(Ev::Incoming(Packet::UnsubAck(a))) => Ok(Polled::ProbeAnswered(a.pkid)),
             Ok(_) => Ok(Polled::Other),
             Err(e) => Err(Failure {
                 unsolicited: match &e {
@@ -328,6 +351,8 @@ async fn drive(mut el: impl EventLoop, tx: mpsc::Sender<Event>, released: Releas
             Ok(Polled::Message(m)) => Event::Message(m),
             Ok(Polled::Published) => Event::Published,
             Ok(Polled::AckSent(pkid)) => Event::Acked(pkid),
+            Ok(Polled::ProbeSent(pkid)) => Event::ProbeSent(pkid),
+            Ok(Polled::ProbeAnswered(pkid)) => Event::ProbeAnswered(pkid),
             Ok(Polled::PubCompSent(pkid)) => {
                 released.lock().unwrap().remove(&pkid);
                 continue;

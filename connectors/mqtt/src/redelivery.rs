@@ -1,15 +1,19 @@
 //! Recognising a broker's redelivery of a message that is already in the WAL.
 //!
 //! A QoS 1/2 message is acknowledged only after its block is durable, and an acknowledgement can
-//! still be lost (the gateway killed before the client wrote it, or with it in the socket's send
-//! queue). The broker then sends the message again, with DUP set and the same packet id. Each
-//! stored message is remembered as its packet id plus a 48-bit hash of topic and payload, from
-//! when it is stored until its acknowledgement has been written out and `margin` later ones have
-//! been too. This set is stored with every WAL block, so a restarted gateway recognises what the
-//! killed one stored.
+//! still be lost: the gateway killed before the client wrote it; written but still in a socket
+//! buffer when a SIGKILL resets the connection; or read by nobody because the broker stopped
+//! (mosquitto then restarts from its persistence file without it). The broker sends the message
+//! again, with DUP set and the same packet id. Each stored message is remembered as its packet id
+//! plus a 48-bit hash of topic and payload, until the broker has shown that it read the
+//! acknowledgement: the source sends a probe (an UNSUBSCRIBE nobody uses) after each block's
+//! acknowledgements, and the broker's answer proves it read everything written before the probe.
+//! Redeliveries after a reconnect come before the answer to the new connection's first probe, so
+//! they are recognised while still remembered.
 //!
-//! No count of unacknowledged messages is assumed: brokers may have more in flight than their
-//! configured limit (mosquitto 2.0 redelivered 2,142 messages to one client with
+//! This set is stored with every WAL block, so a restarted gateway recognises what the killed one
+//! stored. No count of unacknowledged messages is assumed: brokers may have more in flight than
+//! their configured limit (mosquitto 2.0 redelivered 2,142 messages to one client with
 //! `max_inflight_messages 1000` in the crash tests here).
 
 use crate::client::Message;
@@ -18,9 +22,15 @@ use std::collections::VecDeque;
 pub struct Remembered {
     /// Stored (or recognised again), acknowledgement not yet written out: (packet id, entry).
     unacked: VecDeque<(u16, u64)>,
-    /// Acknowledged most recently, oldest first.
-    acked: VecDeque<u64>,
-    margin: usize,
+    /// Acknowledgement written out, not yet proven read: (sequence number, entry), oldest first.
+    acked: VecDeque<(u64, u64)>,
+    /// The sequence number the next acknowledged entry gets.
+    next: u64,
+    /// Probes written out on this connection and not answered yet: (packet id, first sequence
+    /// number acknowledged after it).
+    probes: VecDeque<(u16, u64)>,
+    /// Most acknowledged entries kept when probes go unanswered (a broker that never answers).
+    cap: usize,
 }
 
 fn entry(m: &Message) -> u64 {
@@ -39,13 +49,17 @@ fn entry(m: &Message) -> u64 {
 }
 
 impl Remembered {
-    /// From the list a previous run stored (all of it counts as acknowledged: the broker resends
-    /// what was not, first thing after the reconnect).
-    pub fn restore(stored: impl IntoIterator<Item = u64>, margin: usize) -> Self {
+    /// From the list a previous run stored: all of it counts as acknowledged and unproven (the
+    /// broker resends what it lacks first thing after the reconnect, before it answers a probe).
+    pub fn restore(stored: impl IntoIterator<Item = u64>, cap: usize) -> Self {
+        let acked: VecDeque<(u64, u64)> =
+            stored.into_iter().zip(0..).map(|(e, i)| (i, e)).collect();
         Remembered {
             unacked: VecDeque::new(),
-            acked: stored.into_iter().collect(),
-            margin,
+            next: acked.len() as u64,
+            acked,
+            probes: VecDeque::new(),
+            cap: cap.max(1),
         }
     }
 
@@ -59,7 +73,7 @@ impl Remembered {
     /// Whether `m` (a redelivery) was stored before. If so it waits for its acknowledgement again.
     pub fn recognise(&mut self, m: &Message) -> bool {
         let e = entry(m);
-        if let Some(i) = self.acked.iter().rposition(|&x| x == e) {
+        if let Some(i) = self.acked.iter().rposition(|&(_, x)| x == e) {
             self.acked.remove(i);
         } else if let Some(i) = self.unacked.iter().rposition(|&(_, x)| x == e) {
             self.unacked.remove(i);
@@ -80,20 +94,40 @@ impl Remembered {
             },
         };
         let (_, e) = self.unacked.remove(i).expect("index found");
-        // Shrinks by one per acknowledgement while over the margin (after a restore).
-        for _ in 0..2 {
-            if self.acked.len() >= self.margin {
-                self.acked.pop_front();
-            }
+        if self.acked.len() >= self.cap {
+            self.acked.pop_front();
         }
-        self.acked.push_back(e);
+        self.acked.push_back((self.next, e));
+        self.next += 1;
+    }
+
+    /// A probe with packet id `pkid` was written out after every acknowledgement so far.
+    pub fn probe_sent(&mut self, pkid: u16) {
+        self.probes.push_back((pkid, self.next));
+    }
+
+    /// The broker answered probe `pkid`: it has read the acknowledgements written before it.
+    pub fn probe_answered(&mut self, pkid: u16) {
+        let Some(i) = self.probes.iter().position(|&(p, _)| p == pkid) else {
+            return;
+        };
+        let (_, until) = self.probes[i];
+        self.probes.drain(..=i);
+        while self.acked.front().is_some_and(|&(seq, _)| seq < until) {
+            self.acked.pop_front();
+        }
+    }
+
+    /// The connection dropped: probes in flight on it will not be answered.
+    pub fn connection_lost(&mut self) {
+        self.probes.clear();
     }
 
     /// Everything to store with the next block.
     pub fn entries(&self) -> Vec<u64> {
         self.acked
             .iter()
-            .copied()
+            .map(|&(_, e)| e)
             .chain(self.unacked.iter().map(|&(_, e)| e))
             .collect()
     }
@@ -138,23 +172,46 @@ mod tests {
     }
 
     #[test]
-    fn acknowledged_ones_are_kept_for_a_margin_then_forgotten() {
-        let mut r = Remembered::restore([], 3);
+    fn acknowledged_ones_are_remembered_until_a_later_probe_is_answered() {
+        let mut r = Remembered::restore([], 1000);
         for i in 1..=10u16 {
             r.stored(&msg(i, i as u32));
             r.acked(i);
         }
-        assert_eq!(r.len(), 3);
-        assert!(r.recognise(&msg(9, 9)));
+        r.probe_sent(500);
+        r.stored(&msg(11, 11));
+        r.acked(11);
+        // Written, not yet proven read: a redelivery of any of them is recognised.
+        assert_eq!(r.len(), 11);
+        r.probe_answered(500);
+        assert_eq!(r.len(), 1, "only the one acknowledged after the probe");
         assert!(!r.recognise(&msg(2, 2)));
-        // Recognised: waits for its acknowledgement again, then is in the margin.
-        r.acked(9);
-        assert!(r.recognise(&msg(9, 9)));
+        assert!(r.recognise(&msg(11, 11)));
     }
 
     #[test]
-    fn a_large_restored_set_shrinks_to_the_margin() {
-        let mut r = Remembered::restore((0..100u64).map(|i| i << 48), 10);
+    fn a_probe_lost_with_its_connection_proves_nothing() {
+        let mut r = Remembered::restore([], 1000);
+        r.stored(&msg(1, 1));
+        r.acked(1);
+        r.probe_sent(7);
+        r.connection_lost();
+        r.probe_answered(7); // an answer on no connection: ignored
+        assert!(r.recognise(&msg(1, 1)));
+    }
+
+    #[test]
+    fn a_restored_set_is_kept_until_the_first_probe_is_answered() {
+        let mut r = Remembered::restore((0..5000u64).map(|i| i << 48 | i), 100_000);
+        r.probe_sent(1);
+        assert_eq!(r.len(), 5000);
+        r.probe_answered(1);
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn unanswered_probes_leave_at_most_the_cap() {
+        let mut r = Remembered::restore([], 10);
         for i in 1..=200u16 {
             r.stored(&msg(i, i as u32));
             r.acked(i);

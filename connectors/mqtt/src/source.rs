@@ -65,8 +65,7 @@ pub struct MqttSourceConfig {
     pub block_interval: Duration,
     /// How many QoS 1/2 messages may wait for their acknowledgement (MQTT 5's receive maximum;
     /// with 3.1.1 set the broker's own limit, mosquitto's `max_inflight_messages`, to at most
-    /// this). Also how many acknowledged messages are remembered after their acknowledgement
-    /// was sent, in case it is lost.
+    /// this).
     /// Default 1000.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
@@ -434,7 +433,7 @@ fn position(remembered: &Remembered, released: &Released) -> serde_json::Value {
     })
 }
 
-fn restore(position: Option<serde_json::Value>, margin: usize) -> (Remembered, Released) {
+fn restore(position: Option<serde_json::Value>, cap: usize) -> (Remembered, Released) {
     let position = position.unwrap_or_default();
     let stored = position["stored"]
         .as_array()
@@ -445,7 +444,7 @@ fn restore(position: Option<serde_json::Value>, margin: usize) -> (Remembered, R
         let mut r = released.lock().unwrap();
         r.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u16));
     }
-    (Remembered::restore(stored, margin), released)
+    (Remembered::restore(stored, cap), released)
 }
 
 /// The acknowledgements of a block, once it is durable.
@@ -461,6 +460,7 @@ fn acks_when(stored: Durable<'_>, acks: Vec<(u8, u16)>) -> BoxFuture<'_, Result<
 /// so the receiver must never wait on the queue itself.
 enum Request {
     Subscribe(Vec<(String, u8)>),
+    /// Acknowledgements, then a probe whose answer proves the broker read them.
     Ack(Vec<(u8, u16)>),
 }
 
@@ -478,8 +478,12 @@ fn spawn_outbox(client: Client) -> (mpsc::UnboundedSender<Request>, tokio::task:
                 }
                 Request::Ack(acks) => {
                     let mut r = Ok(());
+                    let any = !acks.is_empty();
                     for (qos, pkid) in acks {
                         r = r.and(client.ack(qos, pkid).await);
+                    }
+                    if any {
+                        r = r.and(client.probe().await);
                     }
                     r
                 }
@@ -511,7 +515,9 @@ fn send_acks(
 impl Receiver for MqttReceiver {
     async fn run(mut self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
         let cap = self.cfg.inflight.max(1) as usize;
-        let (mut remembered, released) = restore(out.resume_position(), cap);
+        // Acknowledged messages are forgotten once a probe proves the broker read their
+        // acknowledgements; the cap only matters with a broker that never answers.
+        let (mut remembered, released) = restore(out.resume_position(), cap * 64);
         let options = self.options.take().expect("run once");
         let (client, mut events) = client::start(options, cap * 2, released.clone(), self.retry);
         let (outbox, sending) = spawn_outbox(client.clone());
@@ -560,6 +566,7 @@ impl Receiver for MqttReceiver {
                         }
                     }
                     Some(Event::Down { error, refused }) => {
+                        remembered.connection_lost();
                         if refused {
                             return Err(crate::connection::refused("source", &self.name, &self.endpoint.to_string(), &error.to_string()));
                         }
@@ -567,6 +574,8 @@ impl Receiver for MqttReceiver {
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
                     }
                     Some(Event::Acked(pkid)) => remembered.acked(pkid),
+                    Some(Event::ProbeSent(pkid)) => remembered.probe_sent(pkid),
+                    Some(Event::ProbeAnswered(pkid)) => remembered.probe_answered(pkid),
                     Some(Event::Published) => {}
                 },
                 _ = tokio::time::sleep(flush_in) => {}
