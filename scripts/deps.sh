@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what sluice builds against and what its tests start, if missing (Debian/Ubuntu):
+# Installs what sluice builds against, if missing (Debian/Ubuntu):
 #   librocksdb-dev  RocksDB for the checkpoint store, linked dynamically (building the bundled C++
 #                   copy would cost ~2,900 CPU-s per clean build; see docs/operations.md)
 #   libclang-dev    bindgen, for the RocksDB bindings
+# and with `--tests` (tests/run.sh passes it) what the tests start and read with:
 #   procps          `kill`, used by the crash tests
 #   mosquitto, mosquitto-clients
 #                   the MQTT broker the mqtt tests start on a loopback port of their own, and
@@ -34,7 +35,10 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${opts[@]}" "${need[@]}" >/dev/null
 }
-apt_install librocksdb-dev libclang-dev procps mosquitto mosquitto-clients python3-venv
+apt_install librocksdb-dev libclang-dev
+[ "${1:-}" = "--tests" ] || exit 0
+
+apt_install procps mosquitto mosquitto-clients python3-venv
 apt_install --no-install-recommends -- ceph-mon ceph-osd radosgw uuid-runtime curl
 
 tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # System libraries (RocksDB, libclang, procps); later connector suites add their servers here.
-scripts/deps.sh
+scripts/deps.sh --tests
 # The two heaviest end-to-end tests (a 208 MB object; a Ceph cluster) run on their own, after the
 # rest, so that their disk and CPU load does not slow every other test (it once exposed an MQTT
 # defect, since fixed: docs/mqtt.md, "Known limits").

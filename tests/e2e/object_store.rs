@@ -20,7 +20,7 @@ pub struct S3 {
     child: Child,
 }
 
-/// Where scripts/deps.sh installs the test servers and clients (`SLUICE_TOOLS`).
+/// Where scripts/deps.sh --tests installs the test servers and clients (`SLUICE_TOOLS`).
 pub(crate) fn tools() -> PathBuf {
     std::env::var("SLUICE_TOOLS")
         .map(PathBuf::from)
@@ -56,7 +56,7 @@ impl S3 {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start s3s-fs (scripts/deps.sh installs it)");
+            .expect("start s3s-fs (scripts/deps.sh --tests installs it)");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "s3s-fs did not start");
@@ -270,7 +270,7 @@ pub(crate) fn committed_count(dir: &Path, job: &str) -> u64 {
         .sum()
 }
 
-/// pyarrow / fastavro / zstandard (installed by scripts/deps.sh) count the rows of the objects and sum `ts`.
+/// pyarrow / fastavro / zstandard (installed by scripts/deps.sh --tests) count the rows of the objects and sum `ts`.
 pub(crate) fn python_check(files: &[PathBuf]) -> (u64, i64) {
     let py = tools().join("python-venv/bin/python");
     let script = r#"
@@ -306,7 +306,7 @@ print(rows, total)
         .arg(script)
         .args(files)
         .output()
-        .expect("the test venv's python (scripts/deps.sh makes it)");
+        .expect("the test venv's python (scripts/deps.sh --tests makes it)");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python reader failed: {err}");
     let s = String::from_utf8(out.stdout).unwrap();

@@ -45,7 +45,7 @@ impl Ceph {
             .unwrap();
         assert!(
             out.status.success(),
-            "ceph-rgw.sh start failed (scripts/deps.sh installs ceph-mon, ceph-osd, radosgw): {}",
+            "ceph-rgw.sh start failed (scripts/deps.sh --tests installs ceph-mon, ceph-osd, radosgw): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         ceph

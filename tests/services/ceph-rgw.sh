@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Starts a one-node Ceph cluster with an S3 gateway (RGW) on 127.0.0.1, in a folder of its own, for
-# the object-store tests' Ceph suite (SLUICE_TEST_CEPH=1):
+# the object-store tests' Ceph suite (tests/e2e/object_store_ceph.rs):
 #
 #   tests/services/ceph-rgw.sh start DIR RGW_PORT ACCESS_KEY SECRET_KEY   # returns once S3 answers
 #   tests/services/ceph-rgw.sh stop DIR
 #
 # One monitor, one OSD on `memstore` (RAM, nothing on disk but logs), cephx keys in one keyring
 # file, the beast frontend on RGW_PORT, and one RGW user with the given keys. Needs the Debian
-# packages ceph-mon, ceph-osd and radosgw (scripts/deps.sh installs them when SLUICE_TEST_CEPH=1).
+# packages ceph-mon, ceph-osd and radosgw (scripts/deps.sh --tests installs them).
 set -euo pipefail
 
 cmd="${1:?start|stop}"

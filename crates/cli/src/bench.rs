@@ -70,7 +70,7 @@ pub enum Which {
         seed: u64,
     },
     /// Generated sensor records into objects on a local s3s-fs, against a raw PUT of the same
-    /// bytes and the same pipeline into the blackhole sink (needs s3s-fs: scripts/deps.sh).
+    /// bytes and the same pipeline into the blackhole sink (needs s3s-fs: scripts/deps.sh --tests).
     ObjectStore {
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,

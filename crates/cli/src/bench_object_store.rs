@@ -52,7 +52,9 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start s3s-fs ({e}): run scripts/deps.sh"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start s3s-fs ({e}): run scripts/deps.sh --tests")
+            })?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             anyhow::ensure!(Instant::now() < deadline, "s3s-fs did not start");
