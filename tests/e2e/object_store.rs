@@ -49,10 +49,15 @@ impl S3 {
             .local_addr()
             .unwrap()
             .port();
+        let child = Self::launch(port, &root);
+        S3 { port, root, child }
+    }
+
+    fn launch(port: u16, root: &Path) -> Child {
         let child = Command::new(tool("s3s-fs"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", AK, "--secret-key", SK])
-            .arg(&root)
+            .arg(root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -62,7 +67,15 @@ impl S3 {
             assert!(Instant::now() < deadline, "s3s-fs did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        S3 { port, root, child }
+        child
+    }
+
+    /// Kill the server, keep it down for `down`, start it again on the same port and folder.
+    pub fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::launch(self.port, &self.root);
     }
 
     pub fn endpoint(&self) -> String {
@@ -625,6 +638,45 @@ fn sensors_to_s3_example_lands_a_partitioned_lake() {
             .iter()
             .all(|k| k.starts_with("site_batches/20") && k.ends_with(".json")),
         "{summaries:?}"
+    );
+}
+
+/// The store goes away for 1.5 s in the middle of a run: requests are retried with backoff (and
+/// logged), the batches wait, and every record lands once.
+#[test]
+fn object_store_retries_while_the_store_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s3 = S3::start(tmp.path(), &["lake"]);
+    let keys = s3
+        .keys("lake/out", SK)
+        .replace("max_retries = 3", "max_retries = 12\nretry_max = \"500ms\"");
+    let toml = format!("\n[sinks.out]\ntype = \"object_store\"\n{keys}format = \"json\"\n");
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline("os-retry", 4000, 1000, &toml),
+    )
+    .unwrap();
+    let child = start(&gw);
+    let dir = s3.root.join("lake/out");
+    wait_for("1000 rows", Duration::from_secs(60), || {
+        committed_count(&dir, "copy") >= 1000
+    });
+    s3.restart_after(Duration::from_millis(1500));
+    wait_for("4000 rows", Duration::from_secs(120), || {
+        committed_count(&dir, "copy") >= 4000
+    });
+    stop(child);
+    assert_exactly_once(
+        "store down",
+        &generated(4000, 1000),
+        &committed_rows(&dir, "copy"),
+    );
+    let log = std::fs::read_to_string(gw.join("gateway.log")).unwrap();
+    assert!(
+        log.contains("object store request failed; retrying") && log.contains("sinks.out"),
+        "the retries are logged"
     );
 }
 

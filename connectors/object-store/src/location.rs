@@ -149,12 +149,21 @@ impl Location {
             }
         }
         .map_err(|e| ConfigError::new(format!("{key}.path"), "a usable store", e.to_string()))?;
+        let endpoint = self.endpoint(cfg);
+        let component = key.to_string();
         Ok(op.layer(
             RetryLayer::new()
                 .with_jitter()
                 .with_max_times(cfg.max_retries)
                 .with_min_delay(cfg.retry_initial)
-                .with_max_delay(cfg.retry_max),
+                .with_max_delay(cfg.retry_max)
+                .with_notify(move |e: opendal::layers::RetryEvent<'_>| {
+                    tracing::warn!(
+                        component = %component, endpoint = %endpoint, op = ?e.op,
+                        attempt = e.attempt, retry_in_ms = e.retry_after.as_millis() as u64,
+                        error = %e.err, "object store request failed; retrying"
+                    );
+                }),
         ))
     }
 }
