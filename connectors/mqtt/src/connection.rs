@@ -131,7 +131,12 @@ fn default_retry_max() -> Duration {
 
 /// The error that ends a component whose broker refused it (CONNACK with an error code): retrying
 /// would not help.
-pub fn refused(component: &str, name: &str, endpoint: &str, error: &str) -> sluice_core::Error {
+pub fn refused(
+    component: &str,
+    name: &str,
+    endpoint: impl std::fmt::Display,
+    error: impl std::fmt::Display,
+) -> sluice_core::Error {
     sluice_core::Error::msg(format!(
         "mqtt {component} `{name}`: {endpoint} refused the connection ({error}); check username, \
          password and client_id"

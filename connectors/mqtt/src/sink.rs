@@ -250,7 +250,7 @@ impl Sink for MqttSink {
                     }
                     Some(Event::Down { error, refused }) => {
                         if refused {
-                            return Err(crate::connection::refused("sink", &self.name, &self.endpoint.to_string(), &error.to_string()));
+                            return Err(crate::connection::refused("sink", &self.name, &self.endpoint, &error));
                         }
                         tracing::warn!(sink = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                     }

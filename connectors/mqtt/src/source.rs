@@ -568,7 +568,7 @@ impl Receiver for MqttReceiver {
                     Some(Event::Down { error, refused }) => {
                         remembered.connection_lost();
                         if refused {
-                            return Err(crate::connection::refused("source", &self.name, &self.endpoint.to_string(), &error.to_string()));
+                            return Err(crate::connection::refused("source", &self.name, &self.endpoint, &error));
                         }
                         tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
