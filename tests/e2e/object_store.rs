@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const AK: &str = "sluice-test-key";
@@ -20,23 +20,7 @@ pub struct S3 {
     child: Child,
 }
 
-/// Where scripts/deps.sh --tests installs the test servers and clients (`SLUICE_TOOLS`).
-pub(crate) fn tools() -> PathBuf {
-    std::env::var("SLUICE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice-tools")
-        })
-}
-
-fn tool(name: &str) -> PathBuf {
-    let p = tools().join("bin").join(name);
-    if p.exists() {
-        p
-    } else {
-        PathBuf::from(name)
-    }
-}
+pub(crate) use sluice::bench::tools_dir as tools;
 
 impl S3 {
     pub fn start(dir: &Path, buckets: &[&str]) -> S3 {
@@ -54,20 +38,7 @@ impl S3 {
     }
 
     fn launch(port: u16, root: &Path) -> Child {
-        let child = Command::new(tool("s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", AK, "--secret-key", SK])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs (scripts/deps.sh --tests installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
+        sluice::bench::start_s3s_fs(port, root, AK, SK).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Kill the server, keep it down for `down`, start it again on the same port and folder.
@@ -763,18 +734,6 @@ fn object_store_on_webhdfs() {
     }
 }
 
-/// A memory figure of a running process from /proc (`VmRSS`, `VmHWM`), in MB; 0 once it has exited.
-fn memory_mb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::to_string))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
-
 /// Over 200 MB of JSON lines staged batch by batch and joined into one object at the graceful
 /// stop, uploaded in 8 MiB parts: while the gateway writes that object its heap stays far below the
 /// object's size (it streams), its peak RSS stays under 400 MB, and every line arrives once, in order.
@@ -827,14 +786,14 @@ part_size = "8MiB"
     );
     // The graceful stop joins the staged pieces into the object. Heap = anonymous resident memory
     // (the mapped binary and libraries left out), read every 20 ms until the gateway exits.
-    let before = memory_mb(pid, "RssAnon");
+    let before = sluice::bench::status_mb(pid, "RssAnon");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let (mut closing, mut peak) = (0, 0);
+    let (mut closing, mut peak) = (0f64, 0f64);
     loop {
-        closing = closing.max(memory_mb(pid, "RssAnon"));
-        peak = peak.max(memory_mb(pid, "VmHWM"));
+        closing = closing.max(sluice::bench::status_mb(pid, "RssAnon"));
+        peak = peak.max(sluice::bench::peak_rss_mb(pid));
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "graceful stop exited with {status}");
             break;
@@ -846,20 +805,20 @@ part_size = "8MiB"
     assert_eq!(files.len(), 1, "{files:?}");
     let size = std::fs::metadata(dir.join(&files[0])).unwrap().len() >> 20;
     eprintln!(
-        "one object of {size} MB; gateway heap {before} MB before the stop, at most {closing} MB while writing the object; peak RSS {peak} MB"
+        "one object of {size} MB; gateway heap {before:.0} MB before the stop, at most {closing:.0} MB while writing the object; peak RSS {peak:.0} MB"
     );
     assert!(size > 200, "only {size} MB written");
     assert!(
-        before > 0 && closing > 0 && peak > 0,
+        before > 0.0 && closing > 0.0 && peak > 0.0,
         "the gateway's memory was never read"
     );
     // A sink holding the object would need its size on top of what it held before.
     assert!(
-        closing < before + size / 2,
-        "heap rose from {before} MB to {closing} MB while writing a {size} MB object"
+        closing < before + (size / 2) as f64,
+        "heap rose from {before:.0} MB to {closing:.0} MB while writing a {size} MB object"
     );
     // The memory target for the object-store path (the benchmark's too).
-    assert!(peak < 400, "peak RSS {peak} MB");
+    assert!(peak < 400.0, "peak RSS {peak:.0} MB");
 
     // Every generated line once, in order.
     let cfg: sluice_generator::GeneratorConfig = serde_json::from_value(serde_json::json!({

@@ -406,18 +406,69 @@ async fn wordcount_at(rate: u64, seconds: u64) -> anyhow::Result<RateResult> {
 
 /// Peak resident set size (VmHWM) of process `pid`, in MB.
 pub fn peak_rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmHWM")
+}
+
+/// A memory figure of process `pid` from /proc/PID/status (`VmHWM`, `VmRSS`, `RssAnon`, ...), in
+/// MB; 0 once the process has exited.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Where `scripts/deps.sh --tests` installs the servers and clients the tests and benchmarks
+/// start: `$SLUICE_TOOLS`, by default `~/.cache/sluice-tools` (outside the clone).
+pub fn tools_dir() -> std::path::PathBuf {
+    std::env::var("SLUICE_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/sluice-tools")
+        })
+}
+
+/// Start `s3s-fs` (the S3 server of the object-store tests and benchmark) on 127.0.0.1:`port`,
+/// serving the buckets that are folders of `root`; returns once it accepts connections.
+pub fn start_s3s_fs(
+    port: u16,
+    root: &std::path::Path,
+    access_key: &str,
+    secret_key: &str,
+) -> anyhow::Result<std::process::Child> {
+    let installed = tools_dir().join("bin/s3s-fs");
+    let program = if installed.exists() {
+        installed
+    } else {
+        "s3s-fs".into()
+    };
+    let mut child = std::process::Command::new(program)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", access_key, "--secret-key", secret_key])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start s3s-fs ({e}): run scripts/deps.sh --tests"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("s3s-fs did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
 }

@@ -3,9 +3,9 @@
 //! the same bytes to the same server through the OpenDAL writer alone, and with the same pipeline
 //! into the `blackhole` sink (the pipeline's cost without storage).
 
-use crate::bench::{peak_rss_mb, spawn_gateway, stop_gateway};
+use crate::bench::{peak_rss_mb, spawn_gateway, start_s3s_fs, stop_gateway};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const AK: &str = "bench-key";
@@ -24,20 +24,6 @@ impl Drop for Server {
     }
 }
 
-fn s3s_fs() -> PathBuf {
-    let tools = std::env::var("SLUICE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice-tools")
-        });
-    let p = tools.join("bin/s3s-fs");
-    if p.exists() {
-        p
-    } else {
-        PathBuf::from("s3s-fs")
-    }
-}
-
 impl Server {
     fn start(dir: &Path) -> anyhow::Result<Server> {
         let root = dir.join("s3");
@@ -45,21 +31,7 @@ impl Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", AK, "--secret-key", SK])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot start s3s-fs ({e}): run scripts/deps.sh --tests")
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = start_s3s_fs(port, &root, AK, SK)?;
         Ok(Server { port, root, child })
     }
 
