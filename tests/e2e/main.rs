@@ -9,6 +9,7 @@
 //! - `mqtt`: the MQTT source and sink against a real mosquitto broker, with SIGKILLs.
 //! - `object_store`: the object-storage sink against a real S3 server (s3s-fs), with SIGKILLs.
 //! - `object_store_ceph`: the same sink against Ceph RGW (one-node cluster started by the test).
+//! - `kafka`: the Kafka source and sink against a real broker (tansu), with SIGKILLs.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
 mod backpressure;
@@ -17,6 +18,7 @@ mod common;
 mod connectors;
 mod crash;
 mod durability;
+mod kafka;
 mod mqtt;
 mod object_store;
 mod object_store_ceph;

@@ -11,8 +11,7 @@ use crate::client::{self, Client, Event, Message, Released, Retry};
 use crate::connection::{self, Connection, Options, Protocol};
 use crate::redelivery::Remembered;
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, MapBuilder, StringBuilder,
-    TimestampMillisecondBuilder, UInt8Builder,
+    BooleanBuilder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -25,7 +24,8 @@ use sluice_core::{
     BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee,
     Receiver, ReceiverStatus, Result, SourceFactory, SourceRuntime,
 };
-use sluice_formats::{Decoder, Format};
+use sluice_formats::payload::PayloadDecoder;
+pub use sluice_formats::payload::PayloadFormat;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -77,16 +77,6 @@ pub struct MqttSourceConfig {
 pub enum Subscription {
     Filter(String),
     WithQos { filter: String, qos: u8 },
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    #[default]
-    Text,
-    Raw,
-    Json,
-    Csv,
 }
 
 fn default_qos() -> u8 {
@@ -170,40 +160,14 @@ impl SourceFactory for MqttSourceFactory {
                 "0",
             ));
         }
-        let decoder = match cfg.format {
-            PayloadFormat::Json => Some(Decoder::for_component(
-                path,
-                Format::Json,
-                cfg.schema.as_deref(),
-                cfg.delimiter,
-            )?),
-            PayloadFormat::Csv => Some(Decoder::for_component(
-                path,
-                Format::Csv,
-                cfg.schema.as_deref(),
-                cfg.delimiter,
-            )?),
-            PayloadFormat::Text | PayloadFormat::Raw => {
-                if cfg.schema.is_some() {
-                    return Err(ConfigError::new(
-                        format!("{path}.schema"),
-                        "no schema for format \"text\" or \"raw\" (one `payload` column)",
-                        "a schema",
-                    )
-                    .with_hint(
-                        "set format = \"json\" or \"csv\" to decode payloads with a schema",
-                    ));
-                }
-                None
-            }
-        };
-        let mut fields: Vec<Field> = match &decoder {
-            Some(d) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
-            None if cfg.format == PayloadFormat::Raw => {
-                vec![Field::new("payload", DataType::Binary, false)]
-            }
-            None => vec![Field::new("payload", DataType::Utf8, false)],
-        };
+        let decoder = PayloadDecoder::new(
+            path,
+            "payload",
+            cfg.format,
+            cfg.schema.as_deref(),
+            cfg.delimiter,
+        )?;
+        let mut fields = decoder.fields();
         if cfg.envelope {
             if let Some(f) = fields
                 .iter()
@@ -276,7 +240,7 @@ pub struct MqttReceiver {
     clean_session: bool,
     v5: bool,
     filters: Vec<(String, u8)>,
-    decoder: Option<Decoder>,
+    decoder: PayloadDecoder,
     schema: SchemaRef,
     cfg: MqttSourceConfig,
     name: String,
@@ -310,69 +274,13 @@ impl MqttReceiver {
                 .map(|m| (m.qos, m.pkid)),
         );
         // Which messages become rows; the others are dead letters (still acknowledged).
-        let mut kept: Vec<usize> = Vec::with_capacity(messages.len());
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        match (&self.decoder, self.cfg.format) {
-            (None, PayloadFormat::Raw) => {
-                let mut b = BinaryBuilder::new();
-                for (i, m) in messages.iter().enumerate() {
-                    b.append_value(&m.payload);
-                    kept.push(i);
-                }
-                columns.push(Arc::new(b.finish()));
-            }
-            (None, _) => {
-                let mut b = StringBuilder::new();
-                for (i, m) in messages.iter().enumerate() {
-                    match std::str::from_utf8(&m.payload) {
-                        Ok(s) => {
-                            b.append_value(s);
-                            kept.push(i);
-                        }
-                        Err(_) => out
-                            .dead_letters()
-                            .push(self.dead(m, "payload is not valid UTF-8".into())),
-                    }
-                }
-                columns.push(Arc::new(b.finish()));
-            }
-            (Some(d), _) => {
-                let mut texts: Vec<&str> = Vec::with_capacity(messages.len());
-                for (i, m) in messages.iter().enumerate() {
-                    match std::str::from_utf8(&m.payload) {
-                        Ok(s) => {
-                            texts.push(s);
-                            kept.push(i);
-                        }
-                        Err(_) => out
-                            .dead_letters()
-                            .push(self.dead(m, "payload is not valid UTF-8".into())),
-                    }
-                }
-                let (batch, dead) = d.decode(&texts);
-                let batch = if dead.is_empty() {
-                    batch
-                } else {
-                    // Find which payloads failed, one by one, to keep the envelope aligned.
-                    let mut parts = Vec::new();
-                    let mut still = Vec::with_capacity(kept.len());
-                    for (text, &i) in texts.iter().zip(&kept) {
-                        let (b, dead) = d.decode(&[text]);
-                        match dead.into_iter().next() {
-                            None => {
-                                parts.push(b);
-                                still.push(i);
-                            }
-                            Some(dl) => out.dead_letters().push(self.dead(&messages[i], dl.reason)),
-                        }
-                    }
-                    kept = still;
-                    arrow::compute::concat_batches(&d.schema(), &parts)
-                        .expect("batches of one schema")
-                };
-                columns.extend(batch.columns().iter().cloned());
-            }
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.payload[..]).collect();
+        let decoded = self.decoder.decode(&payloads);
+        for (i, reason) in decoded.failed {
+            out.dead_letters().push(self.dead(&messages[i], reason));
         }
+        let kept = decoded.kept;
+        let mut columns = decoded.columns;
         if self.cfg.envelope {
             let mut topic = StringBuilder::new();
             let mut qos = UInt8Builder::new();

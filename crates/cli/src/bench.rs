@@ -472,3 +472,49 @@ pub fn start_s3s_fs(
     }
     Ok(child)
 }
+
+/// Start `tansu` (the Kafka-protocol broker of the kafka tests and benchmark) on 127.0.0.1:`port`
+/// with its sqlite engine in `dir` (`dir/tansu.db`: data and committed offsets survive restarts);
+/// returns once it accepts connections.
+pub fn start_tansu(port: u16, dir: &std::path::Path) -> anyhow::Result<std::process::Child> {
+    std::fs::create_dir_all(dir)?;
+    let installed = tools_dir().join("bin/tansu");
+    let program = if installed.exists() {
+        installed
+    } else {
+        "tansu".into()
+    };
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("tansu.log"))?;
+    let mut child = std::process::Command::new(program)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): run scripts/deps.sh --tests"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "tansu exited ({status}): {}",
+                std::fs::read_to_string(dir.join("tansu.log")).unwrap_or_default()
+            );
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("tansu did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}

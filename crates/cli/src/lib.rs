@@ -24,10 +24,12 @@ pub fn registry() -> Registry {
         .register_source("generator", sluice_generator::GeneratorFactory)
         .register_source("queue", sluice_generator::QueueFactory)
         .register_source("mqtt", sluice_mqtt::MqttSourceFactory)
+        .register_source("kafka", sluice_kafka::KafkaSourceFactory)
         .register_sink("console", sluice_console::ConsoleFactory::default())
         .register_sink("file", sluice_file::FileSinkFactory)
         .register_sink("mqtt", sluice_mqtt::MqttSinkFactory)
         .register_sink("object_store", sluice_object_store::ObjectStoreSinkFactory)
+        .register_sink("kafka", sluice_kafka::KafkaSinkFactory)
         .register_sink(
             "blackhole",
             sluice_console::BlackholeFactory(Default::default()),

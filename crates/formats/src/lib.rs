@@ -12,6 +12,7 @@ use sluice_core::{ConfigError, DeadLetter};
 use std::sync::Arc;
 
 pub mod partition;
+pub mod payload;
 
 /// How a payload is decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]

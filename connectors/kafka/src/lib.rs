@@ -1,0 +1,13 @@
+//! Kafka for sluice, through librdkafka (rdkafka): the `kafka` source — direct, each batch an exact
+//! set of offset ranges recorded in its plan, so a re-run reads the same records — and the `kafka`
+//! sink — one transaction per (job, batch), so a re-run never writes twice.
+
+mod config;
+mod context;
+mod fetch;
+mod sink;
+mod source;
+
+pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
+pub use sink::KafkaSinkFactory;
+pub use source::{KafkaSourceFactory, PartRange};

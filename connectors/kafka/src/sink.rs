@@ -1,0 +1,649 @@
+//! The `kafka` sink. Output rows become records through the columns `value`, `key`, `topic`,
+//! `partition` and `headers` (as Spark's Kafka sink does); without a `value` column the other
+//! columns are serialised with `format`.
+//!
+//! Exactly once: each (job, batch) is one transaction, and the transaction also commits a marker —
+//! the offset, in a consumer group named after the transactional id, of partition 0 of `topic`,
+//! whose metadata holds the last batch time written for each job. A batch re-run after a crash
+//! whose transaction had committed is recognised from the marker and not written again; one whose
+//! transaction had not committed was aborted by the broker (read_committed readers never saw it).
+
+use crate::config::{check_properties, is_secret, KafkaSinkConfig, SinkFormat};
+use crate::context::Ctx;
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Columns with a meaning of their own; the others are the value's when there is no `value`.
+const SPECIAL: &[&str] = &["value", "key", "topic", "partition", "headers"];
+
+pub struct KafkaSinkFactory;
+
+impl SinkFactory for KafkaSinkFactory {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> std::result::Result<Box<dyn Sink>, ConfigError> {
+        let cfg: KafkaSinkConfig = sluice_core::options::parse(path, options)?;
+        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        check_properties(path, &cfg.properties)?;
+        if cfg.topic.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.topic"),
+                "a topic name",
+                "an empty string",
+            ));
+        }
+        let transactional_id = cfg
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
+        Ok(Box::new(KafkaSink {
+            name,
+            cfg,
+            transactional_id,
+            producer: None,
+            transactional: false,
+            marker: BTreeMap::new(),
+            group: None,
+        }))
+    }
+}
+
+type Prod = ThreadedProducer<Ctx>;
+
+pub struct KafkaSink {
+    name: String,
+    cfg: KafkaSinkConfig,
+    transactional_id: String,
+    producer: Option<Arc<Prod>>,
+    transactional: bool,
+    /// Job → the last batch time written, as committed with the last transaction.
+    marker: BTreeMap<String, i64>,
+    /// A consumer of the marker's group: reads the marker and names the group in transactions.
+    group: Option<Arc<BaseConsumer<Ctx>>>,
+}
+
+/// One output record.
+struct Out {
+    topic: Option<String>,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl KafkaSink {
+    fn fail(&self, msg: impl std::fmt::Display) -> Error {
+        Error::msg(format!("sink `{}`: {msg}", self.name))
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.bootstrap_servers);
+        for (k, v) in &self.cfg.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn shown_properties(&self) -> String {
+        self.cfg
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                if is_secret(k) {
+                    format!("{k}=***")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn producer(&self, transactional: bool) -> Result<Prod> {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true");
+        if transactional {
+            c.set("transactional.id", &self.transactional_id).set(
+                "transaction.timeout.ms",
+                self.cfg.transaction_timeout.as_millis().to_string(),
+            );
+        }
+        c.create_with_context(Ctx::new(format!("sink `{}`", self.name)))
+            .map_err(|e| {
+                self.fail(format!(
+                    "cannot create the Kafka producer ({e}); properties: {}",
+                    self.shown_properties()
+                ))
+            })
+    }
+
+    fn marker_offsets(&self, time: i64) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.cfg.topic, 0, Offset::Offset(time.max(0)))
+            .map_err(|e| self.fail(e))?;
+        let metadata = serde_json::to_string(&self.marker).expect("plain map");
+        tpl.find_partition(&self.cfg.topic, 0)
+            .expect("just added")
+            .set_metadata(metadata);
+        Ok(tpl)
+    }
+
+    /// Try transactions: init, then one transaction that commits the marker as it is. A broker
+    /// that cannot do them gets the idempotent producer; an unreachable one is an error.
+    async fn open_transactional(&mut self) -> Result<bool> {
+        let timeout = self.cfg.transaction_timeout;
+        let group = self.group.clone().expect("group opened");
+        let topic = self.cfg.topic.clone();
+        let read = blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, 0);
+            group.committed_offsets(tpl, timeout)
+        })
+        .await
+        .map_err(|e| self.fail(format!("cannot read the exactly-once marker: {e}")))?;
+        let (last, metadata) = read
+            .find_partition(&self.cfg.topic, 0)
+            .map(|e| (e.offset(), e.metadata().to_string()))
+            .unwrap_or((Offset::Invalid, String::new()));
+        if !metadata.is_empty() {
+            self.marker = serde_json::from_str(&metadata).map_err(|e| {
+                self.fail(format!(
+                    "the exactly-once marker of group `{}` is not sluice's ({e}): is another \
+                     application using this transactional id?",
+                    self.transactional_id
+                ))
+            })?;
+        }
+        let producer = Arc::new(self.producer(true)?);
+        let tpl = self.marker_offsets(match last {
+            Offset::Offset(n) => n,
+            _ => 0,
+        })?;
+        let cgm = self
+            .group
+            .as_ref()
+            .expect("opened")
+            .group_metadata()
+            .ok_or_else(|| self.fail("no consumer group metadata"))?;
+        let p = producer.clone();
+        let tried = blocking(move || -> std::result::Result<(), KafkaError> {
+            p.init_transactions(timeout)?;
+            p.begin_transaction()?;
+            p.send_offsets_to_transaction(&tpl, &cgm, timeout)?;
+            match p.commit_transaction(timeout) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = p.abort_transaction(timeout);
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        match tried {
+            Ok(()) => {
+                self.producer = Some(producer);
+                Ok(true)
+            }
+            Err(e) if unreachable(&e) => Err(self.fail(format!(
+                "cannot reach the brokers at {}: {e}",
+                self.cfg.bootstrap_servers
+            ))),
+            Err(e) => {
+                tracing::warn!(sink = %self.name, error = %e, "kafka: the broker does not support transactions; this sink falls back to the idempotent producer and is AT-LEAST-ONCE (a batch re-run after a crash may be written twice)");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Turn the output rows into records.
+    fn records(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<Out>> {
+        let idx = |n: &str| schema.index_of(n).ok();
+        let (value, key, topic, partition, headers) = (
+            idx("value"),
+            idx("key"),
+            idx("topic"),
+            idx("partition"),
+            idx("headers"),
+        );
+        let rest: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !SPECIAL.contains(&schema.field(*i).name().as_str()))
+            .collect();
+        if value.is_none() && self.cfg.format == SinkFormat::Text && rest.len() != 1 {
+            return Err(self.fail(format!(
+                "format \"text\" needs exactly one column besides key, topic, partition and \
+                 headers (or a `value` column); the job gives {}",
+                rest.len()
+            )));
+        }
+        let mut out = Vec::new();
+        for b in batches {
+            let values: Vec<Vec<u8>> = match value {
+                Some(i) => bytes_column(b.column(i), "value")
+                    .map_err(|e| self.fail(e))?
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect(),
+                None => {
+                    let projected = b.project(&rest)?;
+                    self.serialise(&projected)?
+                }
+            };
+            let keys = match key {
+                Some(i) => bytes_column(b.column(i), "key").map_err(|e| self.fail(e))?,
+                None => vec![None; b.num_rows()],
+            };
+            let topics: Vec<Option<String>> = match topic {
+                Some(i) => {
+                    let c = cast(b.column(i), &DataType::Utf8)?;
+                    let c = c.as_string::<i32>();
+                    (0..c.len())
+                        .map(|r| c.is_valid(r).then(|| c.value(r).to_string()))
+                        .collect()
+                }
+                None => vec![None; b.num_rows()],
+            };
+            let partitions: Vec<Option<i32>> = match partition {
+                Some(i) => {
+                    let c = cast(b.column(i), &DataType::Int32)?;
+                    let c = c.as_primitive::<Int32Type>();
+                    (0..c.len())
+                        .map(|r| c.is_valid(r).then(|| c.value(r)))
+                        .collect()
+                }
+                None => vec![None; b.num_rows()],
+            };
+            let header_rows = match headers {
+                Some(i) => header_column(b.column(i)).map_err(|e| self.fail(e))?,
+                None => vec![Vec::new(); b.num_rows()],
+            };
+            for ((((value, key), topic), partition), headers) in values
+                .into_iter()
+                .zip(keys)
+                .zip(topics)
+                .zip(partitions)
+                .zip(header_rows)
+            {
+                out.push(Out {
+                    topic,
+                    partition,
+                    key,
+                    value,
+                    headers,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One value per row from the columns that are not special.
+    fn serialise(&self, b: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let n = b.num_rows();
+        let encoded = match self.cfg.format {
+            SinkFormat::Text => {
+                let c = cast(b.column(0), &DataType::Utf8)?;
+                let c = c.as_string::<i32>();
+                return Ok((0..n).map(|r| c.value(r).as_bytes().to_vec()).collect());
+            }
+            SinkFormat::Json => sluice_formats::encode_json_lines(std::slice::from_ref(b))?,
+            SinkFormat::Csv => csv_rows(b)?,
+        };
+        let lines: Vec<Vec<u8>> = encoded
+            .split(|c| *c == b'\n')
+            .take(n)
+            .map(<[u8]>::to_vec)
+            .collect();
+        if lines.len() == n && encoded.iter().filter(|c| **c == b'\n').count() == n {
+            return Ok(lines);
+        }
+        // A CSV value with a line break: encode row by row.
+        (0..n)
+            .map(|r| {
+                let mut v = csv_rows(&b.slice(r, 1))?;
+                if v.last() == Some(&b'\n') {
+                    v.pop();
+                }
+                Ok(v)
+            })
+            .collect()
+    }
+}
+
+fn csv_rows(b: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    arrow::csv::WriterBuilder::new()
+        .with_header(false)
+        .build(&mut out)
+        .write(b)?;
+    Ok(out)
+}
+
+/// A string or binary column (others are cast to strings) as bytes.
+fn bytes_column(c: &ArrayRef, name: &str) -> std::result::Result<Vec<Option<Vec<u8>>>, String> {
+    let n = c.len();
+    match c.data_type() {
+        DataType::Binary => {
+            let c = c.as_binary::<i32>();
+            Ok((0..n)
+                .map(|r| c.is_valid(r).then(|| c.value(r).to_vec()))
+                .collect())
+        }
+        DataType::LargeBinary => {
+            let c = c.as_binary::<i64>();
+            Ok((0..n)
+                .map(|r| c.is_valid(r).then(|| c.value(r).to_vec()))
+                .collect())
+        }
+        _ => {
+            let s = cast(c, &DataType::Utf8)
+                .map_err(|e| format!("column `{name}` cannot be written as text: {e}"))?;
+            let s = s.as_string::<i32>();
+            Ok((0..n)
+                .map(|r| s.is_valid(r).then(|| s.value(r).as_bytes().to_vec()))
+                .collect())
+        }
+    }
+}
+
+/// A `headers` column: a map of string to string or binary.
+fn header_column(c: &ArrayRef) -> std::result::Result<Vec<Vec<(String, Option<Vec<u8>>)>>, String> {
+    let Some(m) = c.as_any().downcast_ref::<MapArray>() else {
+        return Err(format!(
+            "column `headers` must be a map of string to string or binary (e.g. MAP(['k'], \
+             ['v'])); it is {}",
+            c.data_type()
+        ));
+    };
+    let mut rows = Vec::with_capacity(m.len());
+    for r in 0..m.len() {
+        if m.is_null(r) {
+            rows.push(Vec::new());
+            continue;
+        }
+        let entries = m.value(r);
+        let keys = cast(entries.column(0), &DataType::Utf8).map_err(|e| e.to_string())?;
+        let keys = keys.as_string::<i32>();
+        let values = bytes_column(entries.column(1), "headers")?;
+        rows.push(
+            (0..keys.len())
+                .map(|i| keys.value(i).to_string())
+                .zip(values)
+                .collect(),
+        );
+    }
+    Ok(rows)
+}
+
+/// Whether an error means the brokers could not be reached (rather than refused transactions).
+fn unreachable(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::TimedOutQueue
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+        )
+    )
+}
+
+/// Run a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> std::result::Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(KafkaError::Canceled).inspect_err(|_| tracing::error!("{e}")))
+}
+
+/// Queue every record, waiting while librdkafka's queue is full.
+fn produce(p: &Prod, default_topic: &str, records: &[Out]) -> std::result::Result<(), KafkaError> {
+    for r in records {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(r.topic.as_deref().unwrap_or(default_topic))
+                .payload(&r.value[..])
+                .headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(&k[..]);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn open(&mut self) -> Result<()> {
+        if self.cfg.exactly_once {
+            let mut c = self.client_config();
+            c.set("group.id", &self.transactional_id)
+                .set("enable.auto.commit", "false");
+            let group: BaseConsumer<Ctx> = c
+                .create_with_context(Ctx::new(format!("sink `{}`", self.name)))
+                .map_err(|e| self.fail(e))?;
+            self.group = Some(Arc::new(group));
+            self.transactional = self.open_transactional().await?;
+            if self.transactional {
+                tracing::info!(sink = %self.name, transactional_id = %self.transactional_id, "kafka: exactly-once (one transaction per batch)");
+                return Ok(());
+            }
+        }
+        let producer = Arc::new(self.producer(false)?);
+        // Fail at start, not at the first batch, when the brokers cannot be reached.
+        let p = producer.clone();
+        let topic = self.cfg.topic.clone();
+        let timeout = self.cfg.transaction_timeout.min(Duration::from_secs(30));
+        blocking(move || p.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|e| {
+                self.fail(format!(
+                    "cannot reach the brokers at {}: {e}",
+                    self.cfg.bootstrap_servers
+                ))
+            })?;
+        if !self.cfg.exactly_once {
+            tracing::info!(sink = %self.name, "kafka: at-least-once (exactly_once = false)");
+        }
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()> {
+        let t = batch.time.millis();
+        if self.transactional && self.marker.get(batch.job).is_some_and(|&m| m >= t) {
+            tracing::info!(sink = %self.name, job = batch.job, batch = t, "kafka: this batch's transaction committed before the restart; not written again");
+            return Ok(());
+        }
+        let records = self.records(&batch.schema, batch.batches)?;
+        let producer = self.producer.clone().ok_or_else(|| self.fail("not open"))?;
+        let timeout = self.cfg.transaction_timeout;
+        let topic = self.cfg.topic.clone();
+        if !self.transactional {
+            let p = producer.clone();
+            blocking(move || {
+                produce(&p, &topic, &records)?;
+                p.flush(timeout)
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
+            let failed = producer.context().take_failures();
+            if let Some(first) = failed.first() {
+                return Err(self.fail(format!(
+                    "{} record(s) of batch {t} were not delivered: {first}",
+                    failed.len()
+                )));
+            }
+            return Ok(());
+        }
+        let mut marker = self.marker.clone();
+        marker.insert(batch.job.to_string(), t);
+        let previous = std::mem::replace(&mut self.marker, marker);
+        let tpl = self.marker_offsets(t)?;
+        let cgm = self
+            .group
+            .as_ref()
+            .and_then(|g| g.group_metadata())
+            .ok_or_else(|| self.fail("no consumer group metadata"))?;
+        let done = blocking(move || {
+            producer.begin_transaction()?;
+            let sent = produce(&producer, &topic, &records)
+                .and_then(|()| producer.send_offsets_to_transaction(&tpl, &cgm, timeout))
+                .and_then(|()| producer.commit_transaction(timeout));
+            if sent.is_err() {
+                let _ = producer.abort_transaction(timeout);
+            }
+            sent
+        })
+        .await;
+        if let Err(e) = done {
+            self.marker = previous;
+            return Err(self.fail(format!("the transaction of batch {t} failed: {e}")));
+        }
+        Ok(())
+    }
+
+    fn idempotent(&self) -> bool {
+        self.transactional
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(p) = self.producer.take() {
+            let timeout = self.cfg.transaction_timeout;
+            blocking(move || p.flush(timeout))
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn sink(format: SinkFormat) -> KafkaSink {
+        KafkaSink {
+            name: "out".into(),
+            cfg: KafkaSinkConfig {
+                bootstrap_servers: "127.0.0.1:1".into(),
+                topic: "t".into(),
+                format,
+                exactly_once: true,
+                transactional_id: None,
+                transaction_timeout: Duration::from_secs(1),
+                properties: BTreeMap::new(),
+            },
+            transactional_id: "x".into(),
+            producer: None,
+            transactional: false,
+            marker: BTreeMap::new(),
+            group: None,
+        }
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> (SchemaRef, RecordBatch) {
+        let schema: SchemaRef = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        (schema, b)
+    }
+
+    #[test]
+    fn rows_without_value_are_serialised_and_special_columns_map_to_the_record() {
+        let (schema, b) = batch(vec![
+            (
+                "device",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int64Array::from(vec![1, 2]))),
+            ("key", Arc::new(StringArray::from(vec![Some("k1"), None]))),
+            (
+                "topic",
+                Arc::new(StringArray::from(vec![None, Some("other")])),
+            ),
+        ]);
+        let out = sink(SinkFormat::Json)
+            .records(&schema, &[b.clone()])
+            .unwrap();
+        assert_eq!(out[0].value, br#"{"device":"a","n":1}"#);
+        assert_eq!(out[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(out[1].key, None);
+        assert_eq!(out[1].topic.as_deref(), Some("other"));
+        let out = sink(SinkFormat::Csv)
+            .records(&schema, &[b.clone()])
+            .unwrap();
+        assert_eq!(out[1].value, b"b,2");
+        let e = sink(SinkFormat::Text).records(&schema, &[b]).err().unwrap();
+        assert!(e.to_string().contains("exactly one column"), "{e}");
+    }
+
+    #[test]
+    fn a_value_column_is_the_record_and_csv_line_breaks_stay_in_one_record() {
+        let (schema, b) = batch(vec![(
+            "value",
+            Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef,
+        )]);
+        let out = sink(SinkFormat::Json).records(&schema, &[b]).unwrap();
+        assert_eq!(out[1].value, b"8");
+        let (schema, b) = batch(vec![(
+            "s",
+            Arc::new(StringArray::from(vec!["x\ny", "z"])) as ArrayRef,
+        )]);
+        let out = sink(SinkFormat::Csv).records(&schema, &[b]).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].value, b"\"x\ny\"");
+        assert_eq!(out[1].value, b"z");
+    }
+}

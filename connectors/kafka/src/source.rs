@@ -1,0 +1,821 @@
+//! The `kafka` source, direct like Spark's: each batch's input is a list of offset ranges
+//! `[from, until)`, one per partition, cut from the records already prefetched (never from
+//! ListOffsets alone) and recorded in the batch plan before the batch runs. After a crash the
+//! batch is re-run by fetching exactly those ranges again, so no write-ahead log is needed.
+//! Processed offsets are committed to the consumer group after each batch, for lag monitoring.
+
+use crate::config::{check_properties, is_secret, KafkaSourceConfig, OnDataLoss, Start};
+use crate::context::Ctx;
+use crate::fetch::{Fetcher, Rec};
+use arrow::array::{
+    Array, ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use sluice_core::{
+    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetter, DeadLetters, Error, Guarantee,
+    ReplayableSource, Result, SourceFactory, SourceRuntime,
+};
+use sluice_formats::payload::PayloadDecoder;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Envelope columns, after the value's.
+const ENVELOPE: &[&str] = &[
+    "key",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "timestamp_type",
+    "headers",
+];
+
+/// Rows per output record batch.
+const CHUNK: usize = 32 * 1024;
+
+/// How long a metadata or offsets request may take before the batch goes on without it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct KafkaSourceFactory;
+
+impl SourceFactory for KafkaSourceFactory {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> std::result::Result<BuiltSource, ConfigError> {
+        let cfg: KafkaSourceConfig = sluice_core::options::parse(path, options)?;
+        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let ways = [
+            !cfg.topics.is_empty(),
+            cfg.topic_pattern.is_some(),
+            !cfg.assign.is_empty(),
+        ];
+        if ways.iter().filter(|w| **w).count() != 1 {
+            return Err(ConfigError::new(
+                format!("{path}.topics"),
+                "exactly one of `topics`, `topic_pattern` and `assign`",
+                match ways.iter().filter(|w| **w).count() {
+                    0 => "none of them".to_string(),
+                    _ => "more than one".to_string(),
+                },
+            ));
+        }
+        let pattern = cfg
+            .topic_pattern
+            .as_deref()
+            .map(|p| {
+                regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.topic_pattern"),
+                        "a regular expression",
+                        format!("\"{p}\" ({e})"),
+                    )
+                })
+            })
+            .transpose()?;
+        let start = Start::parse(path, &cfg.start)?;
+        for (topic, parts) in &cfg.start_offsets {
+            for (p, offset) in parts {
+                if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
+                    return Err(ConfigError::new(
+                        format!("{path}.start_offsets.{topic}.\"{p}\""),
+                        "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
+                        format!("\"{p}\" = {offset}"),
+                    ));
+                }
+            }
+        }
+        if cfg.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.bootstrap_servers"),
+                "host:port of at least one broker",
+                "an empty string",
+            ));
+        }
+        if cfg.max_rate_per_partition == Some(0) {
+            return Err(ConfigError::new(
+                format!("{path}.max_rate_per_partition"),
+                "at least 1 record per second",
+                "0",
+            ));
+        }
+        check_properties(path, &cfg.properties)?;
+        let decoder = PayloadDecoder::new(
+            path,
+            "value",
+            cfg.format,
+            cfg.schema.as_deref(),
+            cfg.delimiter,
+        )?;
+        let mut fields = decoder.fields();
+        if cfg.envelope {
+            if let Some(f) = fields
+                .iter()
+                .find(|f| ENVELOPE.contains(&f.name().as_str()))
+            {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    format!(
+                        "no column named like an envelope column ({})",
+                        ENVELOPE.join(", ")
+                    ),
+                    format!("a column `{}`", f.name()),
+                )
+                .with_hint("rename the column, or set envelope = false"));
+            }
+            fields.extend(envelope_fields());
+        }
+        let group_id = cfg
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        Ok(BuiltSource {
+            schema: schema.clone(),
+            guarantee: Guarantee::Replayable,
+            runtime: SourceRuntime::Replayable(Box::new(KafkaSource {
+                schema,
+                name,
+                start,
+                pattern,
+                interval: cx.batch_interval,
+                decoder,
+                group_id,
+                fetcher: None,
+                parts: BTreeMap::new(),
+                restored: BTreeMap::new(),
+                refreshed: None,
+                cfg,
+            })),
+        })
+    }
+}
+
+fn envelope_fields() -> Vec<Field> {
+    vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("timestamp_type", DataType::Utf8, false),
+        Field::new("headers", headers_type(), false),
+    ]
+}
+
+fn headers_type() -> DataType {
+    let map = MapBuilder::new(None, StringBuilder::new(), BinaryBuilder::new()).finish();
+    map.data_type().clone()
+}
+
+/// A topic partition.
+type Tp = (String, i32);
+
+/// One partition's share of a batch: offsets `[from, until)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+struct Part {
+    /// The first offset the next batch takes (None: not known until the first record arrives,
+    /// after a symbolic start such as `latest`).
+    next: Option<i64>,
+}
+
+pub struct KafkaSource {
+    name: String,
+    cfg: KafkaSourceConfig,
+    start: Start,
+    pattern: Option<regex::Regex>,
+    interval: Duration,
+    decoder: PayloadDecoder,
+    schema: SchemaRef,
+    group_id: String,
+    fetcher: Option<Fetcher>,
+    /// Assigned partitions.
+    parts: BTreeMap<Tp, Part>,
+    /// Next offsets from the checkpoint, for partitions not yet assigned.
+    restored: BTreeMap<Tp, i64>,
+    refreshed: Option<Instant>,
+}
+
+impl KafkaSource {
+    fn fail(&self, msg: impl std::fmt::Display) -> Error {
+        Error::msg(format!("source `{}`: {msg}", self.name))
+    }
+
+    fn fetcher(&mut self) -> Result<&Fetcher> {
+        if self.fetcher.is_none() {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &self.cfg.bootstrap_servers)
+                .set("group.id", &self.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "error")
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "false");
+            for (k, v) in &self.cfg.properties {
+                c.set(k, v);
+            }
+            let shown: Vec<String> = self
+                .cfg
+                .properties
+                .iter()
+                .map(|(k, v)| {
+                    if is_secret(k) {
+                        format!("{k}=***")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            let ctx = Ctx::new(format!("source `{}`", self.name));
+            let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx).map_err(|e| {
+                self.fail(format!(
+                    "cannot create the Kafka consumer ({e}); properties: {}",
+                    shown.join(", ")
+                ))
+            })?;
+            self.fetcher = Some(Fetcher::start(consumer, self.cfg.prefetch_mib << 20));
+        }
+        Ok(self.fetcher.as_ref().expect("just set"))
+    }
+
+    fn consumer(&self) -> Arc<BaseConsumer<Ctx>> {
+        self.fetcher
+            .as_ref()
+            .expect("fetcher started")
+            .consumer
+            .clone()
+    }
+
+    /// Read the partitions of the configured topics and start fetching the new ones.
+    async fn refresh(&mut self) -> Result<()> {
+        let due = self
+            .refreshed
+            .is_none_or(|t| t.elapsed() >= self.cfg.metadata_refresh);
+        if !due {
+            return Ok(());
+        }
+        self.fetcher()?;
+        let consumer = self.consumer();
+        let wanted: Vec<Tp> = if !self.cfg.assign.is_empty() {
+            self.cfg
+                .assign
+                .iter()
+                .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+                .collect()
+        } else {
+            let topics = self.cfg.topics.clone();
+            let all = self.pattern.is_some();
+            let found = blocking(
+                move || -> std::result::Result<Vec<(String, Vec<i32>, Option<String>)>, String> {
+                    let md = if all {
+                        consumer.fetch_metadata(None, REQUEST_TIMEOUT)
+                    } else if topics.len() == 1 {
+                        consumer.fetch_metadata(Some(&topics[0]), REQUEST_TIMEOUT)
+                    } else {
+                        consumer.fetch_metadata(None, REQUEST_TIMEOUT)
+                    }
+                    .map_err(|e| e.to_string())?;
+                    Ok(md
+                        .topics()
+                        .iter()
+                        .map(|t| {
+                            (
+                                t.name().to_string(),
+                                t.partitions().iter().map(|p| p.id()).collect(),
+                                t.error().map(|e| {
+                                    format!("{:?}", rdkafka::types::RDKafkaRespErr::from(e))
+                                }),
+                            )
+                        })
+                        .collect())
+                },
+            )
+            .await;
+            let found = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the topics' partitions; retrying at the next batch");
+                    return Ok(());
+                }
+            };
+            let mut wanted = Vec::new();
+            for (topic, parts, error) in found {
+                let chosen = match &self.pattern {
+                    Some(re) => re.is_match(&topic) && !topic.starts_with("__"),
+                    None => self.cfg.topics.contains(&topic),
+                };
+                if !chosen {
+                    continue;
+                }
+                if let Some(e) = error {
+                    if self.refreshed.is_none() {
+                        tracing::warn!(source = %self.name, topic, error = %e, "kafka: topic not readable yet");
+                    }
+                    continue;
+                }
+                wanted.extend(parts.into_iter().map(|p| (topic.clone(), p)));
+            }
+            if self.refreshed.is_none() && self.pattern.is_none() {
+                for t in &self.cfg.topics {
+                    if !wanted.iter().any(|(w, _)| w == t) {
+                        tracing::warn!(source = %self.name, topic = %t, "kafka: topic not found (yet); it is read once it exists");
+                    }
+                }
+            }
+            wanted
+        };
+        self.refreshed = Some(Instant::now());
+        let new: Vec<Tp> = wanted
+            .into_iter()
+            .filter(|tp| !self.parts.contains_key(tp))
+            .collect();
+        if !new.is_empty() {
+            self.start_partitions(new).await?;
+        }
+        Ok(())
+    }
+
+    /// Decide where each new partition starts and start fetching it.
+    async fn start_partitions(&mut self, new: Vec<Tp>) -> Result<()> {
+        let mut starts: Vec<(Tp, Offset, String)> = Vec::new();
+        let mut ask: Vec<Tp> = Vec::new();
+        for tp in new {
+            if let Some(&n) = self.restored.get(&tp) {
+                starts.push((tp, Offset::Offset(n), format!("checkpoint offset {n}")));
+            } else if let Some(&n) = self
+                .cfg
+                .start_offsets
+                .get(&tp.0)
+                .and_then(|m| m.get(&tp.1.to_string()))
+            {
+                starts.push((tp, Offset::Offset(n), format!("start_offsets {n}")));
+            } else {
+                match self.start {
+                    Start::Earliest => starts.push((tp, Offset::Beginning, "earliest".into())),
+                    Start::Latest => starts.push((tp, Offset::End, "latest".into())),
+                    Start::Committed | Start::Time(_) => ask.push(tp),
+                }
+            }
+        }
+        if !ask.is_empty() {
+            let consumer = self.consumer();
+            let start = self.start;
+            let asked = ask.clone();
+            let answer = blocking(move || {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &asked {
+                    match start {
+                        Start::Time(ms) => {
+                            tpl.add_partition_offset(t, *p, Offset::Offset(ms))?;
+                        }
+                        _ => {
+                            tpl.add_partition(t, *p);
+                        }
+                    }
+                }
+                match start {
+                    Start::Time(_) => consumer.offsets_for_times(tpl, REQUEST_TIMEOUT),
+                    _ => consumer.committed_offsets(tpl, REQUEST_TIMEOUT),
+                }
+            })
+            .await
+            .map_err(|e| {
+                self.fail(format!(
+                    "cannot read the start offsets (`start = \"{}\"`): {e}",
+                    self.cfg.start
+                ))
+            })?;
+            for tp in ask {
+                let found = answer
+                    .find_partition(&tp.0, tp.1)
+                    .map(|e| e.offset())
+                    .unwrap_or(Offset::Invalid);
+                let (offset, why) = match (self.start, found) {
+                    (Start::Time(ms), Offset::Offset(n)) => {
+                        (Offset::Offset(n), format!("time {ms}: offset {n}"))
+                    }
+                    (Start::Time(ms), _) => (
+                        Offset::End,
+                        format!("time {ms}: no record at or after it, latest"),
+                    ),
+                    (_, Offset::Offset(n)) => (Offset::Offset(n), format!("committed offset {n}")),
+                    _ => (
+                        Offset::Beginning,
+                        "no committed offset: earliest".to_string(),
+                    ),
+                };
+                starts.push((tp, offset, why));
+            }
+        }
+        let fetcher = self.fetcher.as_ref().expect("fetcher started");
+        for ((topic, partition), offset, why) in starts {
+            fetcher.assign(&topic, partition, offset).map_err(|e| {
+                Error::msg(format!(
+                    "source `{}`: cannot fetch {topic}/{partition}: {e}",
+                    self.name
+                ))
+            })?;
+            if why.starts_with("checkpoint")
+                && (self.cfg.start != "latest" || !self.cfg.start_offsets.is_empty())
+            {
+                tracing::info!(source = %self.name, topic, partition, start = %why, "kafka: the checkpoint's offset wins over `start`");
+            } else {
+                tracing::info!(source = %self.name, topic, partition, start = %why, "kafka: reading partition");
+            }
+            let next = match offset {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
+            self.parts.insert((topic, partition), Part { next });
+        }
+        Ok(())
+    }
+
+    /// After the consumer reported an offset out of range: compare each partition's next offset
+    /// with what the broker still has, and fail or skip ahead as `on_data_loss` says.
+    async fn check_data_loss(&mut self) -> Result<()> {
+        let Some(f) = &self.fetcher else {
+            return Ok(());
+        };
+        if !f
+            .shared
+            .out_of_range
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let tps: Vec<(Tp, i64)> = {
+            let buffers = f.shared.buffers.lock().expect("poisoned");
+            self.parts
+                .iter()
+                .filter_map(|(tp, part)| {
+                    let b = buffers.get(&tp.0).and_then(|t| t.get(&tp.1))?;
+                    if !b.records.is_empty() {
+                        return None;
+                    }
+                    Some((tp.clone(), part.next.or(b.fetch_from)?))
+                })
+                .collect()
+        };
+        for (tp, next) in tps {
+            let consumer = self.consumer();
+            let (t, p) = tp.clone();
+            let Ok((low, high)) =
+                blocking(move || consumer.fetch_watermarks(&t, p, REQUEST_TIMEOUT)).await
+            else {
+                continue;
+            };
+            if next >= low && next <= high {
+                continue;
+            }
+            let (topic, partition) = &tp;
+            let what = if next < low {
+                format!("offsets {next}..{low} of {topic}/{partition} are no longer on the broker (retention or deletion)")
+            } else {
+                format!("{topic}/{partition} ends at offset {high} but the source was at {next} (was the topic re-created?)")
+            };
+            match self.cfg.on_data_loss {
+                OnDataLoss::Fail => {
+                    return Err(self.fail(format!(
+                        "data loss: {what}. Set on_data_loss = \"earliest\" to continue from offset {low}, skipping what is lost"
+                    )))
+                }
+                OnDataLoss::Earliest => {
+                    let lost = if next < low { low - next } else { 0 };
+                    tracing::warn!(source = %self.name, topic, partition, lost, from = low, "kafka: data loss ({what}); continuing from the earliest offset (on_data_loss = \"earliest\")");
+                    self.fetcher
+                        .as_ref()
+                        .expect("started")
+                        .assign(topic, *partition, Offset::Offset(low))
+                        .map_err(|e| self.fail(e))?;
+                    self.parts.get_mut(&tp).expect("known").next = Some(low);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(
+        &self,
+        topic: &str,
+        partition: i32,
+        recs: &[Rec],
+        dead: &DeadLetters,
+    ) -> Result<RecordBatch> {
+        let payloads: Vec<&[u8]> = recs
+            .iter()
+            .map(|r| r.value.as_deref().unwrap_or(b""))
+            .collect();
+        let decoded = self.decoder.decode(&payloads);
+        for (i, reason) in decoded.failed {
+            let r = &recs[i];
+            let shown = &payloads[i][..payloads[i].len().min(4096)];
+            dead.push(DeadLetter {
+                origin: self.name.clone(),
+                reason: format!(
+                    "{reason} (topic {topic} partition {partition} offset {})",
+                    r.offset
+                ),
+                payload: String::from_utf8_lossy(shown).into_owned(),
+            });
+        }
+        let mut columns: Vec<ArrayRef> = decoded.columns;
+        if self.cfg.envelope {
+            let n = decoded.kept.len();
+            let mut key = BinaryBuilder::with_capacity(n, 0);
+            let mut topics = StringBuilder::with_capacity(n, n * topic.len());
+            let mut partitions = Int32Builder::with_capacity(n);
+            let mut offsets = Int64Builder::with_capacity(n);
+            let mut ts = TimestampMillisecondBuilder::with_capacity(n);
+            let mut ts_type = StringBuilder::with_capacity(n, n * 6);
+            let mut headers = MapBuilder::new(None, StringBuilder::new(), BinaryBuilder::new());
+            for &i in &decoded.kept {
+                let r = &recs[i];
+                key.append_option(r.key.as_deref());
+                topics.append_value(topic);
+                partitions.append_value(partition);
+                offsets.append_value(r.offset);
+                ts.append_option(r.timestamp);
+                ts_type.append_value(match r.timestamp_type {
+                    1 => "create",
+                    2 => "log_append",
+                    _ => "none",
+                });
+                for (k, v) in &r.headers {
+                    headers.keys().append_value(k);
+                    headers.values().append_option(v.as_deref());
+                }
+                headers
+                    .append(true)
+                    .map_err(|e| Error::msg(e.to_string()))?;
+            }
+            columns.push(Arc::new(key.finish()));
+            columns.push(Arc::new(topics.finish()));
+            columns.push(Arc::new(partitions.finish()));
+            columns.push(Arc::new(offsets.finish()));
+            columns.push(Arc::new(ts.finish()));
+            columns.push(Arc::new(ts_type.finish()));
+            columns.push(Arc::new(headers.finish()));
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Wait until the prefetched records of `r` are all here, fetching them again if they are
+    /// not (a re-run after a restart).
+    async fn gather(&mut self, r: &PartRange) -> Result<()> {
+        self.fetcher()?;
+        let tp = (r.topic.clone(), r.partition);
+        let served = {
+            let f = self.fetcher.as_ref().expect("started");
+            let buffers = f.shared.buffers.lock().expect("poisoned");
+            match buffers.get(&r.topic).and_then(|t| t.get(&r.partition)) {
+                None => false,
+                Some(b) => match (b.fetch_from, b.records.front()) {
+                    (Some(f), _) if f > r.from => false,
+                    (None, Some(first)) if first.offset > r.from => false,
+                    _ => self.parts.contains_key(&tp),
+                },
+            }
+        };
+        if !served {
+            tracing::info!(source = %self.name, topic = %r.topic, partition = r.partition, from = r.from, until = r.until, "kafka: fetching a planned range again");
+            self.fetcher
+                .as_ref()
+                .expect("started")
+                .assign(&r.topic, r.partition, Offset::Offset(r.from))
+                .map_err(|e| self.fail(e))?;
+            let next = self.restored.get(&tp).copied().or(Some(r.until));
+            self.parts.insert(tp.clone(), Part { next });
+        }
+        let began = Instant::now();
+        let mut warned = Instant::now();
+        loop {
+            let f = self.fetcher.as_ref().expect("started");
+            let arrived = f.shared.arrived.notified();
+            let have = {
+                let buffers = f.shared.buffers.lock().expect("poisoned");
+                buffers
+                    .get(&r.topic)
+                    .and_then(|t| t.get(&r.partition))
+                    .and_then(|b| b.records.back())
+                    .map(|l| l.offset)
+            };
+            if have.is_some_and(|o| o >= r.until - 1) {
+                return Ok(());
+            }
+            if f.shared
+                .out_of_range
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let consumer = self.consumer();
+                let (t, p) = tp.clone();
+                if let Ok((low, _)) =
+                    blocking(move || consumer.fetch_watermarks(&t, p, REQUEST_TIMEOUT)).await
+                {
+                    if low >= r.until {
+                        return match self.cfg.on_data_loss {
+                            OnDataLoss::Fail => Err(self.fail(format!(
+                                "data loss: the planned offsets {}..{} of {}/{} are no longer on the broker (it starts at {low}). Set on_data_loss = \"earliest\" to skip them",
+                                r.from, r.until, r.topic, r.partition
+                            ))),
+                            OnDataLoss::Earliest => {
+                                tracing::warn!(source = %self.name, topic = %r.topic, partition = r.partition, lost = r.until - r.from, "kafka: data loss: a planned range is no longer on the broker; skipped (on_data_loss = \"earliest\")");
+                                Ok(())
+                            }
+                        };
+                    }
+                }
+            }
+            if began.elapsed() >= self.cfg.fetch_timeout {
+                let trouble = f.consumer.context().trouble();
+                return Err(self.fail(format!(
+                    "the records {}..{} of {}/{} planned before the restart did not arrive within {} (fetch_timeout){}",
+                    r.from,
+                    r.until,
+                    r.topic,
+                    r.partition,
+                    sluice_core::time::format_duration(self.cfg.fetch_timeout),
+                    trouble.map(|t| format!("; broker: {t}")).unwrap_or_default()
+                )));
+            }
+            if warned.elapsed() >= Duration::from_secs(10) {
+                warned = Instant::now();
+                tracing::warn!(source = %self.name, topic = %r.topic, partition = r.partition, from = r.from, until = r.until, got_until = ?have, "kafka: still waiting for a planned range");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), arrived).await;
+        }
+    }
+}
+
+/// Run a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ReplayableSource for KafkaSource {
+    async fn plan(
+        &mut self,
+        _time: BatchTime,
+        max_records: Option<u64>,
+    ) -> Result<serde_json::Value> {
+        self.refresh().await?;
+        self.check_data_loss().await?;
+        let per_part = self
+            .cfg
+            .max_rate_per_partition
+            .map(|r| ((r as f64) * self.interval.as_secs_f64()).max(1.0) as usize);
+        let Some(f) = &self.fetcher else {
+            return Ok(serde_json::json!([]));
+        };
+        let buffers = f.shared.buffers.lock().expect("poisoned");
+        // What each partition has ready, and its share of `max_records` by backlog.
+        let ready: Vec<(&Tp, usize)> = self
+            .parts
+            .iter()
+            .map(|(tp, part)| {
+                let n = buffers
+                    .get(&tp.0)
+                    .and_then(|t| t.get(&tp.1))
+                    .map_or(0, |b| {
+                        let skip = part
+                            .next
+                            .map_or(0, |next| b.records.partition_point(|r| r.offset < next));
+                        b.records.len() - skip
+                    });
+                (tp, n)
+            })
+            .collect();
+        let total: usize = ready.iter().map(|(_, n)| n).sum();
+        let mut ranges = Vec::new();
+        let mut nexts = Vec::new();
+        for (tp, n) in ready {
+            let mut take = n;
+            if let Some(cap) = per_part {
+                take = take.min(cap);
+            }
+            if let Some(max) = max_records {
+                let share = ((max as f64) * (n as f64) / (total.max(1) as f64)).ceil() as usize;
+                take = take.min(share.max(1));
+            }
+            if take == 0 {
+                continue;
+            }
+            let b = &buffers[&tp.0][&tp.1];
+            let next = self.parts[tp].next;
+            let skip = next.map_or(0, |next| b.records.partition_point(|r| r.offset < next));
+            let from = next.unwrap_or(b.records[skip].offset);
+            let until = b.records[skip + take - 1].offset + 1;
+            ranges.push(PartRange {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                from,
+                until,
+            });
+            nexts.push((tp.clone(), until));
+        }
+        drop(buffers);
+        for (tp, until) in nexts {
+            self.parts.get_mut(&tp).expect("known").next = Some(until);
+        }
+        Ok(serde_json::to_value(ranges).expect("plain struct"))
+    }
+
+    async fn read(
+        &mut self,
+        range: &serde_json::Value,
+        dead: &DeadLetters,
+    ) -> Result<Vec<RecordBatch>> {
+        let ranges: Vec<PartRange> = serde_json::from_value(range.clone())
+            .map_err(|e| self.fail(format!("bad offset ranges {range} in a batch plan: {e}")))?;
+        let mut out = Vec::new();
+        for r in &ranges {
+            self.gather(r).await?;
+            let recs = self.fetcher.as_ref().expect("gathered").shared.take(
+                &r.topic,
+                r.partition,
+                r.from,
+                r.until,
+            );
+            for chunk in recs.chunks(CHUNK) {
+                out.push(self.rows(&r.topic, r.partition, chunk, dead)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, range: &serde_json::Value) -> Result<()> {
+        let ranges: Vec<PartRange> = serde_json::from_value(range.clone())
+            .map_err(|e| self.fail(format!("bad offset ranges {range}: {e}")))?;
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for r in &ranges {
+            tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.until))
+                .map_err(|e| self.fail(e))?;
+        }
+        if let Err(e) = self.consumer().commit(&tpl, CommitMode::Async) {
+            tracing::debug!(source = %self.name, error = %e, "kafka: cannot commit the group's offsets");
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> serde_json::Value {
+        let mut m: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (tp, n) in &self.restored {
+            m.entry(tp.0.clone())
+                .or_default()
+                .insert(tp.1.to_string(), *n);
+        }
+        for (tp, part) in &self.parts {
+            if let Some(n) = part.next {
+                m.entry(tp.0.clone())
+                    .or_default()
+                    .insert(tp.1.to_string(), n);
+            }
+        }
+        serde_json::to_value(m).expect("plain map")
+    }
+
+    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
+        let m: BTreeMap<String, BTreeMap<String, i64>> =
+            serde_json::from_value(position.clone())
+                .map_err(|e| self.fail(format!("unreadable position {position}: {e}")))?;
+        for (topic, parts) in m {
+            for (p, n) in parts {
+                let p: i32 = p
+                    .parse()
+                    .map_err(|_| self.fail(format!("bad partition `{p}` in {position}")))?;
+                self.restored.insert((topic.clone(), p), n);
+            }
+        }
+        Ok(())
+    }
+}

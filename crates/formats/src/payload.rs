@@ -1,0 +1,229 @@
+//! Message payloads (MQTT, Kafka) as columns: one `text` or `raw` column, or the columns a
+//! `json` / `csv` [`Decoder`] gives. Message sources add their envelope columns next to these, so
+//! they need to know which messages became rows: [`Decoded::kept`].
+
+use crate::{Decoder, Format};
+use arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
+use arrow::datatypes::{DataType, Field};
+use serde::Deserialize;
+use sluice_core::ConfigError;
+use std::sync::Arc;
+
+/// How a message payload is decoded.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// One string column; a payload that is not UTF-8 is a dead letter.
+    #[default]
+    Text,
+    /// One binary column, the bytes as they came.
+    Raw,
+    /// A JSON object per payload, decoded with `schema`.
+    Json,
+    /// A CSV row per payload (no header), decoded with `schema`.
+    Csv,
+}
+
+impl PayloadFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadFormat::Text => "text",
+            PayloadFormat::Raw => "raw",
+            PayloadFormat::Json => "json",
+            PayloadFormat::Csv => "csv",
+        }
+    }
+}
+
+/// Payloads decoded into columns.
+pub struct Decoded {
+    /// The payload columns, one row per kept payload.
+    pub columns: Vec<ArrayRef>,
+    /// Indexes (into the payloads given) of the payloads that became rows, in order.
+    pub kept: Vec<usize>,
+    /// Indexes of the payloads that did not decode, with the reason.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// Decodes the payloads of one block of messages.
+#[derive(Clone)]
+pub struct PayloadDecoder {
+    column: String,
+    format: PayloadFormat,
+    decoder: Option<Decoder>,
+}
+
+impl PayloadDecoder {
+    /// `column` names the single column of `text` and `raw`; `schema` is required by `json` and
+    /// `csv` and refused by the others. `path` is the component's key path, for errors.
+    pub fn new(
+        path: &str,
+        column: &str,
+        format: PayloadFormat,
+        schema: Option<&str>,
+        delimiter: Option<char>,
+    ) -> Result<Self, ConfigError> {
+        let decoder = match format {
+            PayloadFormat::Json => Some(Decoder::for_component(
+                path,
+                Format::Json,
+                schema,
+                delimiter,
+            )?),
+            PayloadFormat::Csv => Some(Decoder::for_component(
+                path,
+                Format::Csv,
+                schema,
+                delimiter,
+            )?),
+            PayloadFormat::Text | PayloadFormat::Raw => {
+                if schema.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.schema"),
+                        format!("no schema for format \"text\" or \"raw\" (one `{column}` column)"),
+                        "a schema",
+                    )
+                    .with_hint(
+                        "set format = \"json\" or \"csv\" to decode payloads with a schema",
+                    ));
+                }
+                None
+            }
+        };
+        Ok(PayloadDecoder {
+            column: column.to_string(),
+            format,
+            decoder,
+        })
+    }
+
+    /// The payload's columns.
+    pub fn fields(&self) -> Vec<Field> {
+        match (&self.decoder, self.format) {
+            (Some(d), _) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
+            (None, PayloadFormat::Raw) => vec![Field::new(&self.column, DataType::Binary, false)],
+            (None, _) => vec![Field::new(&self.column, DataType::Utf8, false)],
+        }
+    }
+
+    pub fn format(&self) -> PayloadFormat {
+        self.format
+    }
+
+    pub fn decode(&self, payloads: &[&[u8]]) -> Decoded {
+        let mut kept = Vec::with_capacity(payloads.len());
+        let mut failed = Vec::new();
+        if self.format == PayloadFormat::Raw {
+            let bytes = payloads.iter().map(|p| p.len()).sum();
+            let mut b = BinaryBuilder::with_capacity(payloads.len(), bytes);
+            for (i, p) in payloads.iter().enumerate() {
+                b.append_value(p);
+                kept.push(i);
+            }
+            return Decoded {
+                columns: vec![Arc::new(b.finish())],
+                kept,
+                failed,
+            };
+        }
+        let mut texts: Vec<&str> = Vec::with_capacity(payloads.len());
+        for (i, p) in payloads.iter().enumerate() {
+            match std::str::from_utf8(p) {
+                Ok(s) => {
+                    texts.push(s);
+                    kept.push(i);
+                }
+                Err(_) => failed.push((i, "payload is not valid UTF-8".to_string())),
+            }
+        }
+        let Some(d) = &self.decoder else {
+            let mut b =
+                StringBuilder::with_capacity(texts.len(), texts.iter().map(|t| t.len()).sum());
+            for t in &texts {
+                b.append_value(t);
+            }
+            return Decoded {
+                columns: vec![Arc::new(b.finish())],
+                kept,
+                failed,
+            };
+        };
+        let (batch, dead) = d.decode(&texts);
+        if dead.is_empty() {
+            return Decoded {
+                columns: batch.columns().to_vec(),
+                kept,
+                failed,
+            };
+        }
+        // Find which payloads failed, one by one, so the caller's envelope stays aligned.
+        let mut parts = Vec::new();
+        let mut still = Vec::with_capacity(kept.len());
+        for (text, &i) in texts.iter().zip(&kept) {
+            let (b, dead) = d.decode(&[text]);
+            match dead.into_iter().next() {
+                None => {
+                    parts.push(b);
+                    still.push(i);
+                }
+                Some(dl) => failed.push((i, dl.reason)),
+            }
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        let batch = arrow::compute::concat_batches(&d.schema(), &parts).expect("one schema");
+        Decoded {
+            columns: batch.columns().to_vec(),
+            kept: still,
+            failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+
+    #[test]
+    fn bad_payloads_are_reported_by_index_and_the_rest_stay_aligned() {
+        let d = PayloadDecoder::new(
+            "sources.s",
+            "value",
+            PayloadFormat::Json,
+            Some("n int64"),
+            None,
+        )
+        .unwrap();
+        let payloads: Vec<&[u8]> = vec![b"{\"n\":1}", b"{oops", b"\xff", b"{\"n\":4}"];
+        let out = d.decode(&payloads);
+        assert_eq!(out.kept, vec![0, 3]);
+        assert_eq!(
+            out.failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let n = out.columns[0]
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(n.values(), &[1, 4]);
+        assert!(out.failed[1].1.contains("UTF-8"));
+    }
+
+    #[test]
+    fn text_refuses_a_schema_and_raw_keeps_every_payload() {
+        let e = PayloadDecoder::new(
+            "sources.s",
+            "value",
+            PayloadFormat::Text,
+            Some("a int64"),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.path, "sources.s.schema");
+        let d = PayloadDecoder::new("sources.s", "value", PayloadFormat::Raw, None, None).unwrap();
+        let out = d.decode(&[b"\xff", b"x"]);
+        assert_eq!(out.kept, vec![0, 1]);
+        assert_eq!(out.columns[0].len(), 2);
+    }
+}

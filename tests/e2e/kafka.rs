@@ -1,0 +1,515 @@
+//! The `kafka` source and sink against a real Kafka-protocol broker — tansu on its sqlite engine,
+//! started here on a loopback port of its own — with confluent-kafka (Python, its own librdkafka)
+//! as the independent client that prepares topics and checks what sluice wrote.
+
+use crate::crash::{
+    assert_exactly_once, committed_count, committed_rows, kills, seed, start, stop,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tansu broker on 127.0.0.1, stopped when dropped.
+pub struct Kafka {
+    pub port: u16,
+    child: Child,
+}
+
+impl Kafka {
+    pub fn start(dir: &Path) -> Kafka {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = sluice::bench::start_tansu(port, dir).unwrap();
+        Kafka { port, child }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Run the independent client (tests/services/kafka_client.py); returns its stdout.
+    pub fn client(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let python = sluice::bench::tools_dir().join("python-venv/bin/python");
+        let script = crate::common::repo().join("tests/services/kafka_client.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg(self.bootstrap())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): run scripts/deps.sh --tests",
+                    python.display()
+                )
+            });
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kafka_client.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create(&self, topic: &str, partitions: u32) {
+        self.client(&["create", topic, &partitions.to_string()], None);
+    }
+
+    /// Produce records given as `{"p", "k", "v", "ts", "h"}` objects.
+    pub fn produce(&self, topic: &str, records: &[Value]) {
+        let input: String = records.iter().map(|r| format!("{r}\n")).collect();
+        self.client(&["produce", topic], Some(&input));
+    }
+
+    /// Read `topic` with read_committed until `count` records (or `idle` without new ones).
+    pub fn consume(&self, topic: &str, count: usize, idle: u32) -> Vec<Value> {
+        self.client(
+            &["consume", topic, &count.to_string(), &idle.to_string()],
+            None,
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pipeline reading topic(s) into JSON files under `out/` (dead letters under `rejected/`).
+fn pipeline(name: &str, kafka: &Kafka, source_extra: &str, sql: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{name}"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+dead_letter = "rejected"
+
+[sources.events]
+type = "kafka"
+bootstrap_servers = "{}"
+{source_extra}
+
+[jobs.copy]
+sql = '''{sql}'''
+sinks = ["out"]
+
+[sinks.out]
+type = "file"
+path = "out"
+format = "json"
+
+[sinks.rejected]
+type = "file"
+path = "rejected"
+format = "json"
+"#,
+        kafka.bootstrap()
+    )
+}
+
+/// Wait for `cond`, showing the gateway's log when it times out.
+fn wait_for_log(dir: &Path, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            log_of(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+}
+
+fn json_rows(out: &Path, job: &str) -> Vec<Value> {
+    committed_rows(out, job)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ns(rows: &[Value]) -> Vec<i64> {
+    let mut n: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    n.sort();
+    n
+}
+
+/// Start the gateway in a fresh `dir` with `toml`, wait until it has committed `count` rows of
+/// job `copy` (after `then` ran, once it reads all `partitions`), stop it; returns its rows.
+fn run_until(
+    dir: &Path,
+    toml: &str,
+    partitions: usize,
+    count: u64,
+    then: impl FnOnce(),
+) -> Vec<Value> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+    let child = start(dir);
+    wait_for_log(
+        dir,
+        "the source to start its partitions",
+        Duration::from_secs(30),
+        || {
+            log_of(dir).matches("kafka: reading partition").count()
+                + log_of(dir)
+                    .matches("kafka: the checkpoint's offset wins")
+                    .count()
+                >= partitions
+        },
+    );
+    then();
+    wait_for_log(
+        dir,
+        &format!("{count} rows"),
+        Duration::from_secs(60),
+        || committed_count(&dir.join("out"), "copy") >= count,
+    );
+    // A little longer: more than `count` would be a failure the caller sees.
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    json_rows(&dir.join("out"), "copy")
+}
+
+fn setup() -> (tempfile::TempDir, Kafka) {
+    let tmp = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(&tmp.path().join("broker"));
+    (tmp, kafka)
+}
+
+/// 30 records `{"n": i}` over 3 partitions (partition i % 3, key `k<i>`, timestamp `base + i s`),
+/// after 2 undecodable ones at the head of partition 0.
+fn seed_events(kafka: &Kafka, base: i64) {
+    kafka.create("events", 3);
+    let mut recs = vec![
+        json!({"p": 0, "v": "oops", "ts": base - 2000}),
+        json!({"p": 0, "v": "{\"n\": \"not a number\"}", "ts": base - 1000}),
+    ];
+    recs.extend((0..30).map(|i| {
+        json!({"p": i % 3, "k": format!("k{i}"), "v": format!("{{\"n\": {i}}}"), "ts": base + i * 1000, "h": {"origin": "test"}})
+    }));
+    kafka.produce("events", &recs);
+}
+
+const JSON: &str = "topics = [\"events\"]\nformat = \"json\"\nschema = \"n bigint\"";
+
+#[test]
+fn kafka_source_start_positions_envelope_and_dead_letters() {
+    let (tmp, kafka) = setup();
+    let base = sluice_core::time::now_ms() - 3_600_000;
+    seed_events(&kafka, base);
+    let sql = r#"SELECT n, CAST(key AS VARCHAR) AS k, topic, "partition", "offset", "timestamp", timestamp_type, CAST(headers['origin'] AS VARCHAR) AS origin FROM events"#;
+
+    // earliest: everything, with the envelope; the undecodable records are dead letters.
+    let dir = tmp.path().join("earliest");
+    let toml = pipeline(
+        "k1",
+        &kafka,
+        &format!("{JSON}\nstart = \"earliest\"\ngroup_id = \"g1\""),
+        sql,
+    );
+    let rows = run_until(&dir, &toml, 3, 30, || {});
+    assert_eq!(ns(&rows), (0..30).collect::<Vec<_>>());
+    let r7 = rows.iter().find(|r| r["n"] == 7).unwrap();
+    assert_eq!(r7["k"], "k7");
+    assert_eq!(r7["topic"], "events");
+    assert_eq!(r7["partition"], 1);
+    assert_eq!(r7["offset"], 2, "n = 7 is the third record of partition 1");
+    assert_eq!(r7["timestamp_type"], "create");
+    assert_eq!(r7["origin"], "test");
+    let ts = chrono::NaiveDateTime::parse_from_str(
+        r7["timestamp"].as_str().unwrap(),
+        "%Y-%m-%dT%H:%M:%S%.f",
+    )
+    .unwrap()
+    .and_utc()
+    .timestamp_millis();
+    assert_eq!(ts, base + 7000);
+    let dead = committed_rows(&dir.join("rejected"), "dead_letter");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead[0].contains("topic events partition 0 offset 0"),
+        "{}",
+        dead[0]
+    );
+    assert!(dead[1].contains("offset 1"), "{}", dead[1]);
+    // The processed offsets are committed to the group (for lag monitoring).
+    let committed: Vec<String> = kafka
+        .client(&["committed", "g1", "events", "3"], None)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(committed, ["12", "10", "10"]);
+
+    // committed: the group has read everything, so a new checkpoint starts at the end.
+    let dir = tmp.path().join("committed");
+    let toml = pipeline(
+        "k2",
+        &kafka,
+        &format!("{JSON}\nstart = \"committed\"\ngroup_id = \"g1\""),
+        sql,
+    );
+    let rows = run_until(&dir, &toml, 3, 2, || {
+        kafka.produce(
+            "events",
+            &[
+                json!({"p": 2, "v": "{\"n\": 100}"}),
+                json!({"p": 0, "v": "{\"n\": 101}"}),
+            ],
+        );
+    });
+    assert_eq!(ns(&rows), [100, 101]);
+
+    // A time: the first record at or after it in each partition.
+    let dir = tmp.path().join("time");
+    let toml = pipeline(
+        "k3",
+        &kafka,
+        &format!("{JSON}\nstart = \"{}\"", base + 24_500),
+        sql,
+    );
+    let rows = run_until(&dir, &toml, 3, 7, || {});
+    assert_eq!(ns(&rows), [25, 26, 27, 28, 29, 100, 101]);
+
+    // Explicit offsets for one partition; the others start at `latest`.
+    let dir = tmp.path().join("offsets");
+    let toml = pipeline(
+        "k4",
+        &kafka,
+        &format!("{JSON}\nstart_offsets = {{ events = {{ \"0\" = 9 }} }}"),
+        sql,
+    );
+    let rows = run_until(&dir, &toml, 3, 5, || {
+        kafka.produce("events", &[json!({"p": 1, "v": "{\"n\": 102}"})]);
+    });
+    // Partition 0 holds the 2 bad records, n = 0, 3, ..., 27 (offsets 2-11), then 101 (offset 12).
+    assert_eq!(ns(&rows), [21, 24, 27, 101, 102]);
+
+    // latest: only what arrives after the start.
+    let dir = tmp.path().join("latest");
+    let toml = pipeline("k5", &kafka, JSON, sql);
+    let rows = run_until(&dir, &toml, 3, 3, || {
+        kafka.produce(
+            "events",
+            &[
+                json!({"p": 0, "v": "{\"n\": 200}"}),
+                json!({"p": 1, "v": "{\"n\": 201}"}),
+                json!({"p": 2, "v": "{\"n\": 202}"}),
+            ],
+        );
+    });
+    assert_eq!(ns(&rows), [200, 201, 202]);
+}
+
+/// `{"n": i}` for `from..to`, spread over `partitions` partitions.
+fn numbered(from: i64, to: i64, partitions: i64) -> Vec<Value> {
+    (from..to)
+        .map(|i| json!({"p": i % partitions, "v": format!("{{\"n\": {i}}}")}))
+        .collect()
+}
+
+#[test]
+fn kafka_source_survives_20_sigkills_exactly_once() {
+    let seed = seed();
+    eprintln!("kafka crash test: seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (tmp, kafka) = setup();
+    let total = 12_000;
+    kafka.create("numbers", 4);
+    kafka.produce("numbers", &numbered(0, total / 2, 4));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    // 4 partitions × 300 records/s: the run lasts ~10 s, so the kills land mid-stream.
+    let toml = pipeline(
+        "kafka-crash",
+        &kafka,
+        "topics = [\"numbers\"]\nformat = \"json\"\nschema = \"n bigint\"\nstart = \"earliest\"\nmax_rate_per_partition = 300",
+        "SELECT n FROM events",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let mut child = Some(start(&gw));
+    let n = kills(20);
+    for k in 0..n {
+        if k == n / 2 {
+            // More arrives while the gateway keeps being killed.
+            kafka.produce("numbers", &numbered(total / 2, total, 4));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
+        let mut c = child.take().unwrap_or_else(|| start(&gw));
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+        child = Some(start(&gw));
+    }
+    if n < 2 {
+        kafka.produce("numbers", &numbered(total / 2, total, 4));
+    }
+    let out = gw.join("out");
+    wait_for_log(&gw, "every record", Duration::from_secs(120), || {
+        committed_count(&out, "copy") >= total as u64
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child.take().unwrap());
+    let rows = committed_rows(&out, "copy");
+    let expected: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once(
+        &format!("kafka source after {n} SIGKILLs"),
+        &expected,
+        &rows,
+    );
+    let rerun = log_of(&gw)
+        .matches("kafka: fetching a planned range again")
+        .count();
+    eprintln!("planned ranges fetched again after a restart: {rerun}");
+}
+
+#[test]
+fn kafka_to_sql_to_kafka_and_the_guarantee_the_broker_allows() {
+    let (tmp, kafka) = setup();
+    kafka.create("orders", 3);
+    kafka.create("big-orders", 2);
+    let orders: Vec<Value> = (0..300)
+        .map(|i| json!({"p": i % 3, "k": format!("c{}", i % 7), "v": format!("{{\"id\": {i}, \"amount\": {}}}", i % 50)}))
+        .collect();
+    kafka.produce("orders", &orders);
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let toml = format!(
+        r#"
+[app]
+name = "etl"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+
+[sources.orders]
+type = "kafka"
+bootstrap_servers = "{b}"
+topics = ["orders"]
+start = "earliest"
+format = "json"
+schema = "id bigint, amount bigint"
+
+[jobs.big]
+sql = "SELECT CAST(key AS VARCHAR) AS key, id, amount * 100 AS cents FROM orders WHERE amount >= 25"
+sinks = ["big"]
+
+[sinks.big]
+type = "kafka"
+bootstrap_servers = "{b}"
+topic = "big-orders"
+properties = {{ "compression.type" = "zstd", "linger.ms" = "5" }}
+"#,
+        b = kafka.bootstrap()
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    let child = start(&gw);
+    let expected: Vec<i64> = (0..300).filter(|i| i % 50 >= 25).collect();
+    let got = kafka.consume("big-orders", expected.len(), 30);
+    std::thread::sleep(Duration::from_millis(500));
+    stop(child);
+    let log = log_of(&gw);
+    let exactly_once = log.contains("kafka: exactly-once (one transaction per batch)");
+    let fell_back = log.contains("the broker does not support transactions");
+    assert!(
+        exactly_once != fell_back,
+        "the sink says which guarantee it gives:\n{log}"
+    );
+    if fell_back {
+        eprintln!(
+            "SKIPPED (exactly-once part): tansu refused transactions: {}",
+            log.lines()
+                .find(|l| l.contains("does not support transactions"))
+                .unwrap_or("")
+        );
+    }
+    let mut ids: Vec<i64> = got
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(r["v"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                v["cents"].as_i64().unwrap(),
+                (v["id"].as_i64().unwrap() % 50) * 100
+            );
+            assert_eq!(
+                r["k"].as_str().unwrap(),
+                format!("c{}", v["id"].as_i64().unwrap() % 7)
+            );
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids, expected,
+        "each order once in big-orders (read_committed)"
+    );
+}
+
+#[test]
+fn kafka_source_data_loss_fails_or_continues_from_earliest() {
+    let (tmp, kafka) = setup();
+    kafka.create("gone", 1);
+    kafka.produce("gone", &numbered(0, 10, 1));
+    let gw = tmp.path().join("gw");
+    let source =
+        "topics = [\"gone\"]\nformat = \"json\"\nschema = \"n bigint\"\nstart = \"earliest\"";
+    let rows = run_until(
+        &gw,
+        &pipeline("loss", &kafka, source, "SELECT n FROM events"),
+        1,
+        10,
+        || {},
+    );
+    assert_eq!(ns(&rows), (0..10).collect::<Vec<_>>());
+    // The topic is deleted and created again: the checkpoint's offset 10 is past its end.
+    kafka.client(&["delete", "gone"], None);
+    kafka.create("gone", 1);
+    kafka.produce("gone", &numbered(100, 103, 1));
+    let (code, log) = crate::common::run_in(
+        &gw,
+        &pipeline("loss", &kafka, source, "SELECT n FROM events"),
+        "20s",
+    );
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("data loss") && log.contains("on_data_loss"),
+        "{log}"
+    );
+    let source = format!("{source}\non_data_loss = \"earliest\"");
+    std::fs::write(gw.join("gateway.log"), "").unwrap();
+    let rows = run_until(
+        &gw,
+        &pipeline("loss", &kafka, &source, "SELECT n FROM events"),
+        1,
+        13,
+        || {},
+    );
+    assert_eq!(ns(&rows), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 101, 102]);
+    assert!(log_of(&gw).contains("kafka: data loss"), "{}", log_of(&gw));
+}

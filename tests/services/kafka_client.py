@@ -1,0 +1,91 @@
+"""An independent Kafka client for the kafka tests (confluent-kafka, its own librdkafka).
+
+  kafka_client.py BOOTSTRAP create TOPIC PARTITIONS
+  kafka_client.py BOOTSTRAP produce TOPIC          < records, one JSON object per line:
+        {"p": partition, "k": key, "v": value, "ts": ms, "h": {name: value}}  (all but v optional)
+  kafka_client.py BOOTSTRAP consume TOPIC COUNT [TIMEOUT_S]
+        reads every partition from the start with isolation.level=read_committed until COUNT
+        records (or TIMEOUT_S, default 60, without new ones); prints {"p","o","k","v"} per line
+  kafka_client.py BOOTSTRAP committed GROUP TOPIC PARTITIONS
+        prints the group's committed offset of each partition, one per line
+"""
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def main():
+    bootstrap, cmd, *args = sys.argv[1:]
+    if cmd == "create":
+        topic, parts = args[0], int(args[1])
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for _, f in admin.create_topics([NewTopic(topic, parts, 1)]).items():
+            f.result(30)
+    elif cmd == "delete":
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for _, f in admin.delete_topics([args[0]]).items():
+            f.result(30)
+        time.sleep(1)
+    elif cmd == "produce":
+        topic = args[0]
+        p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        errors = []
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            kw = {"value": r["v"].encode()}
+            if "p" in r:
+                kw["partition"] = r["p"]
+            if "k" in r:
+                kw["key"] = r["k"].encode()
+            if "ts" in r:
+                kw["timestamp"] = r["ts"]
+            if "h" in r:
+                kw["headers"] = list(r["h"].items())
+            while True:
+                try:
+                    p.produce(topic, on_delivery=lambda e, m: e and errors.append(e), **kw)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            p.poll(0)
+        left = p.flush(60)
+        if left or errors:
+            sys.exit(f"produce failed: {left} unflushed, errors {errors[:3]}")
+    elif cmd == "consume":
+        topic, count = args[0], int(args[1])
+        idle = float(args[2]) if len(args) > 2 else 60.0
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "kafka-client-check",
+                      "enable.auto.commit": False, "isolation.level": "read_committed"})
+        md = c.list_topics(topic, timeout=30)
+        parts = sorted(md.topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        got, last = [], time.time()
+        while len(got) < count and time.time() - last < idle:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                continue
+            last = time.time()
+            got.append({"p": m.partition(), "o": m.offset(),
+                        "k": m.key().decode() if m.key() is not None else None,
+                        "v": m.value().decode() if m.value() is not None else None})
+        c.close()
+        for g in got:
+            print(json.dumps(g))
+    elif cmd == "committed":
+        group, topic, parts = args[0], args[1], int(args[2])
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        for tp in c.committed([TopicPartition(topic, p) for p in range(parts)], timeout=30):
+            print(tp.offset)
+        c.close()
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+main()
