@@ -267,13 +267,14 @@ impl KafkaSource {
             .clone()
     }
 
-    /// Read the partitions of the configured topics and start fetching the new ones.
-    async fn refresh(&mut self) -> Result<()> {
+    /// Every `metadata_refresh`: read the partitions of the configured topics and start fetching
+    /// the new ones. Returns whether it was due.
+    async fn refresh(&mut self) -> Result<bool> {
         let due = self
             .refreshed
             .is_none_or(|t| t.elapsed() >= self.cfg.metadata_refresh);
         if !due {
-            return Ok(());
+            return Ok(false);
         }
         self.fetcher()?;
         let consumer = self.consumer();
@@ -316,7 +317,7 @@ impl KafkaSource {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the topics' partitions; retrying at the next batch");
-                    return Ok(());
+                    return Ok(false);
                 }
             };
             let mut wanted = Vec::new();
@@ -353,7 +354,7 @@ impl KafkaSource {
         if !new.is_empty() {
             self.start_partitions(new).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Decide where each new partition starts and start fetching it.
@@ -452,17 +453,19 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// After the consumer reported an offset out of range: compare each partition's next offset
-    /// with what the broker still has, and fail or skip ahead as `on_data_loss` says.
-    async fn check_data_loss(&mut self) -> Result<()> {
+    /// After the consumer reported an offset out of range, and with each metadata refresh
+    /// (`due`; some brokers answer a fetch past the end with nothing rather than an error):
+    /// compare the next offset of each partition that has nothing fetched with what the broker
+    /// still has, and fail or skip ahead as `on_data_loss` says.
+    async fn check_data_loss(&mut self, due: bool) -> Result<()> {
         let Some(f) = &self.fetcher else {
             return Ok(());
         };
-        if !f
+        let reported = f
             .shared
             .out_of_range
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !reported && !due {
             return Ok(());
         }
         let tps: Vec<(Tp, i64)> = {
@@ -685,8 +688,8 @@ impl ReplayableSource for KafkaSource {
         _time: BatchTime,
         max_records: Option<u64>,
     ) -> Result<serde_json::Value> {
-        self.refresh().await?;
-        self.check_data_loss().await?;
+        let due = self.refresh().await?;
+        self.check_data_loss(due).await?;
         let per_part = self
             .cfg
             .max_rate_per_partition
