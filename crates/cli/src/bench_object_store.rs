@@ -72,12 +72,13 @@ sinks = ["out"]
     )
 }
 
-struct Drained {
-    seconds: f64,
-    peak_rss_mb: f64,
+pub(crate) struct Drained {
+    pub seconds: f64,
+    pub peak_rss_mb: f64,
 }
 
-fn drain(work: &Path, toml: &str, records: u64) -> anyhow::Result<Drained> {
+/// Run the gateway on `toml` in `work` until its batches have taken `records` input records.
+pub(crate) fn drain(work: &Path, toml: &str, records: u64) -> anyhow::Result<Drained> {
     std::fs::create_dir_all(work)?;
     let cfg = work.join("pipeline.toml");
     std::fs::write(&cfg, toml)?;

@@ -2,6 +2,7 @@
 //! and a `StreamingContext`-style builder for pipelines written in Rust.
 
 pub mod bench;
+mod bench_kafka;
 mod bench_mqtt;
 mod bench_object_store;
 mod bench_overload;
