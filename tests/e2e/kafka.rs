@@ -805,3 +805,92 @@ fn kafka_orders_etl_example_enriches_filters_and_aggregates() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].contains("topic orders partition 0"), "{}", dead[0]);
 }
+
+#[test]
+fn kafka_replay_of_a_time_range_and_of_offsets_then_a_run_until_caught_up() {
+    let (tmp, kafka) = setup();
+    kafka.create("events", 2);
+    let base = sluice_core::time::now_ms() - 3_600_000;
+    let recs: Vec<Value> = (0..40)
+        .map(|i| json!({"p": i % 2, "v": format!("{{\"n\": {i}}}"), "ts": base + i * 1000}))
+        .collect();
+    kafka.produce("events", &recs);
+    let toml = pipeline(
+        "replay",
+        &kafka,
+        &format!("{JSON}\nstart = \"earliest\""),
+        "SELECT n FROM events",
+    );
+    let replay = |dir: &Path, args: &[&str]| -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("pipeline.toml"), &toml).unwrap();
+        let out = crate::common::sluice()
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .args(["replay", "pipeline.toml"])
+            .args(args)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+
+    // A time range: the records whose timestamps are in [base + 10 s, base + 30 s).
+    let dir = tmp.path().join("time");
+    let log = replay(
+        &dir,
+        &[
+            "--from",
+            &(base + 10_000).to_string(),
+            "--to",
+            &(base + 30_000).to_string(),
+        ],
+    );
+    assert!(
+        log.contains("replay done: 20 records of 20 planned"),
+        "{log}"
+    );
+    assert_eq!(
+        ns(&json_rows(&dir.join("out"), "copy")),
+        (10..30).collect::<Vec<_>>()
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("checkpoint-replay-")),
+        "the replay has a checkpoint of its own"
+    );
+
+    // Offsets, to now; unlisted partitions contribute nothing.
+    let dir = tmp.path().join("offsets");
+    let log = replay(&dir, &["--from", "events:0=15", "--checkpoint", "ck"]);
+    assert!(log.contains("replay done: 5 records of 5 planned"), "{log}");
+    assert_eq!(
+        ns(&json_rows(&dir.join("out"), "copy")),
+        [30, 32, 34, 36, 38]
+    );
+
+    // A bounded run: everything there, then exit 0 by itself.
+    let dir = tmp.path().join("caught-up");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), &toml).unwrap();
+    let out = crate::common::sluice()
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .args(["run", "pipeline.toml", "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("every source has reached the end of its bounded run"),
+        "{log}"
+    );
+    assert_eq!(
+        ns(&json_rows(&dir.join("out"), "copy")),
+        (0..40).collect::<Vec<_>>()
+    );
+}

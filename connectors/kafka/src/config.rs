@@ -39,6 +39,15 @@ pub struct KafkaSourceConfig {
     /// they win over `start` (not over the checkpoint).
     #[serde(default)]
     pub start_offsets: BTreeMap<String, BTreeMap<String, i64>>,
+    /// A bounded run (backfills, `sluice replay`): stop each partition here — `end` (its end
+    /// when the source starts) or a time (RFC 3339 or milliseconds: the first record at or after
+    /// it is not read). Once every partition is there the gateway stops after the batch in flight.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Exact stop offsets (exclusive) for some partitions, e.g. `{ orders = { "0" = 5000 } }`;
+    /// they win over `until`. Partitions in neither are read without end.
+    #[serde(default)]
+    pub until_offsets: BTreeMap<String, BTreeMap<String, i64>>,
     /// Value decoding: `text` (a `value` string column), `raw` (a `value` binary column), `json` or
     /// `csv` with `schema`. Undecodable records go to the dead-letter output with their topic,
     /// partition and offset.
@@ -154,6 +163,31 @@ fn default_prefetch_mib() -> usize {
 }
 fn default_transaction_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Where a bounded run stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The end of each partition when the source starts reading it.
+    End,
+    /// Milliseconds since the epoch.
+    Time(i64),
+}
+
+impl Until {
+    pub fn parse(path: &str, s: &str) -> Result<Until, ConfigError> {
+        match s {
+            "end" => Ok(Until::End),
+            _ => match Start::parse(path, s) {
+                Ok(Start::Time(ms)) => Ok(Until::Time(ms)),
+                _ => Err(ConfigError::new(
+                    format!("{path}.until"),
+                    "`end`, an RFC 3339 time (2026-11-20T08:00:00Z) or milliseconds since the epoch",
+                    format!("\"{s}\""),
+                )),
+            },
+        }
+    }
 }
 
 /// Where partitions unknown to the checkpoint start.

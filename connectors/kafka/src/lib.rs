@@ -5,9 +5,11 @@
 mod config;
 mod context;
 mod fetch;
+mod replay;
 mod sink;
 mod source;
 
 pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
+pub use replay::{replay_ranges, GroupOffsets};
 pub use sink::KafkaSinkFactory;
 pub use source::{KafkaSourceFactory, PartRange};

@@ -4,7 +4,7 @@
 //! batch is re-run by fetching exactly those ranges again, so no write-ahead log is needed.
 //! Processed offsets are committed to the consumer group after each batch, for lag monitoring.
 
-use crate::config::{check_properties, is_secret, KafkaSourceConfig, OnDataLoss, Start};
+use crate::config::{check_properties, is_secret, KafkaSourceConfig, OnDataLoss, Start, Until};
 use crate::context::Ctx;
 use crate::fetch::{Fetcher, Rec};
 use arrow::array::{
@@ -84,6 +84,27 @@ impl SourceFactory for KafkaSourceFactory {
             })
             .transpose()?;
         let start = Start::parse(path, &cfg.start)?;
+        let until = cfg
+            .until
+            .as_deref()
+            .map(|u| Until::parse(path, u))
+            .transpose()?;
+        for (key, map) in [
+            ("until_offsets", &cfg.until_offsets),
+            ("start_offsets", &cfg.start_offsets),
+        ] {
+            for (topic, parts) in map {
+                for (p, offset) in parts {
+                    if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
+                        return Err(ConfigError::new(
+                            format!("{path}.{key}.{topic}.\"{p}\""),
+                            "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
+                            format!("\"{p}\" = {offset}"),
+                        ));
+                    }
+                }
+            }
+        }
         for (topic, parts) in &cfg.start_offsets {
             for (p, offset) in parts {
                 if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
@@ -147,6 +168,7 @@ impl SourceFactory for KafkaSourceFactory {
                 schema,
                 name,
                 start,
+                until,
                 pattern,
                 interval: cx.batch_interval,
                 decoder,
@@ -198,12 +220,15 @@ struct Part {
     /// The first offset the next batch takes (None: not known until the first record arrives,
     /// after a symbolic start such as `latest`).
     next: Option<i64>,
+    /// A bounded run's stop offset (exclusive).
+    end: Option<i64>,
 }
 
 pub struct KafkaSource {
     name: String,
     cfg: KafkaSourceConfig,
     start: Start,
+    until: Option<Until>,
     pattern: Option<regex::Regex>,
     interval: Duration,
     decoder: PayloadDecoder,
@@ -429,8 +454,23 @@ impl KafkaSource {
                 starts.push((tp, offset, why));
             }
         }
+        let tps: Vec<Tp> = starts.iter().map(|(tp, _, _)| tp.clone()).collect();
+        let bounds = self.bounds(&tps).await?;
         let fetcher = self.fetcher.as_ref().expect("fetcher started");
         for ((topic, partition), offset, why) in starts {
+            let tp = (topic.clone(), partition);
+            let (offset, end) = match bounds.get(&tp) {
+                // A bounded run needs to know where each partition starts, to know when it is done.
+                Some(&(low, high, end)) => (
+                    match offset {
+                        Offset::Beginning => Offset::Offset(low),
+                        Offset::End => Offset::Offset(high),
+                        o => o,
+                    },
+                    Some(end),
+                ),
+                None => (offset, None),
+            };
             fetcher.assign(&topic, partition, offset).map_err(|e| {
                 Error::msg(format!(
                     "source `{}`: cannot fetch {topic}/{partition}: {e}",
@@ -448,9 +488,73 @@ impl KafkaSource {
                 Offset::Offset(n) => Some(n),
                 _ => None,
             };
-            self.parts.insert((topic, partition), Part { next });
+            self.parts.insert((topic, partition), Part { next, end });
         }
         Ok(())
+    }
+
+    /// For a bounded run: each partition's (low watermark, high watermark, stop offset), for those
+    /// of `tps` that have a stop (`until_offsets`, or `until`).
+    async fn bounds(&self, tps: &[Tp]) -> Result<BTreeMap<Tp, (i64, i64, i64)>> {
+        let wanted: Vec<Tp> = tps
+            .iter()
+            .filter(|tp| self.until.is_some() || self.explicit_end(tp).is_some())
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let consumer = self.consumer();
+        let until = self.until;
+        let asked = wanted.clone();
+        let found = blocking(
+            move || -> rdkafka::error::KafkaResult<Vec<(i64, i64, Option<i64>)>> {
+                let mut out = Vec::new();
+                for (t, p) in &asked {
+                    let (low, high) = consumer.fetch_watermarks(t, *p, REQUEST_TIMEOUT)?;
+                    let at = match until {
+                        Some(Until::Time(ms)) => {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition_offset(t, *p, Offset::Offset(ms))?;
+                            match consumer
+                                .offsets_for_times(tpl, REQUEST_TIMEOUT)?
+                                .find_partition(t, *p)
+                                .map(|e| e.offset())
+                            {
+                                Some(Offset::Offset(n)) => Some(n.min(high)),
+                                _ => Some(high),
+                            }
+                        }
+                        _ => None,
+                    };
+                    out.push((low, high, at));
+                }
+                Ok(out)
+            },
+        )
+        .await
+        .map_err(|e| {
+            self.fail(format!(
+                "cannot read where the bounded run ends (`until`): {e}"
+            ))
+        })?;
+        Ok(wanted
+            .into_iter()
+            .zip(found)
+            .map(|(tp, (low, high, at))| {
+                let end = self.explicit_end(&tp).or(at).unwrap_or(high);
+                tracing::info!(source = %self.name, topic = %tp.0, partition = tp.1, end, "kafka: bounded run: the partition is read up to this offset");
+                (tp, (low, high, end))
+            })
+            .collect())
+    }
+
+    fn explicit_end(&self, tp: &Tp) -> Option<i64> {
+        self.cfg
+            .until_offsets
+            .get(&tp.0)
+            .and_then(|m| m.get(&tp.1.to_string()))
+            .copied()
     }
 
     /// After the consumer reported an offset out of range, and with each metadata refresh
@@ -609,7 +713,12 @@ impl KafkaSource {
                 .assign(&r.topic, r.partition, Offset::Offset(r.from))
                 .map_err(|e| self.fail(e))?;
             let next = self.restored.get(&tp).copied().or(Some(r.until));
-            self.parts.insert(tp.clone(), Part { next });
+            let end = self
+                .bounds(std::slice::from_ref(&tp))
+                .await?
+                .get(&tp)
+                .map(|b| b.2);
+            self.parts.insert(tp.clone(), Part { next, end });
         }
         let began = Instant::now();
         let mut warned = Instant::now();
@@ -710,7 +819,10 @@ impl ReplayableSource for KafkaSource {
                         let skip = part
                             .next
                             .map_or(0, |next| b.records.partition_point(|r| r.offset < next));
-                        b.records.len() - skip
+                        let before_end = part.end.map_or(b.records.len(), |end| {
+                            b.records.partition_point(|r| r.offset < end)
+                        });
+                        before_end.saturating_sub(skip)
                     });
                 (tp, n)
             })
@@ -788,6 +900,34 @@ impl ReplayableSource for KafkaSource {
             tracing::debug!(source = %self.name, error = %e, "kafka: cannot commit the group's offsets");
         }
         Ok(())
+    }
+
+    fn exhausted(&self) -> bool {
+        let Some(f) = &self.fetcher else {
+            return false;
+        };
+        if self.parts.is_empty() || self.parts.values().any(|p| p.end.is_none()) {
+            return false;
+        }
+        let fetched = f.consumer.position().ok();
+        self.parts.iter().all(|((t, p), part)| {
+            let end = part.end.expect("checked above");
+            let planned = part.next.is_some_and(|n| n >= end);
+            // Past the end with only control records (transaction markers) left before it.
+            let passed = part.next.is_some()
+                && fetched
+                    .as_ref()
+                    .and_then(|tpl| tpl.find_partition(t, *p))
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
+                && {
+                    let buffers = f.shared.buffers.lock().expect("poisoned");
+                    buffers
+                        .get(t)
+                        .and_then(|b| b.get(p))
+                        .is_none_or(|b| b.records.front().is_none_or(|r| r.offset >= end))
+                };
+            planned || passed
+        })
     }
 
     fn position(&self) -> serde_json::Value {

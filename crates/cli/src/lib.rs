@@ -9,6 +9,7 @@ mod bench_overload;
 mod bench_wal;
 pub mod context;
 pub mod inspect;
+pub mod replay;
 
 pub use context::{DStream, StreamingContext};
 pub use sluice_config::{AppConfig, Diagnostic, DiagnosticKind};

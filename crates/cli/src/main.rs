@@ -28,6 +28,26 @@ enum Command {
         /// Stop after this many batches.
         #[arg(long)]
         batches: Option<u64>,
+        /// A bounded run (backfills): every Kafka source stops at the ends its partitions have
+        /// when it starts, and the gateway exits once they are processed.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Reprocess a range of the Kafka input through the same jobs and sinks, into a checkpoint
+    /// of its own, with progress per partition; exits 0 when done.
+    Replay {
+        config: PathBuf,
+        /// Where to start: `earliest`, a time (2026-11-20T08:00:00Z or milliseconds) or offsets
+        /// `topic:partition=offset,...` (unlisted partitions: nothing).
+        #[arg(long)]
+        from: String,
+        /// Where to stop (exclusive): `now` (default: the ends as the replay starts), a time or
+        /// offsets.
+        #[arg(long)]
+        to: Option<String>,
+        /// The replay's checkpoint directory (default: the config's, with `-replay-<time>`).
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// Check a config: keys, connector options and SQL. Exit 2 on a problem.
     Validate {
@@ -103,8 +123,19 @@ fn main() -> ExitCode {
                 config,
                 duration,
                 batches,
+                until_caught_up,
             } => {
-                let pipeline = match sluice::load(&config, &reg).await {
+                let mut cfg = match sluice_config::load(&config, &reg) {
+                    Err(d) => return report(&d),
+                    Ok(c) => c,
+                };
+                if until_caught_up {
+                    if let Err(e) = sluice::replay::until_caught_up(&mut cfg) {
+                        eprintln!("error: {}: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
+                }
+                let pipeline = match sluice::build(cfg, &config, &reg).await {
                     Err(d) => return report(&d),
                     Ok(p) => p,
                 };
@@ -121,6 +152,67 @@ fn main() -> ExitCode {
                     Err(sluice_core::Error::Config(e)) => {
                         eprintln!("error: {}: {e}", config.display());
                         ExitCode::from(2)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            }
+            Command::Replay {
+                config,
+                from,
+                to,
+                checkpoint,
+            } => {
+                let mut cfg = match sluice_config::load(&config, &reg) {
+                    Err(d) => return report(&d),
+                    Ok(c) => c,
+                };
+                let replay = match sluice::replay::prepare(&mut cfg, &from, to.as_deref(), checkpoint).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
+                };
+                let into = cfg.app.checkpoint_dir.clone().unwrap_or_default();
+                let pipeline = match sluice::build(cfg, &config, &reg).await {
+                    Err(d) => return report(&d),
+                    Ok(p) => p,
+                };
+                eprintln!("replaying {} records into checkpoint {into}", replay.total());
+                let shutdown = Shutdown::default();
+                spawn_signal_handler(shutdown.clone());
+                let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+                let started = std::time::Instant::now();
+                let progress = tokio::spawn(async move {
+                    replay.follow(done_rx).await;
+                    replay
+                });
+                let result = pipeline
+                    .run(RunOptions {
+                        duration: None,
+                        max_batches: None,
+                        manual_clock: None,
+                        shutdown,
+                    })
+                    .await;
+                let _ = done_tx.send(true);
+                let replay = progress.await.ok();
+                match result {
+                    Ok(summary) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        eprintln!(
+                            "replay done: {} records of {} planned in {} batches, {:.1} s ({:.0} records/s), {} dead letters",
+                            summary.input_records,
+                            replay.map_or(0, |r| r.total()),
+                            summary.batches,
+                            secs,
+                            summary.input_records as f64 / secs.max(1e-9),
+                            summary.dead_letters
+                        );
+                        ExitCode::SUCCESS
                     }
                     Err(e) => {
                         eprintln!("error: {e}");

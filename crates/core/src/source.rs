@@ -124,6 +124,11 @@ pub trait ReplayableSource: Send {
     async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+    /// A bounded source (a backfill) that will plan nothing more: once every source is exhausted
+    /// the gateway stops after the batch in flight.
+    fn exhausted(&self) -> bool {
+        false
+    }
     /// Where the source stands after its last [`ReplayableSource::plan`] (e.g. the files already
     /// planned, the next offsets). Recorded with every batch plan.
     fn position(&self) -> serde_json::Value {

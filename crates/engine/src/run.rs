@@ -265,8 +265,10 @@ impl Pipeline {
         let mut overdue = sources
             .iter()
             .any(|s| matches!(&s.input, Input::Receiver(b) if b.recovered > 0));
+        let mut exhausted = false;
         loop {
-            let mut stopping = opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
+            let mut stopping =
+                exhausted || opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
             if opts.manual_clock.is_none() {
                 let wait = if std::mem::take(&mut overdue) {
                     0
@@ -316,6 +318,15 @@ impl Pipeline {
             let took = scheduled.elapsed();
             if opts.manual_clock.is_none() {
                 adapt_rates(&mut sources, &per_source, took, delay_ms);
+            }
+            if !exhausted
+                && !sources.is_empty()
+                && sources
+                    .iter()
+                    .all(|s| matches!(&s.input, Input::Replayable(r) if r.exhausted()))
+            {
+                tracing::info!("every source has reached the end of its bounded run; stopping");
+                exhausted = true;
             }
             tracing::debug!(
                 batch = t.millis(),
