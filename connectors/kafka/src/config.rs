@@ -241,7 +241,7 @@ const OWN_KEYS: &[(&str, &str)] = &[
 
 /// Check the pass-through properties of the component at `path`.
 pub fn check_properties(path: &str, props: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    for (k, _) in props {
+    for k in props.keys() {
         if let Some((_, instead)) = OWN_KEYS.iter().find(|(own, _)| own == k) {
             return Err(ConfigError::new(
                 format!("{path}.properties.\"{k}\""),

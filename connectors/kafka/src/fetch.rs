@@ -211,12 +211,9 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared, prefetch_bytes: usiz
                 drop(buffers);
                 shared.arrived.notify_waiters();
             }
-            Some(Err(KafkaError::MessageConsumption(code)))
-                if matches!(
-                    code,
-                    RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset
-                ) =>
-            {
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+            ))) => {
                 shared.out_of_range.store(true, Ordering::Relaxed);
                 shared.arrived.notify_waiters();
             }

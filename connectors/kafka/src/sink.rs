@@ -84,13 +84,16 @@ struct Marker {
     last: i64,
 }
 
+/// A record's headers.
+type Headers = Vec<(String, Option<Vec<u8>>)>;
+
 /// One output record.
 struct Out {
     topic: Option<String>,
     partition: Option<i32>,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    headers: Headers,
 }
 
 impl KafkaSink {
@@ -371,7 +374,7 @@ fn bytes_column(c: &ArrayRef, name: &str) -> std::result::Result<Vec<Option<Vec<
 }
 
 /// A `headers` column: a map of string to string or binary.
-fn header_column(c: &ArrayRef) -> std::result::Result<Vec<Vec<(String, Option<Vec<u8>>)>>, String> {
+fn header_column(c: &ArrayRef) -> std::result::Result<Vec<Headers>, String> {
     let Some(m) = c.as_any().downcast_ref::<MapArray>() else {
         return Err(format!(
             "column `headers` must be a map of string to string or binary (e.g. MAP(['k'], \
@@ -615,14 +618,14 @@ mod tests {
             ),
         ]);
         let out = sink(SinkFormat::Json)
-            .records(&schema, &[b.clone()])
+            .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         assert_eq!(out[0].value, br#"{"device":"a","n":1}"#);
         assert_eq!(out[0].key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(out[1].key, None);
         assert_eq!(out[1].topic.as_deref(), Some("other"));
         let out = sink(SinkFormat::Csv)
-            .records(&schema, &[b.clone()])
+            .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         assert_eq!(out[1].value, b"b,2");
         let e = sink(SinkFormat::Text).records(&schema, &[b]).err().unwrap();

@@ -207,6 +207,9 @@ fn headers_type() -> DataType {
 /// A topic partition.
 type Tp = (String, i32);
 
+/// A topic's name, partitions and error, as the metadata gives them.
+type TopicParts = (String, Vec<i32>, Option<String>);
+
 /// One partition's share of a batch: offsets `[from, until)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRange {
@@ -312,31 +315,28 @@ impl KafkaSource {
         } else {
             let topics = self.cfg.topics.clone();
             let all = self.pattern.is_some();
-            let found = blocking(
-                move || -> std::result::Result<Vec<(String, Vec<i32>, Option<String>)>, String> {
-                    let md = if all {
-                        consumer.fetch_metadata(None, REQUEST_TIMEOUT)
-                    } else if topics.len() == 1 {
-                        consumer.fetch_metadata(Some(&topics[0]), REQUEST_TIMEOUT)
-                    } else {
-                        consumer.fetch_metadata(None, REQUEST_TIMEOUT)
-                    }
-                    .map_err(|e| e.to_string())?;
-                    Ok(md
-                        .topics()
-                        .iter()
-                        .map(|t| {
-                            (
-                                t.name().to_string(),
-                                t.partitions().iter().map(|p| p.id()).collect(),
-                                t.error().map(|e| {
-                                    format!("{:?}", rdkafka::types::RDKafkaRespErr::from(e))
-                                }),
-                            )
-                        })
-                        .collect())
-                },
-            )
+            let found = blocking(move || -> std::result::Result<Vec<TopicParts>, String> {
+                let md = if all {
+                    consumer.fetch_metadata(None, REQUEST_TIMEOUT)
+                } else if topics.len() == 1 {
+                    consumer.fetch_metadata(Some(&topics[0]), REQUEST_TIMEOUT)
+                } else {
+                    consumer.fetch_metadata(None, REQUEST_TIMEOUT)
+                }
+                .map_err(|e| e.to_string())?;
+                Ok(md
+                    .topics()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name().to_string(),
+                            t.partitions().iter().map(|p| p.id()).collect(),
+                            t.error()
+                                .map(|e| rdkafka::types::RDKafkaErrorCode::from(e).to_string()),
+                        )
+                    })
+                    .collect())
+            })
             .await;
             let found = match found {
                 Ok(f) => f,
