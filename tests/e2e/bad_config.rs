@@ -153,3 +153,49 @@ fn wrong_file_kind_and_run_exit_2_as_well() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `port`?"));
 }
+
+#[test]
+fn bad_kafka_configs_name_the_key() {
+    let kafka = |source: &str| {
+        with(
+            "type = \"socket\"\nhost = \"127.0.0.1\"\nport = 9",
+            &format!("type = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9\"\n{source}"),
+        )
+    };
+    check(
+        "kafka_misspelt",
+        &kafka("topis = [\"a\"]"),
+        &["sources.lines.topis", "unknown key `topis`", "topics"],
+    );
+    check(
+        "kafka_no_topics",
+        &kafka(""),
+        &[
+            "sources.lines.topics",
+            "exactly one of `topics`, `topic_pattern` and `assign`",
+        ],
+    );
+    check(
+        "kafka_start",
+        &kafka("topics = [\"a\"]\nstart = \"yesterday\""),
+        &["sources.lines.start", "RFC 3339", "\"yesterday\""],
+    );
+    check(
+        "kafka_owned_property",
+        &kafka("topics = [\"a\"]\nproperties = { \"group.id\" = \"x\" }"),
+        &["sources.lines.properties.\"group.id\"", "set `group_id`"],
+    );
+    check(
+        "kafka_envelope_clash",
+        &kafka("topics = [\"a\"]\nformat = \"json\"\nschema = \"offset bigint\""),
+        &["sources.lines.schema", "envelope", "a column `offset`"],
+    );
+    check(
+        "kafka_sink_without_topic",
+        &with(
+            "[sinks.out]\ntype = \"console\"",
+            "[sinks.out]\ntype = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9\"",
+        ),
+        &["sinks.out", "topic"],
+    );
+}

@@ -259,6 +259,21 @@ pub fn is_secret(key: &str) -> bool {
     key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
 }
 
+/// The pass-through properties as `k=v, ...` for errors, with secrets masked.
+pub fn shown(props: &BTreeMap<String, String>) -> String {
+    props
+        .iter()
+        .map(|(k, v)| {
+            if is_secret(k) {
+                format!("{k}=***")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +298,10 @@ mod tests {
         assert_eq!(e.path, "sources.k.properties.\"group.id\"");
         assert!(e.hint.unwrap().contains("group_id"));
         assert!(is_secret("sasl.password"));
+        let props = BTreeMap::from([
+            ("sasl.password".to_string(), "hunter2".to_string()),
+            ("linger.ms".to_string(), "5".to_string()),
+        ]);
+        assert_eq!(shown(&props), "linger.ms=5, sasl.password=***");
     }
 }

@@ -9,7 +9,7 @@
 //! not written again; one whose transaction had not committed is aborted by the broker when the
 //! restarted sink takes over the transactional id (read_committed readers never see it).
 
-use crate::config::{check_properties, is_secret, KafkaSinkConfig, SinkFormat};
+use crate::config::{check_properties, shown, KafkaSinkConfig, SinkFormat};
 use crate::context::Ctx;
 use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch};
 use arrow::compute::cast;
@@ -110,21 +110,6 @@ impl KafkaSink {
         c
     }
 
-    fn shown_properties(&self) -> String {
-        self.cfg
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                if is_secret(k) {
-                    format!("{k}=***")
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     fn producer(&self, transactional: bool) -> Result<Prod> {
         let mut c = self.client_config();
         c.set("enable.idempotence", "true");
@@ -138,7 +123,7 @@ impl KafkaSink {
             .map_err(|e| {
                 self.fail(format!(
                     "cannot create the Kafka producer ({e}); properties: {}",
-                    self.shown_properties()
+                    shown(&self.cfg.properties)
                 ))
             })
     }

@@ -4,7 +4,7 @@
 //! batch is re-run by fetching exactly those ranges again, so no write-ahead log is needed.
 //! Processed offsets are committed to the consumer group after each batch, for lag monitoring.
 
-use crate::config::{check_properties, is_secret, KafkaSourceConfig, OnDataLoss, Start, Until};
+use crate::config::{check_properties, shown, KafkaSourceConfig, OnDataLoss, Start, Until};
 use crate::context::Ctx;
 use crate::fetch::{Fetcher, Rec};
 use arrow::array::{
@@ -22,7 +22,7 @@ use sluice_core::{
     BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetter, DeadLetters, Error, Guarantee,
     ReplayableSource, Result, SourceFactory, SourceRuntime,
 };
-use sluice_formats::payload::PayloadDecoder;
+use sluice_formats::payload::{check_envelope, PayloadDecoder};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,20 +140,7 @@ impl SourceFactory for KafkaSourceFactory {
         )?;
         let mut fields = decoder.fields();
         if cfg.envelope {
-            if let Some(f) = fields
-                .iter()
-                .find(|f| ENVELOPE.contains(&f.name().as_str()))
-            {
-                return Err(ConfigError::new(
-                    format!("{path}.schema"),
-                    format!(
-                        "no column named like an envelope column ({})",
-                        ENVELOPE.join(", ")
-                    ),
-                    format!("a column `{}`", f.name()),
-                )
-                .with_hint("rename the column, or set envelope = false"));
-            }
+            check_envelope(path, &fields, ENVELOPE)?;
             fields.extend(envelope_fields());
         }
         let group_id = cfg
@@ -263,23 +250,11 @@ impl KafkaSource {
             for (k, v) in &self.cfg.properties {
                 c.set(k, v);
             }
-            let shown: Vec<String> = self
-                .cfg
-                .properties
-                .iter()
-                .map(|(k, v)| {
-                    if is_secret(k) {
-                        format!("{k}=***")
-                    } else {
-                        format!("{k}={v}")
-                    }
-                })
-                .collect();
             let ctx = Ctx::new(format!("source `{}`", self.name));
             let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx).map_err(|e| {
                 self.fail(format!(
                     "cannot create the Kafka consumer ({e}); properties: {}",
-                    shown.join(", ")
+                    shown(&self.cfg.properties)
                 ))
             })?;
             self.fetcher = Some(Fetcher::start(consumer, self.cfg.prefetch_mib << 20));

@@ -24,8 +24,8 @@ use sluice_core::{
     BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee,
     Receiver, ReceiverStatus, Result, SourceFactory, SourceRuntime,
 };
-use sluice_formats::payload::PayloadDecoder;
 pub use sluice_formats::payload::PayloadFormat;
+use sluice_formats::payload::{check_envelope, PayloadDecoder};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -169,20 +169,7 @@ impl SourceFactory for MqttSourceFactory {
         )?;
         let mut fields = decoder.fields();
         if cfg.envelope {
-            if let Some(f) = fields
-                .iter()
-                .find(|f| ENVELOPE.contains(&f.name().as_str()))
-            {
-                return Err(ConfigError::new(
-                    format!("{path}.schema"),
-                    format!(
-                        "no column named like an envelope column ({})",
-                        ENVELOPE.join(", ")
-                    ),
-                    format!("a column `{}`", f.name()),
-                )
-                .with_hint("rename the column, or set envelope = false"));
-            }
+            check_envelope(path, &fields, ENVELOPE)?;
             fields.push(Field::new("topic", DataType::Utf8, false));
             fields.push(Field::new("qos", DataType::UInt8, false));
             fields.push(Field::new("retain", DataType::Boolean, false));

@@ -35,6 +35,25 @@ impl PayloadFormat {
     }
 }
 
+/// A message source's envelope columns follow the payload's: refuse a schema that names one.
+pub fn check_envelope(path: &str, fields: &[Field], envelope: &[&str]) -> Result<(), ConfigError> {
+    match fields
+        .iter()
+        .find(|f| envelope.contains(&f.name().as_str()))
+    {
+        None => Ok(()),
+        Some(f) => Err(ConfigError::new(
+            format!("{path}.schema"),
+            format!(
+                "no column named like an envelope column ({})",
+                envelope.join(", ")
+            ),
+            format!("a column `{}`", f.name()),
+        )
+        .with_hint("rename the column, or set envelope = false")),
+    }
+}
+
 /// Payloads decoded into columns.
 pub struct Decoded {
     /// The payload columns, one row per kept payload.
