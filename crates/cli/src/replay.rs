@@ -101,7 +101,7 @@ impl Replay {
     pub async fn follow(&self, done: tokio::sync::watch::Receiver<bool>) {
         let multi = MultiProgress::new();
         let style = ProgressStyle::with_template(
-            "{prefix:>24} [{bar:30}] {pos}/{len} ({percent}%) {per_sec} ETA {eta}",
+            "{prefix:>24} [{bar:30}] {human_pos}/{human_len} ({percent}%) {per_sec} ETA {eta}",
         )
         .expect("a valid template")
         .progress_chars("=> ");
