@@ -86,7 +86,8 @@ pub struct KafkaSourceConfig {
         deserialize_with = "serde_duration::deserialize"
     )]
     pub fetch_timeout: Duration,
-    /// Fetched records held ahead of the batches, in MiB (default 64). Fetching pauses above it.
+    /// Fetched records held ahead of the batches, in MiB (default 128). Fetching pauses above it,
+    /// so it bounds one batch: about 128 MiB / (record size + 64 B) records.
     #[serde(default = "default_prefetch_mib")]
     pub prefetch_mib: usize,
     /// librdkafka properties passed through, e.g. `{ "security.protocol" = "ssl",
@@ -159,7 +160,7 @@ fn default_fetch_timeout() -> Duration {
     Duration::from_secs(120)
 }
 fn default_prefetch_mib() -> usize {
-    64
+    128
 }
 fn default_transaction_timeout() -> Duration {
     Duration::from_secs(60)

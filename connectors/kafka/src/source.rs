@@ -246,7 +246,11 @@ impl KafkaSource {
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "error")
                 .set("isolation.level", "read_committed")
-                .set("enable.partition.eof", "false");
+                .set("enable.partition.eof", "false")
+                // librdkafka pauses a partition's fetching for this long (default 1 s) once its
+                // local queue is full; the prefetch thread drains it within milliseconds, and with
+                // the default a preloaded topic was read at a third of the rate (measured).
+                .set("fetch.queue.backoff.ms", "50");
             for (k, v) in &self.cfg.properties {
                 c.set(k, v);
             }

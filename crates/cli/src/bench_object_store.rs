@@ -75,6 +75,8 @@ sinks = ["out"]
 pub(crate) struct Drained {
     pub seconds: f64,
     pub peak_rss_mb: f64,
+    /// Each batch's (records, processing ms).
+    pub batches: Vec<(u64, f64)>,
 }
 
 /// Run the gateway on `toml` in `work` until its batches have taken `records` input records.
@@ -99,11 +101,18 @@ pub(crate) fn drain(work: &Path, toml: &str, records: u64) -> anyhow::Result<Dra
         std::thread::sleep(Duration::from_millis(20));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let batches = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.records, s.processing_ms))
+        .collect();
     stop_gateway(child)?;
     let _ = reader.join();
     Ok(Drained {
         seconds,
         peak_rss_mb: rss,
+        batches,
     })
 }
 
