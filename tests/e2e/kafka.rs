@@ -432,6 +432,32 @@ properties = {{ "compression.type" = "zstd", "linger.ms" = "5" }}
     let child = start(&gw);
     let expected: Vec<i64> = (0..300).filter(|i| i % 50 >= 25).collect();
     let got = kafka.consume("big-orders", expected.len(), 30);
+    // A second, independent implementation reads the same records.
+    let aio: Vec<Value> = kafka
+        .client(
+            &[
+                "consume-aio",
+                "big-orders",
+                &expected.len().to_string(),
+                "10",
+            ],
+            None,
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key = |r: &Value| {
+        (
+            r["p"].as_i64().unwrap(),
+            r["o"].as_i64().unwrap(),
+            r["v"].to_string(),
+        )
+    };
+    let mut a: Vec<_> = got.iter().map(key).collect();
+    let mut b: Vec<_> = aio.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "confluent-kafka and aiokafka read the same records");
     std::thread::sleep(Duration::from_millis(500));
     stop(child);
     let log = log_of(&gw);

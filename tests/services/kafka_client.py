@@ -6,6 +6,8 @@
   kafka_client.py BOOTSTRAP consume TOPIC COUNT [TIMEOUT_S]
         reads every partition from the start with isolation.level=read_committed until COUNT
         records (or TIMEOUT_S, default 60, without new ones); prints {"p","o","k","v"} per line
+  kafka_client.py BOOTSTRAP consume-aio TOPIC COUNT [TIMEOUT_S]
+        the same with aiokafka (pure Python: a second, independent Kafka implementation)
   kafka_client.py BOOTSTRAP committed GROUP TOPIC PARTITIONS
         prints the group's committed offset of each partition, one per line
 """
@@ -78,6 +80,40 @@ def main():
         c.close()
         for g in got:
             print(json.dumps(g))
+    elif cmd == "consume-aio":
+        import asyncio
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition as TP
+
+        async def run():
+            topic, count = args[0], int(args[1])
+            idle = float(args[2]) if len(args) > 2 else 60.0
+            c = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                 enable_auto_commit=False, group_id=None)
+            await c.start()
+            try:
+                parts = sorted(c.partitions_for_topic(topic) or [])
+                if not parts:
+                    await c._client.force_metadata_update()
+                    parts = sorted(c.partitions_for_topic(topic) or [])
+                tps = [TP(topic, p) for p in parts]
+                c.assign(tps)
+                await c.seek_to_beginning(*tps)
+                got, last = [], time.time()
+                while len(got) < count and time.time() - last < idle:
+                    batch = await c.getmany(timeout_ms=500)
+                    for _, msgs in batch.items():
+                        for m in msgs:
+                            last = time.time()
+                            got.append({"p": m.partition, "o": m.offset,
+                                        "k": m.key.decode() if m.key is not None else None,
+                                        "v": m.value.decode() if m.value is not None else None})
+                for g in got:
+                    print(json.dumps(g))
+            finally:
+                await c.stop()
+
+        asyncio.run(run())
     elif cmd == "committed":
         group, topic, parts = args[0], args[1], int(args[2])
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})

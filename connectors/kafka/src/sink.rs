@@ -533,8 +533,13 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
+    /// Before `open` (e.g. `sluice validate`): what the config asks for; after it, what the
+    /// broker allowed (a broker without transactions makes this sink at-least-once).
     fn idempotent(&self) -> bool {
-        self.transactional
+        match self.producer {
+            None => self.cfg.exactly_once,
+            Some(_) => self.transactional,
+        }
     }
 
     async fn close(&mut self) -> Result<()> {
