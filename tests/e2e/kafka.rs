@@ -920,3 +920,29 @@ fn kafka_replay_of_a_time_range_and_of_offsets_then_a_run_until_caught_up() {
         (0..40).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn kafka_max_rate_per_partition_caps_every_batch() {
+    let (tmp, kafka) = setup();
+    kafka.create("paced", 2);
+    kafka.produce("paced", &numbered(0, 300, 2));
+    let gw = tmp.path().join("gw");
+    // 200 ms batches × 100 records/s: at most 20 records per partition per batch.
+    let source = "topics = [\"paced\"]\nformat = \"json\"\nschema = \"n bigint\"\nstart = \"earliest\"\nmax_rate_per_partition = 100";
+    let rows = run_until(
+        &gw,
+        &pipeline("paced", &kafka, source, "SELECT n FROM events"),
+        2,
+        300,
+        || {},
+    );
+    assert_eq!(ns(&rows), (0..300).collect::<Vec<_>>());
+    let batches: Vec<u64> = sluice_file::committed(&gw.join("out"))
+        .unwrap()
+        .iter()
+        .filter(|e| e.job == "copy" && e.rows > 0)
+        .map(|e| e.rows)
+        .collect();
+    assert!(batches.iter().all(|n| *n <= 40), "{batches:?}");
+    assert!(batches.len() >= 300 / 40, "{batches:?}");
+}
