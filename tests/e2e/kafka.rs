@@ -540,6 +540,27 @@ fn kafka_source_data_loss_fails_or_continues_from_earliest() {
     assert!(log_of(&gw).contains("kafka: data loss"), "{}", log_of(&gw));
 }
 
+/// `[app]` (500 ms batches, a checkpoint) and source `events` reading topic `in` from the start.
+fn input_of(app: &str, kafka: &Kafka) -> String {
+    format!(
+        r#"
+[app]
+name = "{app}"
+batch_interval = "500ms"
+checkpoint_dir = "checkpoint"
+
+[sources.events]
+type = "kafka"
+bootstrap_servers = "{}"
+topics = ["in"]
+start = "earliest"
+format = "json"
+schema = "n bigint"
+"#,
+        kafka.bootstrap()
+    )
+}
+
 #[test]
 fn kafka_batch_whose_sink_failed_is_rerun_with_exactly_its_planned_offsets() {
     let (tmp, kafka) = setup();
@@ -548,20 +569,7 @@ fn kafka_batch_whose_sink_failed_is_rerun_with_exactly_its_planned_offsets() {
     let gw = tmp.path().join("gw");
     std::fs::create_dir_all(&gw).unwrap();
     let toml = format!(
-        r#"
-[app]
-name = "rerun"
-batch_interval = "500ms"
-checkpoint_dir = "checkpoint"
-
-[sources.events]
-type = "kafka"
-bootstrap_servers = "{b}"
-topics = ["in"]
-start = "earliest"
-format = "json"
-schema = "n bigint"
-
+        r#"{}
 [jobs.copy]
 sql = "SELECT n FROM events"
 sinks = ["out"]
@@ -573,6 +581,7 @@ topic = "out"
 exactly_once = false
 properties = {{ "message.timeout.ms" = "1500" }}
 "#,
+        input_of("rerun", &kafka),
         b = kafka.bootstrap()
     );
     // The output topic does not exist yet: the first batch with records fails in the sink,
@@ -664,20 +673,7 @@ fn kafka_sink_a_rerun_batch_whose_transaction_committed_is_not_written_again() {
     // The job writes `out` (transactional) and then `audit`, whose topic does not exist yet: the
     // batch fails after `out` committed its transaction, and is re-run after the restart.
     let toml = format!(
-        r#"
-[app]
-name = "eos"
-batch_interval = "500ms"
-checkpoint_dir = "checkpoint"
-
-[sources.events]
-type = "kafka"
-bootstrap_servers = "{b}"
-topics = ["in"]
-start = "earliest"
-format = "json"
-schema = "n bigint"
-
+        r#"{}
 [jobs.copy]
 sql = "SELECT n FROM events"
 sinks = ["out", "audit"]
@@ -694,6 +690,7 @@ topic = "audit"
 exactly_once = false
 properties = {{ "message.timeout.ms" = "1500" }}
 "#,
+        input_of("eos", &kafka),
         b = kafka.bootstrap()
     );
     let (code, log) = crate::common::run_in(&gw, &toml, "30s");
