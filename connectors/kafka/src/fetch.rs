@@ -54,8 +54,10 @@ pub struct Shared {
     /// watermarks at the next plan.
     pub out_of_range: AtomicBool,
     stop: AtomicBool,
-    /// Wakes readers waiting for records.
+    /// Wakes readers waiting for records (a batch re-run gathering its range) ...
     pub arrived: tokio::sync::Notify,
+    /// ... while one says it waits: the poll thread does not wake anyone per record otherwise.
+    pub waiting: AtomicBool,
 }
 
 impl Shared {
@@ -117,6 +119,7 @@ impl Fetcher {
             out_of_range: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             arrived: tokio::sync::Notify::new(),
+            waiting: AtomicBool::new(false),
         });
         let thread = {
             let consumer = consumer.clone();
@@ -209,7 +212,9 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared, prefetch_bytes: usiz
                     shared.bytes.fetch_add(size, Ordering::Relaxed);
                 }
                 drop(buffers);
-                shared.arrived.notify_waiters();
+                if shared.waiting.load(Ordering::Relaxed) {
+                    shared.arrived.notify_waiters();
+                }
             }
             Some(Err(KafkaError::MessageConsumption(
                 RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,

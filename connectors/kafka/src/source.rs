@@ -701,6 +701,7 @@ impl KafkaSource {
         }
         let began = Instant::now();
         let mut warned = Instant::now();
+        let _waiting = Waiting::new(&self.fetcher.as_ref().expect("started").shared);
         loop {
             let f = self.fetcher.as_ref().expect("started");
             let arrived = f.shared.arrived.notified();
@@ -756,6 +757,26 @@ impl KafkaSource {
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), arrived).await;
         }
+    }
+}
+
+/// Asks the fetch thread to wake waiters as records arrive, until dropped.
+struct Waiting(Arc<crate::fetch::Shared>);
+
+impl Waiting {
+    fn new(shared: &Arc<crate::fetch::Shared>) -> Waiting {
+        shared
+            .waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Waiting(shared.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
