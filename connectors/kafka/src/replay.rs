@@ -4,7 +4,8 @@
 use crate::config::{KafkaSourceConfig, Start, Until};
 use crate::source::PartRange;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,30 @@ fn consumer(cfg: &KafkaSourceConfig, group: &str) -> Result<BaseConsumer, String
     }
     c.create()
         .map_err(|e| format!("cannot create a Kafka client: {e}"))
+}
+
+/// The offset of the first record of `topic`/`partition` at or after `ms`, or `high` (the
+/// partition's end) when there is none — never past `high`. Blocking.
+pub(crate) fn offset_at_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+    high: i64,
+    timeout: Duration,
+) -> KafkaResult<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ms))?;
+    Ok(
+        match consumer
+            .offsets_for_times(tpl, timeout)?
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(n)) => n.min(high),
+            _ => high,
+        },
+    )
 }
 
 /// A position given on the command line: `earliest`, `latest`/`now`/`end`, a time (RFC 3339 or
@@ -112,20 +137,9 @@ pub fn replay_ranges(
             Point::Earliest => low,
             Point::Latest => high,
             Point::Offsets(m) => m.get(&(t.to_string(), part)).copied().unwrap_or(high),
-            Point::Time(ms) => {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(t, part, Offset::Offset(*ms))
-                    .map_err(|e| e.to_string())?;
-                match c
-                    .offsets_for_times(tpl, TIMEOUT)
-                    .map_err(|e| format!("cannot find offsets by time: {e}"))?
-                    .find_partition(t, part)
-                    .map(|e| e.offset())
-                {
-                    Some(Offset::Offset(n)) => n.clamp(low, high),
-                    _ => high,
-                }
-            }
+            Point::Time(ms) => offset_at_time(&c, t, part, *ms, high, TIMEOUT)
+                .map_err(|e| format!("cannot find offsets by time: {e}"))?
+                .max(low),
         })
     };
     let mut out = Vec::new();

@@ -492,18 +492,14 @@ impl KafkaSource {
                 for (t, p) in &asked {
                     let (low, high) = consumer.fetch_watermarks(t, *p, REQUEST_TIMEOUT)?;
                     let at = match until {
-                        Some(Until::Time(ms)) => {
-                            let mut tpl = TopicPartitionList::new();
-                            tpl.add_partition_offset(t, *p, Offset::Offset(ms))?;
-                            match consumer
-                                .offsets_for_times(tpl, REQUEST_TIMEOUT)?
-                                .find_partition(t, *p)
-                                .map(|e| e.offset())
-                            {
-                                Some(Offset::Offset(n)) => Some(n.min(high)),
-                                _ => Some(high),
-                            }
-                        }
+                        Some(Until::Time(ms)) => Some(crate::replay::offset_at_time(
+                            &*consumer,
+                            t,
+                            *p,
+                            ms,
+                            high,
+                            REQUEST_TIMEOUT,
+                        )?),
                         _ => None,
                     };
                     out.push((low, high, at));
@@ -807,30 +803,26 @@ impl ReplayableSource for KafkaSource {
             return Ok(serde_json::json!([]));
         };
         let buffers = f.shared.buffers.lock().expect("poisoned");
-        // What each partition has ready, and its share of `max_records` by backlog.
-        let ready: Vec<(&Tp, usize)> = self
+        // What each partition has ready — its records from `next` up to its end, as a range of
+        // buffer positions — and its share of `max_records` by backlog.
+        let ready: Vec<(&Tp, &crate::fetch::Buffer, usize, usize)> = self
             .parts
             .iter()
-            .map(|(tp, part)| {
-                let n = buffers
-                    .get(&tp.0)
-                    .and_then(|t| t.get(&tp.1))
-                    .map_or(0, |b| {
-                        let skip = part
-                            .next
-                            .map_or(0, |next| b.records.partition_point(|r| r.offset < next));
-                        let before_end = part.end.map_or(b.records.len(), |end| {
-                            b.records.partition_point(|r| r.offset < end)
-                        });
-                        before_end.saturating_sub(skip)
-                    });
-                (tp, n)
+            .filter_map(|(tp, part)| {
+                let b = buffers.get(&tp.0)?.get(&tp.1)?;
+                let skip = part
+                    .next
+                    .map_or(0, |next| b.records.partition_point(|r| r.offset < next));
+                let before_end = part.end.map_or(b.records.len(), |end| {
+                    b.records.partition_point(|r| r.offset < end)
+                });
+                Some((tp, b, skip, before_end.saturating_sub(skip)))
             })
             .collect();
-        let total: usize = ready.iter().map(|(_, n)| n).sum();
+        let total: usize = ready.iter().map(|r| r.3).sum();
         let mut ranges = Vec::new();
         let mut nexts = Vec::new();
-        for (tp, n) in ready {
+        for (tp, b, skip, n) in ready {
             let mut take = n;
             if let Some(cap) = per_part {
                 take = take.min(cap);
@@ -842,10 +834,7 @@ impl ReplayableSource for KafkaSource {
             if take == 0 {
                 continue;
             }
-            let b = &buffers[&tp.0][&tp.1];
-            let next = self.parts[tp].next;
-            let skip = next.map_or(0, |next| b.records.partition_point(|r| r.offset < next));
-            let from = next.unwrap_or(b.records[skip].offset);
+            let from = self.parts[tp].next.unwrap_or(b.records[skip].offset);
             let until = b.records[skip + take - 1].offset + 1;
             ranges.push(PartRange {
                 topic: tp.0.clone(),
