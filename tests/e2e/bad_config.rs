@@ -186,6 +186,19 @@ fn bad_kafka_configs_name_the_key() {
         &["sources.lines.properties.\"group.id\"", "set `group_id`"],
     );
     check(
+        "scale_out_without_checkpoint",
+        &with("[app]\n", "[app]\nscale_out = true\n"),
+        &["app.scale_out", "checkpoint_dir"],
+    );
+    check(
+        "kafka_scale_out_assign",
+        &kafka("assign = { a = [0] }").replace(
+            "[app]\n",
+            "[app]\nscale_out = true\ncheckpoint_dir = \"ck\"\n",
+        ),
+        &["sources.lines.assign", "the group divides the partitions"],
+    );
+    check(
         "kafka_envelope_clash",
         &kafka("topics = [\"a\"]\nformat = \"json\"\nschema = \"offset bigint\""),
         &["sources.lines.schema", "envelope", "a column `offset`"],

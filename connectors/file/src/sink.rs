@@ -68,6 +68,12 @@ impl SinkFactory for FileSinkFactory {
                 format!("\"{}\", a file", cfg.path),
             ));
         }
+        // Scale-out: each gateway writes (and keeps its manifest) under a folder of its own.
+        let dir = if cx.scale_out {
+            dir.join(&cx.instance)
+        } else {
+            dir
+        };
         Ok(Box::new(FileSink { cfg, dir }))
     }
 }

@@ -90,6 +90,12 @@ pub struct KafkaSourceConfig {
     /// so it bounds one batch: about 128 MiB / (record size + 64 B) records.
     #[serde(default = "default_prefetch_mib")]
     pub prefetch_mib: usize,
+    /// With `app.scale_out`: the one-partition topic where the gateways of the group append each
+    /// batch's offset ranges before reading them; its order decides which gateway owns a range.
+    /// Created when missing. Default `<group_id>.plans`. Keep its retention far longer than a
+    /// rebalance (the broker default, 7 days, is plenty).
+    #[serde(default)]
+    pub plan_topic: Option<String>,
     /// librdkafka properties passed through, e.g. `{ "security.protocol" = "ssl",
     /// "ssl.ca.location" = "ca.pem" }` or SASL's `sasl.mechanism`, `sasl.username`,
     /// `sasl.password`. Values of keys naming a password or secret are never logged.

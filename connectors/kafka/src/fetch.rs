@@ -98,6 +98,17 @@ impl Shared {
         b.fetch_from = fetch_from;
     }
 
+    /// Forget a partition altogether; returns whether it was known.
+    fn forget(&self, topic: &str, partition: i32) -> bool {
+        let mut buffers = self.buffers.lock().expect("poisoned");
+        let Some(b) = buffers.get_mut(topic).and_then(|t| t.remove(&partition)) else {
+            return false;
+        };
+        let freed: usize = b.records.iter().map(Rec::size).sum();
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        true
+    }
+
     pub fn buffered_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -155,6 +166,18 @@ impl Fetcher {
         }
         self.shared.reset(topic, partition, fetch_from);
         self.consumer.incremental_assign(&tpl)
+    }
+}
+
+impl Fetcher {
+    /// Stop fetching a partition and drop its records.
+    pub fn unassign(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        if self.shared.forget(topic, partition) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            self.consumer.incremental_unassign(&tpl)?;
+        }
+        Ok(())
     }
 }
 

@@ -48,10 +48,15 @@ impl SinkFactory for KafkaSinkFactory {
                 "an empty string",
             ));
         }
-        let transactional_id = cfg
+        let mut transactional_id = cfg
             .transactional_id
             .clone()
             .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
+        if cx.scale_out {
+            // Each gateway its own producer identity (and exactly-once markers): two producers
+            // with one transactional id fence each other.
+            transactional_id = format!("{transactional_id}.{}", cx.instance);
+        }
         Ok(Box::new(KafkaSink {
             name,
             cfg,
@@ -674,6 +679,8 @@ mod tests {
             app_name: "app".into(),
             batch_interval: Duration::from_secs(1),
             base_dir: ".".into(),
+            scale_out: false,
+            instance: "test".into(),
         };
         let options = serde_json::json!({
             "bootstrap_servers": bootstrap,

@@ -7,6 +7,8 @@
 use crate::config::{check_properties, shown, KafkaSourceConfig, OnDataLoss, Start, Until};
 use crate::context::Ctx;
 use crate::fetch::{Fetcher, Rec};
+use crate::group::Membership;
+use crate::planlog::PlanLog;
 use arrow::array::{
     Array, ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
     TimestampMillisecondBuilder,
@@ -23,8 +25,8 @@ use sluice_core::{
     ReplayableSource, Result, SourceFactory, SourceRuntime,
 };
 use sluice_formats::payload::{check_envelope, PayloadDecoder};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Envelope columns, after the value's.
@@ -83,6 +85,22 @@ impl SourceFactory for KafkaSourceFactory {
                 })
             })
             .transpose()?;
+        if cx.scale_out {
+            if !cfg.assign.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.assign"),
+                    "`topics` or `topic_pattern` with app.scale_out (the group divides the partitions)",
+                    "explicit partitions",
+                ));
+            }
+            if cfg.until.is_some() || !cfg.until_offsets.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.until"),
+                    "no bounded run with app.scale_out (run backfills with `sluice replay`)",
+                    "a bound",
+                ));
+            }
+        }
         let start = Start::parse(path, &cfg.start)?;
         let until = cfg
             .until
@@ -148,6 +166,17 @@ impl SourceFactory for KafkaSourceFactory {
             .clone()
             .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let scale = cx.scale_out.then(|| Scale {
+            instance: cx.instance.clone(),
+            plan_topic: cfg
+                .plan_topic
+                .clone()
+                .unwrap_or_else(|| format!("{group_id}.plans")),
+            members: None,
+            log: None,
+            adopted: BTreeSet::new(),
+            void: BTreeSet::new(),
+        });
         Ok(BuiltSource {
             schema: schema.clone(),
             guarantee: Guarantee::Replayable,
@@ -164,6 +193,7 @@ impl SourceFactory for KafkaSourceFactory {
                 parts: BTreeMap::new(),
                 restored: BTreeMap::new(),
                 refreshed: None,
+                scale,
                 cfg,
             })),
         })
@@ -230,6 +260,29 @@ pub struct KafkaSource {
     /// Next offsets from the checkpoint, for partitions not yet assigned.
     restored: BTreeMap<Tp, i64>,
     refreshed: Option<Instant>,
+    /// With `app.scale_out`: the group membership and the plan log.
+    scale: Option<Scale>,
+}
+
+/// A scale-out source's share of the group (see `group` and `planlog`).
+struct Scale {
+    instance: String,
+    plan_topic: String,
+    members: Option<Membership>,
+    log: Option<Arc<Mutex<PlanLog>>>,
+    /// Partitions taken from the group's assignment, started where the plan log says.
+    adopted: BTreeSet<Tp>,
+    /// Batches whose claim was void: nothing of theirs to commit.
+    void: BTreeSet<i64>,
+}
+
+/// A batch's input as recorded in its plan: the ranges, and with scale-out the batch they are
+/// claimed for in the plan log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Planned {
+    Ranges(Vec<PartRange>),
+    Claimed { batch: i64, ranges: Vec<PartRange> },
 }
 
 impl KafkaSource {
@@ -237,11 +290,20 @@ impl KafkaSource {
         Error::msg(format!("source `{}`: {msg}", self.name))
     }
 
+    /// The brokers and the pass-through properties.
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.bootstrap_servers);
+        for (k, v) in &self.cfg.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
     fn fetcher(&mut self) -> Result<&Fetcher> {
         if self.fetcher.is_none() {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", &self.cfg.bootstrap_servers)
-                .set("group.id", &self.group_id)
+            let mut c = self.client_config();
+            c.set("group.id", &self.group_id)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "error")
@@ -351,6 +413,13 @@ impl KafkaSource {
             wanted
         };
         self.refreshed = Some(Instant::now());
+        if self.scale.is_some() {
+            // The group divides the partitions: follow its assignment (`sync_group`).
+            let mut topics: BTreeSet<String> = wanted.into_iter().map(|(t, _)| t).collect();
+            topics.extend(self.cfg.topics.iter().cloned());
+            self.subscribe(topics.into_iter().collect())?;
+            return Ok(true);
+        }
         let new: Vec<Tp> = wanted
             .into_iter()
             .filter(|tp| !self.parts.contains_key(tp))
@@ -361,12 +430,144 @@ impl KafkaSource {
         Ok(true)
     }
 
+    /// Scale-out: join the group (once) and subscribe to `topics`.
+    fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
+        let config = self.client_config();
+        let component = format!("source `{}`", self.name);
+        let scale = self.scale.as_mut().expect("scale-out");
+        if scale.members.is_none() {
+            tracing::info!(source = %self.name, group = %self.group_id, instance = %scale.instance, plan_log = %scale.plan_topic, "kafka: scale-out: joining the consumer group");
+            scale.members = Some(
+                Membership::join(config, &self.group_id, &component).map_err(|e| {
+                    Error::msg(format!("{component}: cannot join the consumer group: {e}"))
+                })?,
+            );
+        }
+        let members = scale.members.as_mut().expect("joined");
+        members
+            .subscribe(topics)
+            .map_err(|e| Error::msg(format!("{component}: cannot subscribe: {e}")))
+    }
+
+    /// Scale-out: follow the group's assignment — drop the partitions given to another gateway,
+    /// start the new ones where the plan log says the group's last valid range ended.
+    async fn sync_group(&mut self) -> Result<()> {
+        let scale = self.scale.as_mut().expect("scale-out");
+        let Some(members) = &scale.members else {
+            return Ok(());
+        };
+        let owned = members.owned();
+        scale.adopted.retain(|tp| owned.contains(tp));
+        let new: Vec<Tp> = owned
+            .iter()
+            .filter(|tp| !scale.adopted.contains(*tp))
+            .cloned()
+            .collect();
+        let gone: Vec<Tp> = self
+            .parts
+            .keys()
+            .filter(|tp| !owned.contains(*tp))
+            .cloned()
+            .collect();
+        for (topic, partition) in gone {
+            if let Some(f) = &self.fetcher {
+                f.unassign(&topic, partition).map_err(|e| self.fail(e))?;
+            }
+            tracing::info!(source = %self.name, topic, partition, "kafka: partition handed over to another gateway of the group");
+            self.parts.remove(&(topic, partition));
+        }
+        if !new.is_empty() {
+            self.start_partitions(new.clone()).await?;
+            self.scale.as_mut().expect("scale-out").adopted.extend(new);
+        }
+        Ok(())
+    }
+
+    /// Scale-out: the plan log, opened (and read through) on first use.
+    async fn plan_log(&mut self) -> Result<Arc<Mutex<PlanLog>>> {
+        let config = self.client_config();
+        let scale = self.scale.as_mut().expect("scale-out");
+        if let Some(l) = &scale.log {
+            return Ok(l.clone());
+        }
+        let (topic, instance) = (scale.plan_topic.clone(), scale.instance.clone());
+        let log = blocking(move || PlanLog::open(&config, &topic, &instance))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let log = Arc::new(Mutex::new(log));
+        self.scale.as_mut().expect("scale-out").log = Some(log.clone());
+        Ok(log)
+    }
+
+    /// Scale-out: append a batch's ranges to the plan log (unless there already) and say whether
+    /// they are this gateway's to read. When they are not, the partitions still here continue
+    /// where the group's last valid range ended.
+    async fn claim(&mut self, batch: i64, ranges: &[PartRange]) -> Result<bool> {
+        let log = self.plan_log().await?;
+        let rs = ranges.to_vec();
+        let (valid, positions) = blocking(move || -> std::result::Result<_, String> {
+            let mut l = log.lock().expect("poisoned");
+            let valid = l.claim(batch, &rs)?;
+            let positions: Vec<(Tp, Option<i64>)> = rs
+                .iter()
+                .map(|r| {
+                    let tp = (r.topic.clone(), r.partition);
+                    let until = l.valid_until(&tp);
+                    (tp, until)
+                })
+                .collect();
+            Ok((valid, positions))
+        })
+        .await
+        .map_err(|e| self.fail(e))?;
+        if valid {
+            return Ok(true);
+        }
+        tracing::warn!(source = %self.name, batch, "kafka: another gateway of the group claimed some of this batch's ranges first (a rebalance): it reads nothing from this source, and its partitions continue where the group's plan log says");
+        self.scale.as_mut().expect("scale-out").void.insert(batch);
+        for (tp, until) in positions {
+            if let (Some(u), Some(part)) = (until, self.parts.get_mut(&tp)) {
+                part.next = Some(u);
+                self.fetcher
+                    .as_ref()
+                    .expect("a partition is fetched")
+                    .assign(&tp.0, tp.1, Offset::Offset(u))
+                    .map_err(|e| Error::msg(format!("source `{}`: {e}", self.name)))?;
+            }
+        }
+        Ok(false)
+    }
+
     /// Decide where each new partition starts and start fetching it.
     async fn start_partitions(&mut self, new: Vec<Tp>) -> Result<()> {
         let mut starts: Vec<(Tp, Offset, String)> = Vec::new();
         let mut ask: Vec<Tp> = Vec::new();
+        // Scale-out: the group's plan log knows where each partition goes on; the checkpoint's
+        // position may be stale (another gateway had the partition meanwhile).
+        let logged: BTreeMap<Tp, i64> = if self.scale.is_some() {
+            let log = self.plan_log().await?;
+            let asked = new.clone();
+            blocking(move || -> std::result::Result<_, String> {
+                let mut l = log.lock().expect("poisoned");
+                l.read_through()?;
+                Ok(asked
+                    .into_iter()
+                    .filter_map(|tp| l.valid_until(&tp).map(|u| (tp, u)))
+                    .collect())
+            })
+            .await
+            .map_err(|e| self.fail(e))?
+        } else {
+            BTreeMap::new()
+        };
         for tp in new {
-            if let Some(&n) = self.restored.get(&tp) {
+            if let Some(&n) = logged.get(&tp) {
+                starts.push((
+                    tp,
+                    Offset::Offset(n),
+                    format!("the group's plan log: offset {n}"),
+                ));
+            } else if let Some(&n) = self.restored.get(&tp).filter(|_| self.scale.is_none()) {
                 starts.push((tp, Offset::Offset(n), format!("checkpoint offset {n}")));
             } else if let Some(&n) = self
                 .cfg
@@ -790,10 +991,13 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 impl ReplayableSource for KafkaSource {
     async fn plan(
         &mut self,
-        _time: BatchTime,
+        time: BatchTime,
         max_records: Option<u64>,
     ) -> Result<serde_json::Value> {
         let due = self.refresh().await?;
+        if self.scale.is_some() {
+            self.sync_group().await?;
+        }
         self.check_data_loss(due).await?;
         let per_part = self
             .cfg
@@ -848,7 +1052,14 @@ impl ReplayableSource for KafkaSource {
         for (tp, until) in nexts {
             self.parts.get_mut(&tp).expect("known").next = Some(until);
         }
-        Ok(serde_json::to_value(ranges).expect("plain struct"))
+        let planned = match self.scale {
+            Some(_) => Planned::Claimed {
+                batch: time.millis(),
+                ranges,
+            },
+            None => Planned::Ranges(ranges),
+        };
+        Ok(serde_json::to_value(planned).expect("plain struct"))
     }
 
     async fn read(
@@ -856,8 +1067,17 @@ impl ReplayableSource for KafkaSource {
         range: &serde_json::Value,
         dead: &DeadLetters,
     ) -> Result<Vec<RecordBatch>> {
-        let ranges: Vec<PartRange> = serde_json::from_value(range.clone())
+        let planned: Planned = serde_json::from_value(range.clone())
             .map_err(|e| self.fail(format!("bad offset ranges {range} in a batch plan: {e}")))?;
+        let ranges = match planned {
+            Planned::Ranges(r) => r,
+            Planned::Claimed { batch, ranges } => {
+                if !ranges.is_empty() && !self.claim(batch, &ranges).await? {
+                    return Ok(Vec::new());
+                }
+                ranges
+            }
+        };
         let mut out = Vec::new();
         for r in &ranges {
             self.gather(r).await?;
@@ -875,17 +1095,41 @@ impl ReplayableSource for KafkaSource {
     }
 
     async fn commit(&mut self, range: &serde_json::Value) -> Result<()> {
-        let ranges: Vec<PartRange> = serde_json::from_value(range.clone())
+        let planned: Planned = serde_json::from_value(range.clone())
             .map_err(|e| self.fail(format!("bad offset ranges {range}: {e}")))?;
-        if ranges.is_empty() {
-            return Ok(());
+        let (batch, ranges) = match planned {
+            Planned::Ranges(r) => (None, r),
+            Planned::Claimed { batch, ranges } => (Some(batch), ranges),
+        };
+        if let (Some(b), Some(scale)) = (batch, self.scale.as_mut()) {
+            if scale.void.remove(&b) {
+                return Ok(());
+            }
         }
+        // Scale-out: as a member of the group, and only the partitions it still has, so a
+        // gateway finishing an old batch never moves the group's offsets back.
+        let members = self.scale.as_ref().and_then(|s| s.members.as_ref());
+        let owned = members.map(Membership::owned);
         let mut tpl = TopicPartitionList::new();
         for r in &ranges {
+            if owned
+                .as_ref()
+                .is_some_and(|o| !o.contains(&(r.topic.clone(), r.partition)))
+            {
+                continue;
+            }
             tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.until))
                 .map_err(|e| self.fail(e))?;
         }
-        if let Err(e) = self.consumer().commit(&tpl, CommitMode::Async) {
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let committed = match members {
+            Some(m) => m.commit(&tpl),
+            None if self.scale.is_some() => return Ok(()),
+            None => self.consumer().commit(&tpl, CommitMode::Async),
+        };
+        if let Err(e) = committed {
             tracing::debug!(source = %self.name, error = %e, "kafka: cannot commit the group's offsets");
         }
         Ok(())

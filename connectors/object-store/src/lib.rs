@@ -36,7 +36,13 @@ impl SinkFactory for ObjectStoreSinkFactory {
     ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ObjectStoreSinkConfig = sluice_core::options::parse(path, options)?;
         check(path, &cfg)?;
-        let location = Location::parse(&format!("{path}.path"), &cfg.path, |p| cx.resolve(p))?;
+        // Scale-out: each gateway writes (and keeps its manifest) under a folder of its own.
+        let root = if cx.scale_out {
+            format!("{}/{}", cfg.path.trim_end_matches('/'), cx.instance)
+        } else {
+            cfg.path.clone()
+        };
+        let location = Location::parse(&format!("{path}.path"), &root, |p| cx.resolve(p))?;
         let op = location.operator(path, &cfg)?;
         let check_op = location.operator(
             path,

@@ -78,6 +78,8 @@ pub async fn prepare(
     if sources.is_empty() {
         return Err("replay needs at least one kafka source".into());
     }
+    // A replay is one gateway reading exact ranges, never a share of a group.
+    cfg.app.scale_out = false;
     cfg.app.checkpoint_dir = Some(checkpoint.unwrap_or_else(|| {
         format!(
             "{}-replay-{stamp}",

@@ -180,6 +180,25 @@ pub fn from_value(raw: Value, registry: &Registry) -> Result<AppConfig, Vec<Conf
         errors.extend(check_job(&name, &j, &app, &sink_names));
         jobs.push(NamedJob { name, job: j });
     }
+    if app.scale_out && app.checkpoint_dir.is_none() {
+        errors.push(
+            ConfigError::new("app.scale_out", "a `checkpoint_dir` with it", "no checkpoint_dir")
+                .with_hint("a gateway of a scale-out app finishes its unfinished batches from its checkpoint when it restarts; set app.checkpoint_dir"),
+        );
+    }
+    if let Some(i) = &app.instance {
+        if i.is_empty()
+            || !i
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(ConfigError::new(
+                "app.instance",
+                "a name of letters, digits, `-`, `_` or `.`",
+                format!("\"{i}\""),
+            ));
+        }
+    }
     if let Some(dl) = &app.dead_letter {
         if !sink_names.contains(dl) {
             errors.push(unknown_ref("app.dead_letter", "sink", dl, &sink_names));

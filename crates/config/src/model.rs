@@ -55,6 +55,19 @@ pub struct AppSection {
     /// How long a graceful stop may take to drain received data (default 10 × batch_interval).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
     pub graceful_stop_timeout: Option<Duration>,
+    /// Several gateways run this same config and share the work: each Kafka source's partitions
+    /// are divided among them by the broker (one consumer group), and each gateway's file and
+    /// object-store outputs go under a folder named by its `instance`. Needs `checkpoint_dir`: a
+    /// killed gateway's unfinished batches are finished from it when it restarts. See
+    /// docs/kafka.md, "Scale-out".
+    #[serde(default)]
+    pub scale_out: bool,
+    /// This gateway's name among those of a `scale_out` app (letters, digits, `-`, `_`, `.`).
+    /// Default: the host name and a short hash of the checkpoint directory's absolute path, so
+    /// it stays the same across restarts. Set it when a checkpoint directory moves to another
+    /// machine.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// `[app.wal]`.

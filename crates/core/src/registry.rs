@@ -16,6 +16,11 @@ pub struct BuildContext {
     pub batch_interval: Duration,
     /// Directory relative paths are resolved against (the working directory).
     pub base_dir: PathBuf,
+    /// `app.scale_out`: several gateways share this config's work (see [`BuildContext::instance`]).
+    pub scale_out: bool,
+    /// This gateway's name, stable across its restarts. With `scale_out`, shared sources tell
+    /// their claims apart by it, and sinks keep each gateway's output apart with it.
+    pub instance: String,
 }
 
 impl BuildContext {

@@ -56,6 +56,8 @@ impl Pipeline {
             app_name: config.app.name.clone(),
             batch_interval: config.app.batch_interval,
             base_dir: base_dir.clone(),
+            scale_out: config.app.scale_out,
+            instance: instance_name(&config.app, &base_dir),
         };
         let mut errors = Vec::new();
         let mut schemas: HashMap<String, (SchemaRef, InputKind)> = HashMap::new();
@@ -260,6 +262,38 @@ fn job_order<'a>(
         }
     }
     Ok(ordered)
+}
+
+/// `app.instance`, else the host name and a hash of the checkpoint directory's absolute path:
+/// the same across restarts, different for two gateways on one machine.
+fn instance_name(app: &sluice_config::AppSection, base_dir: &std::path::Path) -> String {
+    if let Some(i) = &app.instance {
+        return i.clone();
+    }
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = app
+        .checkpoint_dir
+        .as_deref()
+        .map(|d| base_dir.join(d))
+        .unwrap_or_default();
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let hash = crc32fast::hash(dir.to_string_lossy().as_bytes());
+    format!("{host}-{hash:08x}")
 }
 
 async fn build_job(
