@@ -1083,3 +1083,117 @@ fn kafka_scale_out_example_two_gateways_share_partitions_through_kills_exactly_o
             .count()
     );
 }
+
+const READING_AVSC: &str = r#"{"type": "record", "name": "reading", "namespace": "iot", "fields": [
+  {"name": "device", "type": "string"},
+  {"name": "seq", "type": "long"},
+  {"name": "celsius", "type": ["null", "double"], "default": null},
+  {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "tags", "type": {"type": "array", "items": "string"}}
+]}"#;
+
+#[test]
+fn kafka_avro_values_in_confluent_framing_decode_and_the_sink_writes_avro() {
+    let (tmp, kafka) = setup();
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let avsc = gw.join("reading.avsc");
+    std::fs::write(&avsc, READING_AVSC).unwrap();
+    kafka.create("readings", 2);
+    kafka.create("fahrenheit", 1);
+    // 40 readings written by fastavro (an independent Avro implementation) behind Confluent's
+    // header with schema id 1; every tenth has no temperature; one record is not Avro at all.
+    let mut input: String = (0..40)
+        .map(|i| {
+            let celsius = if i % 10 == 9 { json!(null) } else { json!(i as f64 / 2.0) };
+            format!(
+                "{}\n",
+                json!({"p": i % 2, "v": {"device": format!("d{}", i % 3), "seq": i, "celsius": celsius, "at": 1_700_000_000_000i64 + i, "tags": ["a", format!("t{i}")]}})
+            )
+        })
+        .collect();
+    input.push_str(&format!("{}\n", json!({"p": 0, "raw": "00000000017fff"})));
+    kafka.client(
+        &["produce", "readings", avsc.to_str().unwrap(), "1"],
+        Some(&input),
+    );
+    let toml = pipeline(
+        "kafka-avro",
+        &kafka,
+        "topics = [\"readings\"]\nstart = \"earliest\"\nformat = \"avro\"\navro_schema_file = \"reading.avsc\"\navro_wire = \"confluent\"",
+        r#"SELECT device, seq, celsius, at, tags FROM events"#,
+    )
+    .replace(
+        "sinks = [\"out\"]",
+        r#"sinks = ["out"]
+
+[jobs.fahrenheit]
+sql = '''SELECT device, seq, celsius * 9 / 5 + 32 AS fahrenheit FROM events WHERE celsius IS NOT NULL'''
+sinks = ["converted"]
+
+[sinks.converted]
+type = "kafka"
+bootstrap_servers = "BOOTSTRAP"
+topic = "fahrenheit"
+format = "avro""#,
+    )
+    .replace("BOOTSTRAP", &kafka.bootstrap());
+    let rows = run_until(&gw, &toml, 2, 40, || {});
+    assert_eq!(rows.len(), 40, "{rows:?}");
+    let mut by_seq: Vec<&Value> = rows.iter().collect();
+    by_seq.sort_by_key(|r| r["seq"].as_i64().unwrap());
+    assert_eq!(by_seq[3]["device"], "d0");
+    assert_eq!(by_seq[3]["celsius"], 1.5);
+    assert!(
+        by_seq[9].get("celsius").is_none_or(Value::is_null),
+        "{}",
+        by_seq[9]
+    );
+    assert_eq!(by_seq[3]["tags"], r#"["a","t3"]"#);
+    assert!(
+        by_seq[3]["at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-14T22:13:20.003"),
+        "{}",
+        by_seq[3]
+    );
+    let rejected = committed_rows(&gw.join("rejected"), "dead_letter").join("\n");
+    assert!(
+        rejected.contains("Avro") && rejected.contains("topic readings partition 0 offset"),
+        "the record that is not Avro is a dead letter with its coordinates: {rejected}"
+    );
+    // The Kafka sink's values, read with the schema sluice logged.
+    let log = log_of(&gw);
+    let schema = log
+        .lines()
+        .find(|l| l.contains("kafka: the Avro schema of the values"))
+        .and_then(|l| l.split("schema=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the sink logs its Avro schema");
+    let out_avsc = gw.join("out.avsc");
+    std::fs::write(&out_avsc, schema).unwrap();
+    let got: Vec<Value> = kafka
+        .client(
+            &[
+                "consume",
+                "fahrenheit",
+                "36",
+                "20",
+                out_avsc.to_str().unwrap(),
+            ],
+            None,
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 36, "{got:?}");
+    let mut seqs: Vec<i64> = got
+        .iter()
+        .map(|g| g["v"]["seq"].as_i64().unwrap())
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..40).filter(|i| i % 10 != 9).collect::<Vec<_>>());
+    let one = got.iter().find(|g| g["v"]["seq"] == 4).unwrap();
+    assert_eq!(one["v"]["fahrenheit"], 35.6, "{one}");
+}

@@ -1,17 +1,23 @@
 """An independent Kafka client for the kafka tests (confluent-kafka, its own librdkafka).
 
   kafka_client.py BOOTSTRAP create TOPIC PARTITIONS
-  kafka_client.py BOOTSTRAP produce TOPIC          < records, one JSON object per line:
+  kafka_client.py BOOTSTRAP produce TOPIC [AVSC [SCHEMA_ID]]  < records, one JSON object per line:
         {"p": partition, "k": key, "v": value, "ts": ms, "h": {name: value}}  (all but v optional)
-  kafka_client.py BOOTSTRAP consume TOPIC COUNT [TIMEOUT_S]
+        with AVSC (an Avro schema file), "v" is an object written as one Avro datum by fastavro
+        (after a zero byte and SCHEMA_ID when given: Confluent's framing), "raw" a hex value
+        written as it is
+  kafka_client.py BOOTSTRAP consume TOPIC COUNT [TIMEOUT_S [AVSC]]
         reads every partition from the start with isolation.level=read_committed until COUNT
-        records (or TIMEOUT_S, default 60, without new ones); prints {"p","o","k","v"} per line
+        records (or TIMEOUT_S, default 60, without new ones); prints {"p","o","k","v"} per line;
+        with AVSC, "v" is the value read as one plain Avro datum by fastavro
   kafka_client.py BOOTSTRAP consume-aio TOPIC COUNT [TIMEOUT_S]
         the same with aiokafka (pure Python: a second, independent Kafka implementation)
   kafka_client.py BOOTSTRAP committed GROUP TOPIC PARTITIONS
         prints the group's committed offset of each partition, one per line
 """
+import io
 import json
+import struct
 import sys
 import time
 
@@ -33,13 +39,25 @@ def main():
         time.sleep(1)
     elif cmd == "produce":
         topic = args[0]
+        avro = None
+        if len(args) > 1:
+            import fastavro
+            avro = fastavro.parse_schema(json.load(open(args[1])))
+            header = b"\0" + struct.pack(">I", int(args[2])) if len(args) > 2 else b""
         p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
         errors = []
         for line in sys.stdin:
             if not line.strip():
                 continue
             r = json.loads(line)
-            kw = {"value": r["v"].encode()}
+            if "raw" in r:
+                kw = {"value": bytes.fromhex(r["raw"])}
+            elif avro is not None:
+                buf = io.BytesIO()
+                fastavro.schemaless_writer(buf, avro, r["v"])
+                kw = {"value": header + buf.getvalue()}
+            else:
+                kw = {"value": r["v"].encode()}
             if "p" in r:
                 kw["partition"] = r["p"]
             if "k" in r:
@@ -61,6 +79,10 @@ def main():
     elif cmd == "consume":
         topic, count = args[0], int(args[1])
         idle = float(args[2]) if len(args) > 2 else 60.0
+        avro = None
+        if len(args) > 3:
+            import fastavro
+            avro = fastavro.parse_schema(json.load(open(args[3])))
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": "kafka-client-check",
                       "enable.auto.commit": False, "isolation.level": "read_committed"})
         md = c.list_topics(topic, timeout=30)
@@ -74,9 +96,12 @@ def main():
             if m.error():
                 continue
             last = time.time()
+            if avro is not None:
+                v = fastavro.schemaless_reader(io.BytesIO(m.value()), avro, None)
+            else:
+                v = m.value().decode() if m.value() is not None else None
             got.append({"p": m.partition(), "o": m.offset(),
-                        "k": m.key().decode() if m.key() is not None else None,
-                        "v": m.value().decode() if m.value() is not None else None})
+                        "k": m.key().decode() if m.key() is not None else None, "v": v})
         c.close()
         for g in got:
             print(json.dumps(g))

@@ -48,6 +48,13 @@ impl SinkFactory for KafkaSinkFactory {
                 "an empty string",
             ));
         }
+        if cfg.avro_wire == crate::config::Wire::Confluent && cfg.avro_schema_id.is_none() {
+            return Err(ConfigError::new(
+                format!("{path}.avro_schema_id"),
+                "the schema id to write with avro_wire = \"confluent\"",
+                "none",
+            ));
+        }
         let mut transactional_id = cfg
             .transactional_id
             .clone()
@@ -64,6 +71,7 @@ impl SinkFactory for KafkaSinkFactory {
             producer: None,
             transactional: false,
             markers: BTreeMap::new(),
+            avro_logged: Default::default(),
         }))
     }
 }
@@ -78,6 +86,8 @@ pub struct KafkaSink {
     transactional: bool,
     /// Job → its marker group and the last batch time written, read at the job's first batch.
     markers: BTreeMap<String, Marker>,
+    /// Whether the Avro schema of the values was logged.
+    avro_logged: std::sync::atomic::AtomicBool,
 }
 
 /// A job's exactly-once marker.
@@ -305,6 +315,20 @@ impl KafkaSink {
             }
             SinkFormat::Json => sluice_formats::encode_json_lines(std::slice::from_ref(b))?,
             SinkFormat::Csv => csv_rows(b)?,
+            SinkFormat::Avro => {
+                let enc = sluice_formats::avro::DatumEncoder::new(
+                    &b.schema(),
+                    self.cfg.avro_wire,
+                    self.cfg.avro_schema_id.unwrap_or(0),
+                )?;
+                if !self
+                    .avro_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!(sink = %self.name, schema = %sluice_formats::avro::schema_json(&b.schema()), "kafka: the Avro schema of the values");
+                }
+                return enc.encode(b);
+            }
         };
         let lines: Vec<Vec<u8>> = encoded
             .split(|c| *c == b'\n')
@@ -571,6 +595,8 @@ mod tests {
                 bootstrap_servers: "127.0.0.1:1".into(),
                 topic: "t".into(),
                 format,
+                avro_wire: Default::default(),
+                avro_schema_id: None,
                 exactly_once: true,
                 transactional_id: None,
                 transaction_timeout: Duration::from_secs(1),
@@ -580,6 +606,7 @@ mod tests {
             producer: None,
             transactional: false,
             markers: BTreeMap::new(),
+            avro_logged: Default::default(),
         }
     }
 
@@ -623,6 +650,27 @@ mod tests {
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         assert_eq!(out[1].value, b"b,2");
+        let out = sink(SinkFormat::Avro)
+            .records(&schema, std::slice::from_ref(&b))
+            .unwrap();
+        let rest = Arc::new(b.project(&[0, 1]).unwrap().schema().as_ref().clone());
+        let avro = sluice_formats::payload::PayloadDecoder::avro(
+            "t",
+            "avro_schema",
+            &sluice_formats::avro::schema_json(&rest).to_string(),
+            Default::default(),
+        )
+        .unwrap();
+        let values: Vec<&[u8]> = out.iter().map(|o| &o.value[..]).collect();
+        let d = avro.decode(&values);
+        assert_eq!(d.kept, vec![0, 1]);
+        assert_eq!(d.columns[0].as_string::<i32>().value(1), "b");
+        assert_eq!(
+            d.columns[1]
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(1),
+            2
+        );
         let e = sink(SinkFormat::Text).records(&schema, &[b]).err().unwrap();
         assert!(e.to_string().contains("exactly one column"), "{e}");
     }

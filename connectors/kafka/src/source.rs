@@ -24,7 +24,7 @@ use sluice_core::{
     BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetter, DeadLetters, Error, Guarantee,
     ReplayableSource, Result, SourceFactory, SourceRuntime,
 };
-use sluice_formats::payload::{check_envelope, PayloadDecoder};
+use sluice_formats::payload::{check_envelope, PayloadDecoder, PayloadFormat};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,13 +149,50 @@ impl SourceFactory for KafkaSourceFactory {
             ));
         }
         check_properties(path, &cfg.properties)?;
-        let decoder = PayloadDecoder::new(
-            path,
-            "value",
-            cfg.format,
-            cfg.schema.as_deref(),
-            cfg.delimiter,
-        )?;
+        let decoder = match (&cfg.format, &cfg.avro_schema, &cfg.avro_schema_file) {
+            (PayloadFormat::Avro, Some(_), Some(_)) | (PayloadFormat::Avro, None, None) => {
+                return Err(ConfigError::new(
+                    format!("{path}.avro_schema"),
+                    "one of `avro_schema` (the writer schema as JSON) and `avro_schema_file` with format = \"avro\"",
+                    if cfg.avro_schema.is_some() { "both" } else { "neither" },
+                ))
+            }
+            (PayloadFormat::Avro, _, _) if cfg.schema.is_some() => {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    "no `schema` with format = \"avro\" (the columns are the Avro schema's fields)",
+                    "a schema",
+                ))
+            }
+            (PayloadFormat::Avro, Some(text), None) => {
+                PayloadDecoder::avro(path, "avro_schema", text, cfg.avro_wire)?
+            }
+            (PayloadFormat::Avro, None, Some(file)) => {
+                let p = cx.resolve(file);
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.avro_schema_file"),
+                        "a readable file holding an Avro schema",
+                        format!("{} ({e})", p.display()),
+                    )
+                })?;
+                PayloadDecoder::avro(path, "avro_schema_file", &text, cfg.avro_wire)?
+            }
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.format"),
+                    "format = \"avro\" with `avro_schema` / `avro_schema_file`",
+                    format!("\"{}\"", cfg.format.name()),
+                ))
+            }
+            _ => PayloadDecoder::new(
+                path,
+                "value",
+                cfg.format,
+                cfg.schema.as_deref(),
+                cfg.delimiter,
+            )?,
+        };
         let mut fields = decoder.fields();
         if cfg.envelope {
             check_envelope(path, &fields, ENVELOPE)?;

@@ -1,5 +1,5 @@
-//! Payload codecs shared by every connector: text, JSON lines and CSV decoded into Arrow with a
-//! schema, and encoded from Arrow for sinks. One place, not one per connector.
+//! Payload codecs shared by every connector: text, JSON lines, CSV and Avro decoded into Arrow with
+//! a schema, and encoded from Arrow for sinks. One place, not one per connector.
 //!
 //! A record that does not decode is never an error for the batch: it becomes a [`DeadLetter`] and
 //! the rest of the block is kept.
@@ -11,6 +11,7 @@ use sluice_core::schema::{line_schema, parse_schema};
 use sluice_core::{ConfigError, DeadLetter};
 use std::sync::Arc;
 
+pub mod avro;
 pub mod partition;
 pub mod payload;
 

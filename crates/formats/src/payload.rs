@@ -1,7 +1,8 @@
 //! Message payloads (MQTT, Kafka) as columns: one `text` or `raw` column, or the columns a
-//! `json` / `csv` [`Decoder`] gives. Message sources add their envelope columns next to these, so
+//! `json` / `csv` [`Decoder`] or an Avro [`DatumDecoder`] gives. Message sources add their envelope columns next to these, so
 //! they need to know which messages became rows: [`Decoded::kept`].
 
+use crate::avro::{DatumDecoder, Wire};
 use crate::{Decoder, Format};
 use arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
 use arrow::datatypes::{DataType, Field};
@@ -22,6 +23,8 @@ pub enum PayloadFormat {
     Json,
     /// A CSV row per payload (no header), decoded with `schema`.
     Csv,
+    /// One Avro datum per payload, decoded with the writer schema (`avro_schema`).
+    Avro,
 }
 
 impl PayloadFormat {
@@ -31,6 +34,7 @@ impl PayloadFormat {
             PayloadFormat::Raw => "raw",
             PayloadFormat::Json => "json",
             PayloadFormat::Csv => "csv",
+            PayloadFormat::Avro => "avro",
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct PayloadDecoder {
     column: String,
     format: PayloadFormat,
     decoder: Option<Decoder>,
+    avro: Option<DatumDecoder>,
 }
 
 impl PayloadDecoder {
@@ -95,6 +100,14 @@ impl PayloadDecoder {
                 schema,
                 delimiter,
             )?),
+            PayloadFormat::Avro => {
+                return Err(ConfigError::new(
+                    format!("{path}.format"),
+                    "text, raw, json or csv here",
+                    "\"avro\"",
+                )
+                .with_hint("the kafka source decodes Avro (with `avro_schema`)"))
+            }
             PayloadFormat::Text | PayloadFormat::Raw => {
                 if schema.is_some() {
                     return Err(ConfigError::new(
@@ -113,11 +126,33 @@ impl PayloadDecoder {
             column: column.to_string(),
             format,
             decoder,
+            avro: None,
+        })
+    }
+
+    /// `format = "avro"`: each payload one datum of `schema` (the writer schema as JSON text, a
+    /// record), framed as `wire`. `key` names the schema's key, for errors.
+    pub fn avro(path: &str, key: &str, schema: &str, wire: Wire) -> Result<Self, ConfigError> {
+        let avro = DatumDecoder::new(schema, wire).map_err(|e| {
+            ConfigError::new(
+                format!("{path}.{key}"),
+                "an Avro schema (JSON) whose top-level type is a record",
+                e,
+            )
+        })?;
+        Ok(PayloadDecoder {
+            column: String::new(),
+            format: PayloadFormat::Avro,
+            decoder: None,
+            avro: Some(avro),
         })
     }
 
     /// The payload's columns.
     pub fn fields(&self) -> Vec<Field> {
+        if let Some(a) = &self.avro {
+            return a.fields();
+        }
         match (&self.decoder, self.format) {
             (Some(d), _) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
             (None, PayloadFormat::Raw) => vec![Field::new(&self.column, DataType::Binary, false)],
@@ -130,6 +165,14 @@ impl PayloadDecoder {
     }
 
     pub fn decode(&self, payloads: &[&[u8]]) -> Decoded {
+        if let Some(a) = &self.avro {
+            let (columns, kept, failed) = a.decode(payloads);
+            return Decoded {
+                columns,
+                kept,
+                failed,
+            };
+        }
         let mut kept = Vec::with_capacity(payloads.len());
         let mut failed = Vec::new();
         if self.format == PayloadFormat::Raw {
