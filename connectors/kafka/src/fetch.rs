@@ -19,15 +19,28 @@ pub struct Rec {
     /// Milliseconds; `timestamp_type` 0 = none, 1 = create time, 2 = log append time.
     pub timestamp: Option<i64>,
     pub timestamp_type: u8,
-    pub key: Option<Box<[u8]>>,
-    pub value: Option<Box<[u8]>>,
+    /// The key's bytes, then the value's: one allocation per record (measured: the allocator's
+    /// work was a fifth of the gateway's CPU with two).
+    bytes: Box<[u8]>,
+    /// The key's length in `bytes` (None: no key).
+    key_len: Option<u32>,
+    /// Whether the record has a value (a tombstone has none).
+    has_value: bool,
     pub headers: Vec<(String, Option<Box<[u8]>>)>,
 }
 
 impl Rec {
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_len.map(|k| &self.bytes[..k as usize])
+    }
+
+    pub fn value(&self) -> Option<&[u8]> {
+        self.has_value
+            .then(|| &self.bytes[self.key_len.unwrap_or(0) as usize..])
+    }
+
     fn size(&self) -> usize {
-        64 + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
+        64 + self.bytes.len()
             + self
                 .headers
                 .iter()
@@ -209,8 +222,15 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared, prefetch_bytes: usiz
                         Timestamp::CreateTime(_) => 1,
                         Timestamp::LogAppendTime(_) => 2,
                     },
-                    key: m.key().map(Box::from),
-                    value: m.payload().map(Box::from),
+                    bytes: {
+                        let (k, v) = (m.key().unwrap_or(b""), m.payload().unwrap_or(b""));
+                        let mut b = Vec::with_capacity(k.len() + v.len());
+                        b.extend_from_slice(k);
+                        b.extend_from_slice(v);
+                        b.into_boxed_slice()
+                    },
+                    key_len: m.key().map(|k| k.len() as u32),
+                    has_value: m.payload().is_some(),
                     headers: m
                         .headers()
                         .map(|h| {

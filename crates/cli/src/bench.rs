@@ -96,6 +96,13 @@ pub enum Which {
         /// workload does not use) or sqlite.
         #[arg(long, default_value = "memory")]
         engine: String,
+        /// The gateway's batch interval.
+        #[arg(long, default_value = "500ms")]
+        interval: String,
+        /// The source's `prefetch_mib` (what one batch can take: about 370,000 of these records
+        /// per 96 MiB).
+        #[arg(long, default_value_t = 96)]
+        prefetch_mib: usize,
         /// Only the bare consumer's rate.
         #[arg(long)]
         raw: bool,
@@ -157,8 +164,21 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             records,
             partitions,
             engine,
+            interval,
+            prefetch_mib,
             raw,
-        } => crate::bench_kafka::bench_kafka(dir, records, partitions, &engine, raw).await,
+        } => {
+            crate::bench_kafka::bench_kafka(
+                dir,
+                records,
+                partitions,
+                &engine,
+                &interval,
+                prefetch_mib,
+                raw,
+            )
+            .await
+        }
         Which::EmptyBatch { batches } => {
             let config = wordcount_config("{ type = \"queue\", batches = [] }");
             let p = build(&config).await?;

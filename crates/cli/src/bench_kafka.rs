@@ -33,27 +33,40 @@ fn record(i: u64, rng: &mut ChaCha8Rng) -> (String, String) {
     (device, value)
 }
 
-fn config(bootstrap: &str, partitions: i32) -> String {
+fn config(bootstrap: &str, partitions: i32, interval: &str, prefetch_mib: usize) -> String {
     format!(
         r#"
 [app]
 name = "bench-kafka"
-batch_interval = "1s"
+batch_interval = "{interval}"
 
 [sources.readings]
 type = "kafka"
 bootstrap_servers = "{bootstrap}"
 topics = ["{TOPIC}"]
 start = "earliest"
-format = "raw"
+format = "json"
+schema = "id bigint, device string, ts bigint, temperature double, humidity double, status string, firmware string, note string"
 metadata_refresh = "1h"
 envelope = false
+prefetch_mib = {prefetch_mib}
 
 [tables.devices]
 path = "devices.csv"
 
+[jobs.kept]
+sql = """
+SELECT r.device, d.region, to_timestamp_millis(r.ts) AS at, r.temperature
+FROM readings r JOIN devices d ON d.device = r.device
+WHERE r.id % 2 = 0
+"""
+
 [jobs.per_device]
-sql = "SELECT count(*) AS n FROM readings"
+sql = """
+SELECT device, region, window_start, count(*) AS n, avg(temperature) AS avg_temperature
+FROM kept GROUP BY device, region, window_start
+"""
+event_time = {{ column = "at", length = "10s", watermark = "1s" }}
 sinks = ["out"]
 
 [sinks.out]
@@ -151,6 +164,8 @@ pub async fn bench_kafka(
     records: u64,
     partitions: i32,
     engine: &str,
+    interval: &str,
+    prefetch_mib: usize,
     raw_only: bool,
 ) -> anyhow::Result<()> {
     let storage = match engine {
@@ -168,7 +183,7 @@ pub async fn bench_kafka(
     let bootstrap = format!("127.0.0.1:{port}");
     let result = async {
         println!(
-            "workload: {records} seeded JSON records in {partitions} partitions on tansu 0.6 ({engine} engine), 1 s batches"
+            "workload: {records} seeded JSON records in {partitions} partitions on tansu 0.6 ({engine} engine); {interval} batches, prefetch {prefetch_mib} MiB"
         );
         let (produce_s, bytes) = preload(&bootstrap, records, partitions).await?;
         println!(
@@ -191,7 +206,11 @@ pub async fn bench_kafka(
         let work = tmp.path().join("gateway");
         std::fs::create_dir_all(&work)?;
         write_devices(&work)?;
-        let run = drain(&work, &config(&bootstrap, partitions), records)?;
+        let run = drain(
+            &work,
+            &config(&bootstrap, partitions, interval, prefetch_mib),
+            records,
+        )?;
         println!(
             "sluice (decode, filter half, 10k-row join, 10 s windows, file sink): {:.2} s, {:.0} records/s, peak RSS {:.0} MB",
             run.seconds,
