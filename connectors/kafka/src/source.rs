@@ -1172,6 +1172,17 @@ impl ReplayableSource for KafkaSource {
         Ok(())
     }
 
+    async fn prepare(&mut self) -> Result<()> {
+        // Find the partitions and start fetching them (or join the group) at once.
+        self.refresh().await?;
+        if self.scale.is_some() {
+            self.sync_group().await?;
+        }
+        // The first plan refreshes again, with the data-loss check that goes with it.
+        self.refreshed = None;
+        Ok(())
+    }
+
     fn exhausted(&self) -> bool {
         let Some(f) = &self.fetcher else {
             return false;

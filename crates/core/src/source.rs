@@ -124,6 +124,11 @@ pub trait ReplayableSource: Send {
     async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+    /// Called once before the first batch is planned (after any re-runs of batches planned
+    /// before a restart): connect and start reading ahead, so the first batch has input.
+    async fn prepare(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// A bounded source (a backfill) that will plan nothing more: once every source is exhausted
     /// the gateway stops after the batch in flight.
     fn exhausted(&self) -> bool {

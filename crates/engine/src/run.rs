@@ -235,6 +235,12 @@ impl Pipeline {
                 .await?;
             summary.replayed += 1;
         }
+        // Replayable sources start reading ahead now, so the first batch is not empty.
+        for s in sources.iter_mut() {
+            if let Input::Replayable(r) = &mut s.input {
+                r.prepare().await?;
+            }
+        }
         let resume_at = newest.as_ref().map(|p| BatchTime(p.time).plus(interval));
         let now_t = BatchTime::now().next_multiple(interval);
         // The newest batch time already passed: coalesced missed batches run at once, as one.
