@@ -1172,6 +1172,10 @@ impl ReplayableSource for KafkaSource {
         Ok(())
     }
 
+    fn project(&mut self, columns: &BTreeSet<String>) {
+        self.decoder.project(columns);
+    }
+
     async fn prepare(&mut self) -> Result<()> {
         // Find the partitions and start fetching them (or join the group) at once.
         self.refresh().await?;

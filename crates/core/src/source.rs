@@ -124,6 +124,9 @@ pub trait ReplayableSource: Send {
     async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
         Ok(())
     }
+    /// Only these columns (by name) are read by the jobs: the source may leave the others null
+    /// rather than decode them. The schema stays the same. Called once, before the first batch.
+    fn project(&mut self, _columns: &std::collections::BTreeSet<String>) {}
     /// Called once before the first batch is planned (after any re-runs of batches planned
     /// before a restart): connect and start reading ahead, so the first batch has input.
     async fn prepare(&mut self) -> Result<()> {

@@ -121,6 +121,7 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(BuildError(errors));
         }
+        project_sources(&mut sources, &jobs);
         Ok(Pipeline {
             app: config.app,
             sources,
@@ -262,6 +263,31 @@ fn job_order<'a>(
         }
     }
     Ok(ordered)
+}
+
+/// Tell each replayable source which of its columns the jobs read, so it decodes only those
+/// (Spark's column pruning). Push sources keep every column: their write-ahead log is the only
+/// copy of what they received. A job with an event-time window over the source reads all of it.
+fn project_sources(sources: &mut [SourceSlot], jobs: &[JobRuntime]) {
+    for s in sources.iter_mut() {
+        let Some(SourceRuntime::Replayable(r)) = &mut s.runtime else {
+            continue;
+        };
+        let mut columns = std::collections::BTreeSet::new();
+        let mut read = false;
+        let mut all = false;
+        for j in jobs.iter().filter(|j| j.inputs.iter().any(|(n, _)| n == &s.name)) {
+            read = true;
+            match (&j.event, j.query.columns_read(&s.name)) {
+                (Some(_), _) | (_, None) => all = true,
+                (None, Some(c)) => columns.extend(c),
+            }
+        }
+        if read && !all {
+            tracing::info!(source = %s.name, columns = ?columns, "the jobs read only these columns of the source: the others are not decoded");
+            r.project(&columns);
+        }
+    }
 }
 
 /// `app.instance`, else the host name and a hash of the checkpoint directory's absolute path:

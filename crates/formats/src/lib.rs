@@ -101,6 +101,27 @@ impl Decoder {
         Self::new(path, name, format, schema, delimiter)
     }
 
+    /// A JSON decoder of only the fields of `schema` named in `keep` (the others in the payload
+    /// are skipped, not materialised). None for other formats, or when nothing would be left out.
+    pub fn projected(&self, keep: &std::collections::BTreeSet<String>) -> Option<Decoder> {
+        if self.format != Format::Json {
+            return None;
+        }
+        let fields: Vec<_> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| keep.contains(f.name()) || !f.is_nullable())
+            .cloned()
+            .collect();
+        (fields.len() < self.schema.fields().len()).then(|| Decoder {
+            format: self.format,
+            schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+            origin: self.origin.clone(),
+            delimiter: self.delimiter,
+        })
+    }
+
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -5,7 +5,7 @@
 use crate::avro::{DatumDecoder, Wire};
 use crate::{Decoder, Format};
 use arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use serde::Deserialize;
 use sluice_core::ConfigError;
 use std::sync::Arc;
@@ -75,6 +75,9 @@ pub struct PayloadDecoder {
     format: PayloadFormat,
     decoder: Option<Decoder>,
     avro: Option<DatumDecoder>,
+    /// After [`PayloadDecoder::project`]: the full schema, and for each of its fields the
+    /// decoded column it comes from (None: left null).
+    projection: Option<(SchemaRef, Vec<Option<usize>>)>,
 }
 
 impl PayloadDecoder {
@@ -127,7 +130,28 @@ impl PayloadDecoder {
             format,
             decoder,
             avro: None,
+            projection: None,
         })
+    }
+
+    /// Decode only the columns named in `keep` (JSON); the others are null. The fields (and so
+    /// the schema) stay as they were.
+    pub fn project(&mut self, keep: &std::collections::BTreeSet<String>) {
+        let Some(d) = &self.decoder else {
+            return;
+        };
+        let Some(projected) = d.projected(keep) else {
+            return;
+        };
+        let full = d.schema();
+        let small = projected.schema();
+        let map = full
+            .fields()
+            .iter()
+            .map(|f| small.index_of(f.name()).ok())
+            .collect();
+        self.projection = Some((full, map));
+        self.decoder = Some(projected);
     }
 
     /// `format = "avro"`: each payload one datum of `schema` (the writer schema as JSON text, a
@@ -145,6 +169,7 @@ impl PayloadDecoder {
             format: PayloadFormat::Avro,
             decoder: None,
             avro: Some(avro),
+            projection: None,
         })
     }
 
@@ -152,6 +177,9 @@ impl PayloadDecoder {
     pub fn fields(&self) -> Vec<Field> {
         if let Some(a) = &self.avro {
             return a.fields();
+        }
+        if let Some((full, _)) = &self.projection {
+            return full.fields().iter().map(|f| (**f).clone()).collect();
         }
         match (&self.decoder, self.format) {
             (Some(d), _) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
@@ -165,6 +193,23 @@ impl PayloadDecoder {
     }
 
     pub fn decode(&self, payloads: &[&[u8]]) -> Decoded {
+        let mut out = self.decode_projected(payloads);
+        if let Some((full, map)) = &self.projection {
+            let n = out.kept.len();
+            out.columns = full
+                .fields()
+                .iter()
+                .zip(map)
+                .map(|(f, m)| match m {
+                    Some(i) => out.columns[*i].clone(),
+                    None => arrow::array::new_null_array(f.data_type(), n),
+                })
+                .collect();
+        }
+        out
+    }
+
+    fn decode_projected(&self, payloads: &[&[u8]]) -> Decoded {
         if let Some(a) = &self.avro {
             let (columns, kept, failed) = a.decode(payloads);
             return Decoded {
@@ -269,6 +314,31 @@ mod tests {
             .unwrap();
         assert_eq!(n.values(), &[1, 4]);
         assert!(out.failed[1].1.contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_projected_decoder_keeps_the_schema_and_leaves_the_other_columns_null() {
+        let mut d = PayloadDecoder::new(
+            "sources.s",
+            "value",
+            PayloadFormat::Json,
+            Some("n int64, note string, t double"),
+            None,
+        )
+        .unwrap();
+        let before = d.fields();
+        d.project(&["t".to_string()].into_iter().collect());
+        assert_eq!(d.fields(), before);
+        let out = d.decode(&[br#"{"n": 1, "note": "x", "t": 2.5}"#, b"{oops"]);
+        assert_eq!(out.kept, vec![0]);
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.columns.len(), 3);
+        assert!(out.columns[0].is_null(0) && out.columns[1].is_null(0));
+        let t = out.columns[2]
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert_eq!(t.value(0), 2.5);
     }
 
     #[test]

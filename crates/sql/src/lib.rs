@@ -15,7 +15,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// A planned job query.
@@ -130,6 +130,31 @@ impl JobQuery {
         Ok(out?.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 
+    /// The columns of `table` this query reads, from its optimised plan (None: all of them).
+    pub fn columns_read(&self, table: &str) -> Option<BTreeSet<String>> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut columns = BTreeSet::new();
+        let mut all = false;
+        let walked = self.plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                if scan.table_name.table() == table {
+                    match &scan.projection {
+                        None => all = true,
+                        Some(p) => {
+                            let schema = scan.source.schema();
+                            columns.extend(p.iter().map(|i| schema.field(*i).name().clone()));
+                        }
+                    }
+                    for f in &scan.filters {
+                        columns.extend(f.column_refs().into_iter().map(|c| c.name.clone()));
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        (walked.is_ok() && !all).then_some(columns)
+    }
+
     /// The optimised logical plan, for `sluice validate --explain`.
     pub fn explain(&self) -> String {
         self.plan.display_indent().to_string()
@@ -185,4 +210,44 @@ pub async fn read_file(
         .await
         .map_err(|e| e.strip_backtrace().to_string())?;
     Ok((schema, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn the_columns_a_query_reads_come_from_its_optimised_plan() {
+        let t: SchemaRef = Arc::new(Schema::new(
+            ["a", "b", "c", "d"]
+                .iter()
+                .map(|n| Field::new(*n, DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        ));
+        let u: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let tables = [("t".to_string(), t), ("u".to_string(), u)];
+        let read = |sql: &'static str| {
+            let tables = tables.clone();
+            async move {
+                JobQuery::plan(sql, &tables, 1)
+                    .await
+                    .unwrap()
+                    .columns_read("t")
+                    .map(|c| c.into_iter().collect::<Vec<_>>())
+            }
+        };
+        let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(read("SELECT a FROM t WHERE b > 1").await, names(&["a", "b"]));
+        assert_eq!(
+            read("SELECT t.c FROM t JOIN u ON u.a = t.a").await,
+            names(&["a", "c"])
+        );
+        assert_eq!(
+            read("SELECT a FROM u WHERE a IN (SELECT d FROM t)").await,
+            names(&["d"])
+        );
+        assert_eq!(read("SELECT count(*) FROM t").await, names(&[]));
+        assert_eq!(read("SELECT * FROM t").await, names(&["a", "b", "c", "d"]));
+    }
 }
