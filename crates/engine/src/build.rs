@@ -276,7 +276,10 @@ fn project_sources(sources: &mut [SourceSlot], jobs: &[JobRuntime]) {
         let mut columns = std::collections::BTreeSet::new();
         let mut read = false;
         let mut all = false;
-        for j in jobs.iter().filter(|j| j.inputs.iter().any(|(n, _)| n == &s.name)) {
+        for j in jobs
+            .iter()
+            .filter(|j| j.inputs.iter().any(|(n, _)| n == &s.name))
+        {
             read = true;
             match (&j.event, j.query.columns_read(&s.name)) {
                 (Some(_), _) | (_, None) => all = true,

@@ -238,7 +238,10 @@ mod tests {
             }
         };
         let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(read("SELECT a FROM t WHERE b > 1").await, names(&["a", "b"]));
+        assert_eq!(
+            read("SELECT a FROM t WHERE b > 1").await,
+            names(&["a", "b"])
+        );
         assert_eq!(
             read("SELECT t.c FROM t JOIN u ON u.a = t.a").await,
             names(&["a", "c"])
