@@ -164,7 +164,7 @@ impl Decoder {
             buf.push_str(r);
             buf.push('\n');
         }
-        self.decode_text(&buf, records.len())
+        self.decode_csv(&buf, records.len())
     }
 
     /// JSON: each record fed to one decoder as it is (no copy into one text), and checked to
@@ -197,30 +197,18 @@ impl Decoder {
         Ok(batch)
     }
 
-    fn decode_text(&self, text: &str, expect: usize) -> Result<RecordBatch, String> {
-        let batch = match self.format {
-            Format::Json => {
-                let mut d = arrow::json::ReaderBuilder::new(self.schema.clone())
-                    .with_batch_size(expect.max(1))
-                    .build_decoder()
-                    .map_err(|e| e.to_string())?;
-                d.decode(text.as_bytes()).map_err(|e| e.to_string())?;
-                d.flush().map_err(|e| e.to_string())?
-            }
-            Format::Csv => {
-                let mut d = arrow::csv::ReaderBuilder::new(self.schema.clone())
-                    .with_header(false)
-                    .with_delimiter(self.delimiter)
-                    .with_batch_size(expect.max(1))
-                    .build_decoder();
-                let n = d.decode(text.as_bytes()).map_err(|e| e.to_string())?;
-                if n < text.len() {
-                    return Err("trailing bytes".into());
-                }
-                d.flush().map_err(|e| e.to_string())?
-            }
-            Format::Text => unreachable!("text is not decoded"),
-        };
+    /// CSV: `expect` rows, one per line of `text`.
+    fn decode_csv(&self, text: &str, expect: usize) -> Result<RecordBatch, String> {
+        let mut d = arrow::csv::ReaderBuilder::new(self.schema.clone())
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(expect.max(1))
+            .build_decoder();
+        let n = d.decode(text.as_bytes()).map_err(|e| e.to_string())?;
+        if n < text.len() {
+            return Err("trailing bytes".into());
+        }
+        let batch = d.flush().map_err(|e| e.to_string())?;
         let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
         if batch.num_rows() != expect {
             return Err(format!(
@@ -243,7 +231,7 @@ impl Decoder {
             } else if r.contains('\n') {
                 Err("record contains a newline".to_string())
             } else {
-                self.decode_text(&format!("{r}\n"), 1)
+                self.decode_csv(&format!("{r}\n"), 1)
             };
             match res {
                 Ok(b) => good.push(b),
