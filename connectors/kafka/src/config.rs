@@ -107,8 +107,9 @@ pub struct KafkaSourceConfig {
     pub prefetch_mib: usize,
     /// With `app.scale_out`: the one-partition topic where the gateways of the group append each
     /// batch's offset ranges before reading them; its order decides which gateway owns a range.
-    /// Created when missing. Default `<group_id>.plans`. Keep its retention far longer than a
-    /// rebalance (the broker default, 7 days, is plenty).
+    /// Created when missing (one partition, the broker's default replication factor). Default
+    /// `<group_id>.plans`. Keep its retention far longer than a rebalance (the broker default, 7
+    /// days, is plenty).
     #[serde(default)]
     pub plan_topic: Option<String>,
     /// librdkafka properties passed through, e.g. `{ "security.protocol" = "ssl",

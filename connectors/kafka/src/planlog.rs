@@ -77,13 +77,16 @@ pub struct PlanLog {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PlanLog {
-    /// Open (creating it if missing, one partition) the plan log `topic` and read it through.
+    /// Open (creating it if missing: one partition, the broker's default replication factor) the
+    /// plan log `topic` and read it through.
     pub fn open(config: &ClientConfig, topic: &str, instance: &str) -> Result<PlanLog, String> {
         let admin: AdminClient<_> = config
             .create()
             .map_err(|e| format!("cannot create an admin client: {e}"))?;
         let created = futures::executor::block_on(admin.create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            // -1: the broker's `default.replication.factor` — the plan log is what hand-off
+            // relies on, so it should be as durable as the cluster's other topics.
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(-1))],
             &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
         ))
         .map_err(|e| format!("cannot create the plan log topic `{topic}`: {e}"))?;
