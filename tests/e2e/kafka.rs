@@ -1102,6 +1102,19 @@ fn kafka_scale_out_example_two_gateways_share_partitions_through_kills_exactly_o
         &expected,
         &rows,
     );
+    // `sluice validate` names the instance, and it is the folder the gateway wrote under.
+    let shown = crate::common::sluice()
+        .current_dir(&gws[0])
+        .args(["validate", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let instance = shown
+        .split("this gateway is instance `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .unwrap_or_else(|| panic!("validate names the instance: {shown}"));
+    assert!(gws[0].join("out").join(instance).is_dir(), "{shown}");
     let logs = log_of(&gws[0]) + &log_of(&gws[1]);
     // The partitions moved by the plan log's verdicts, not from a start position.
     assert!(

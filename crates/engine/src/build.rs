@@ -136,6 +136,12 @@ impl Pipeline {
     /// A line per source → sink path with its end-to-end guarantee, for `sluice validate`.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
+        if self.app.scale_out {
+            let instance = instance_name(&self.app, &self.base_dir);
+            lines.push(format!(
+                "scale-out: this gateway is instance `{instance}`; kafka sources share their partitions with the other gateways of their consumer group; file and object-store sinks write under <path>/{instance}/"
+            ));
+        }
         for j in &self.jobs {
             let srcs: Vec<&SourceSlot> = self
                 .sources
