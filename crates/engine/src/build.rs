@@ -43,6 +43,8 @@ pub struct Pipeline {
     pub(crate) dead: DeadLetters,
     /// Where relative paths (the checkpoint directory) are resolved.
     pub(crate) base_dir: PathBuf,
+    /// This gateway's name (`app.instance` or derived), as the components were built with.
+    pub(crate) instance: String,
 }
 
 impl Pipeline {
@@ -59,6 +61,7 @@ impl Pipeline {
             scale_out: config.app.scale_out,
             instance: instance_name(&config.app, &base_dir),
         };
+        let instance = cx.instance.clone();
         let mut errors = Vec::new();
         let mut schemas: HashMap<String, (SchemaRef, InputKind)> = HashMap::new();
 
@@ -130,6 +133,7 @@ impl Pipeline {
             sinks,
             dead: DeadLetters::default(),
             base_dir,
+            instance,
         })
     }
 
@@ -137,7 +141,7 @@ impl Pipeline {
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if self.app.scale_out {
-            let instance = instance_name(&self.app, &self.base_dir);
+            let instance = &self.instance;
             lines.push(format!(
                 "scale-out: this gateway is instance `{instance}`; kafka sources share their partitions with the other gateways of their consumer group; file and object-store sinks write under <path>/{instance}/"
             ));
