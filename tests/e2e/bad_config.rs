@@ -98,6 +98,10 @@ fn bad_configs_are_rejected_with_file_key_expectation_and_finding() {
         ("console_num", with("type = \"console\"", "type = \"console\"\nnum = -1"), vec!["key `sinks.out.num`", "a non-negative integer", "-1"]),
         ("no_jobs", BASE.replace("[jobs.counts]\nsql = \"SELECT line FROM lines\"\nsinks = [\"out\"]\n", ""), vec!["key `jobs`", "at least one job"]),
         ("toml_syntax", format!("{BASE}\n[jobs.x\n"), vec!["the file does not parse"]),
+        // Issue 18, defect 4: writers that would overwrite each other's files.
+        ("prefix_two_jobs", format!("{}\n[jobs.more]\nsql = \"SELECT line FROM lines\"\nsinks = [\"out\"]\n", with("type = \"console\"", "type = \"file\"\npath = \"out\"\nprefix = \"p\"")), vec!["key `sinks.out.prefix`", "written by one job only", "written by job `counts` and job `more`", "remove `prefix`"]),
+        ("prefix_and_dead_letter", with("type = \"console\"", "type = \"file\"\npath = \"out\"\nprefix = \"p\"").replace("batch_interval = \"1s\"", "batch_interval = \"1s\"\ndead_letter = \"out\""), vec!["key `sinks.out.prefix`", "written by job `counts` and the dead-letter output (app.dead_letter)"]),
+        ("job_named_dead_letter", BASE.replace("[jobs.counts]", "[jobs.dead_letter]"), vec!["key `jobs.dead_letter`", "a job name other than `dead_letter`"]),
     ];
     assert!(cases.len() >= 25);
     for (name, toml, expect) in &cases {

@@ -3,7 +3,8 @@
 use sluice::{BatchTime, RunOptions, RunSummary};
 use sluice_console::{ConsoleFactory, SharedBuffer};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// A batch time that is a multiple of every window slide the tests use.
 pub const T0: i64 = 1_700_000_040_000;
@@ -103,4 +104,35 @@ pub fn run_in(dir: &Path, toml: &str, duration: &str) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Wait for `cond`, failing the test after `limit` (a guard against hangs, not a timing assertion).
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Send a signal (`TERM`, `KILL`, …) to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// SIGTERM (a graceful stop) and wait for the exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
+    child.wait().unwrap()
+}
+
+/// SIGKILL and wait for the exit.
+pub fn kill9(child: &mut Child) {
+    signal(child, "KILL");
+    let _ = child.wait();
 }

@@ -1,32 +1,13 @@
 //! The real `sluice` binary with real peers: a TCP server for the socket source, real directories for
 //! the file source and sink, and every example config in `configs/`.
 
-use crate::common::{repo, sluice};
+use crate::common::{repo, sluice, terminate, wait_for};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
-/// Wait for `cond`, failing the test after `limit` (a guard against hangs, not a timing assertion).
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let ok = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    child.wait().unwrap()
-}
+use std::time::Duration;
 
 /// Spawn a thread that reads a child's stdout into a shared string.
 fn capture(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {

@@ -10,6 +10,7 @@
 //! - `object_store`: the object-storage sink against a real S3 server (s3s-fs), with SIGKILLs.
 //! - `object_store_ceph`: the same sink against Ceph RGW (one-node cluster started by the test).
 //! - `kafka`: the Kafka source and sink against a real broker (tansu), with SIGKILLs.
+//! - `edges`: issue 18's edges — files at start, directory syncs, private files and secrets.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 
 mod backpressure;
@@ -18,6 +19,7 @@ mod common;
 mod connectors;
 mod crash;
 mod durability;
+mod edges;
 mod kafka;
 mod mqtt;
 mod object_store;

@@ -280,3 +280,58 @@ sinks = ["out"]
         ]
     );
 }
+
+/// Issue 18, defect 5: one record dated year 3000 used to move the watermark there for good (every
+/// later row was late), and times near i64's limits overflowed the window arithmetic.
+#[tokio::test]
+async fn an_event_time_far_in_the_future_is_an_outlier_not_the_new_watermark() {
+    let t0 = crate::common::T0;
+    let year_3000 = 32_503_680_000_000_i64;
+    let cfg = app(&format!(
+        r#"
+[sources.events]
+type = "queue"
+format = "csv"
+schema = "id string, ts bigint"
+batches = [["a,{a}", "z,{year_3000}", "max,{max}", "min,{min}"], ["b,{b}"], ["c,{c}"], ["d,{d}"]]
+
+[jobs.per_window]
+sql = "SELECT window_start, count(*) AS n, string_agg(id, ',' ORDER BY id) AS ids FROM events GROUP BY window_start"
+event_time = {{ column = "ts", length = "10s", late = "dead_letter" }}
+sinks = ["out"]
+"#,
+        a = t0 - 9_000,
+        b = t0 + 1_000,
+        c = t0 + 12_000,
+        d = t0 + 21_000,
+        max = i64::MAX,
+        min = i64::MIN,
+    ));
+    let (out, summary) = run_toml(&cfg, 4).await;
+    let b = blocks(&out);
+    // b0: the three outliers go to the dead-letter output and the watermark stays at `a`'s time;
+    // each later batch closes the window before it, and nothing is late.
+    let b0 = b[0].join("\n");
+    for id in ["z", "max", "min"] {
+        assert!(
+            b0.contains(&format!("\"id\":\"{id}\""))
+                && b0.contains("future: event time more than max_future"),
+            "{id} is an outlier: {out}"
+        );
+    }
+    assert_eq!(summary.late_records, 0, "{out}");
+    let windows: Vec<&String> = b
+        .iter()
+        .flatten()
+        .filter(|r| !r.contains("future:"))
+        .collect();
+    assert_eq!(
+        windows
+            .iter()
+            .map(|r| r.rsplit(", ").next().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["'a')", "'b')", "'c')"],
+        "every window closes once, in order: {out}"
+    );
+    assert_eq!(summary.dead_letters, 3);
+}

@@ -5,7 +5,6 @@ use serde::Deserialize;
 use sluice_core::arrow::array::RecordBatch;
 use sluice_core::arrow::datatypes::SchemaRef;
 use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -39,7 +38,9 @@ pub struct FileSinkConfig {
     /// `json` (JSON lines), `csv` or `parquet`.
     #[serde(default)]
     pub format: OutputFormat,
-    /// File name prefix; default: the job's name.
+    /// File name prefix; default: the job's name. With a prefix the sink serves one writer (one job,
+    /// or the dead-letter output): two would overwrite each other's files, so such a config is
+    /// refused.
     #[serde(default)]
     pub prefix: Option<String>,
     /// Columns whose values make `col=value/` sub-folders (Hive-style partitions).
@@ -138,20 +139,10 @@ fn encode(format: OutputFormat, schema: &SchemaRef, batches: &[RecordBatch]) -> 
     })
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("file in a folder");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// Write `bytes` to `path` whole (temporary file, rename, directory synced: see `sluice_core::fs`).
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    sluice_core::fs::write_atomically(path, bytes, sluice_core::fs::Access::Shared)
+        .map_err(|e| Error::msg(format!("cannot write {}: {e}", path.display())))
 }
 
 #[async_trait]
@@ -202,5 +193,9 @@ impl Sink for FileSink {
 
     fn idempotent(&self) -> bool {
         true
+    }
+
+    fn fixed_name_option(&self) -> Option<&'static str> {
+        self.cfg.prefix.as_ref().map(|_| "prefix")
     }
 }

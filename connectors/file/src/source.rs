@@ -128,14 +128,10 @@ impl ReplayableSource for FileSource {
         _time: BatchTime,
         _max_records: Option<u64>,
     ) -> Result<serde_json::Value> {
-        let files = self.list()?;
         if !self.started {
-            self.started = true;
-            if !self.cfg.include_existing {
-                self.seen.extend(files.into_iter().map(|(_, n)| n));
-                return Ok(serde_json::json!({ "files": [] }));
-            }
+            self.origin().await?;
         }
+        let files = self.list()?;
         let mut new: Vec<String> = files
             .into_iter()
             .map(|(_, n)| n)
@@ -146,6 +142,20 @@ impl ReplayableSource for FileSource {
         }
         self.seen.extend(new.iter().cloned());
         Ok(serde_json::json!({ "files": new }))
+    }
+
+    async fn origin(&mut self) -> Result<serde_json::Value> {
+        self.started = true;
+        if !self.cfg.include_existing {
+            let files = self.list()?;
+            tracing::info!(
+                dir = %self.dir.display(),
+                skipped = files.len(),
+                "file: new files only (include_existing = false); the files there now are skipped"
+            );
+            self.seen.extend(files.into_iter().map(|(_, n)| n));
+        }
+        Ok(self.position())
     }
 
     fn position(&self) -> serde_json::Value {

@@ -289,7 +289,7 @@ pub fn check_properties(path: &str, props: &BTreeMap<String, String>) -> Result<
 
 /// Whether a property's value must never be shown.
 pub fn is_secret(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+    sluice_core::secret::is_secret_key(key) || key.ends_with(".key.pem")
 }
 
 /// The pass-through properties as `k=v, ...` for errors, with secrets masked.

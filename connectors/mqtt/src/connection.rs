@@ -45,7 +45,7 @@ pub struct Connection {
     pub username: Option<String>,
     /// Password (never logged).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<sluice_core::Secret>,
     /// Keep-alive interval (default 30s).
     #[serde(
         default = "default_keep_alive",
@@ -242,7 +242,13 @@ impl Options {
                     .set_max_packet_size(256 << 20, 256 << 20)
                     .set_request_channel_capacity(inflight as usize * 2 + 64);
                 if let Some(u) = &c.username {
-                    o.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
+                    o.set_credentials(
+                        u.clone(),
+                        c.password
+                            .as_ref()
+                            .map(|p| p.expose().to_string())
+                            .unwrap_or_default(),
+                    );
                 }
                 if let Some(t) = transport {
                     o.set_transport(t);
@@ -264,7 +270,13 @@ impl Options {
                     ));
                 }
                 if let Some(u) = &c.username {
-                    o.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
+                    o.set_credentials(
+                        u.clone(),
+                        c.password
+                            .as_ref()
+                            .map(|p| p.expose().to_string())
+                            .unwrap_or_default(),
+                    );
                 }
                 if let Some(t) = transport {
                     o.set_transport(t);

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
+pub use sluice_core::Secret;
 use std::time::Duration;
 
 /// An object-storage sink: S3 (and S3-compatible stores), WebHDFS, HDFS or a local folder.
@@ -128,17 +129,6 @@ pub enum Compression {
     Snappy,
     Gzip,
     Deflate,
-}
-
-/// A credential: deserialized like a string, printed as `***`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
 }
 
 fn default_row_group_rows() -> usize {

@@ -94,11 +94,11 @@ impl Location {
                     (Some(id), Some(secret)) => {
                         // These and nothing else: no environment, no profile files.
                         b = b
-                            .access_key_id(&id.0)
-                            .secret_access_key(&secret.0)
+                            .access_key_id(id.expose())
+                            .secret_access_key(secret.expose())
                             .disable_config_load();
                         if let Some(t) = &cfg.session_token {
-                            b = b.session_token(&t.0);
+                            b = b.session_token(t.expose());
                         }
                     }
                     (None, None) => {}

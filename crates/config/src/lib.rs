@@ -89,14 +89,13 @@ pub fn load_str(
             kind: DiagnosticKind::Syntax(m),
         }]
     };
-    let cfg = config::Config::builder()
-        .add_source(config::File::from_str(text, format))
-        .add_source(
-            config::Environment::with_prefix("SLUICE")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        )
+    let mut builder = config::Config::builder().add_source(config::File::from_str(text, format));
+    for (key, value) in env_overrides(std::env::vars()) {
+        builder = builder
+            .set_override(&key, value)
+            .map_err(|e| syntax(format!("the environment override of `{key}`: {e}")))?;
+    }
+    let cfg = builder
         .build()
         .map_err(|e| syntax(format!("the file does not parse: {e}")))?;
     let raw: Value = cfg
@@ -111,6 +110,37 @@ pub fn load_str(
             .collect()
     })
 }
+
+/// The `SLUICE__A__B=v` variables as (`a.b`, value) overrides. A value is read as a boolean or a
+/// number where it looks like one, except for credentials (see `sluice_core::secret`), which
+/// stay text: a numeric password, or one with leading zeros, is kept as typed.
+fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, config::Value)> {
+    let mut out: Vec<(String, config::Value)> = vars
+        .filter_map(|(k, v)| {
+            let key = k
+                .strip_prefix("SLUICE__")?
+                .to_lowercase()
+                .replace("__", ".");
+            let value: config::Value = if sluice_core::secret::is_secret_key(&key) {
+                v.into()
+            } else if let Ok(b) = v.parse::<bool>() {
+                b.into()
+            } else if let Ok(n) = v.parse::<i64>() {
+                n.into()
+            } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                f.into()
+            } else {
+                v.into()
+            };
+            Some((key, value))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The job name sinks see for the dead-letter output's rows; no job may take it.
+pub const DEAD_LETTER_WRITER: &str = "dead_letter";
 
 /// Check a raw config tree and build the typed model.
 pub fn from_value(raw: Value, registry: &Registry) -> Result<AppConfig, Vec<ConfigError>> {
@@ -177,6 +207,16 @@ pub fn from_value(raw: Value, registry: &Registry) -> Result<AppConfig, Vec<Conf
     let mut jobs = Vec::new();
     for (name, j) in file.jobs {
         check_name("jobs", &name, &mut errors);
+        if name == DEAD_LETTER_WRITER {
+            errors.push(
+                ConfigError::new(
+                    format!("jobs.{name}"),
+                    format!("a job name other than `{DEAD_LETTER_WRITER}`, which names the dead-letter output in sinks (file names, manifests, Kafka markers)"),
+                    format!("\"{name}\""),
+                )
+                .with_hint("rename the job, e.g. `dead_letters_report`"),
+            );
+        }
         errors.extend(check_job(&name, &j, &app, &sink_names));
         jobs.push(NamedJob { name, job: j });
     }
@@ -429,4 +469,29 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
         ));
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_credentials_stay_text_and_other_values_are_typed() {
+        let vars = [
+            ("SLUICE__SOURCES__M__PASSWORD", "007123"),
+            ("SLUICE__SOURCES__M__PORT", "1883"),
+            ("SLUICE__APP__SCALE_OUT", "true"),
+            ("OTHER", "x"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let got = env_overrides(vars.into_iter());
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["app.scale_out", "sources.m.password", "sources.m.port"]
+        );
+        assert_eq!(got[1].1.clone().into_string().unwrap(), "007123");
+        assert_eq!(got[2].1.clone().into_int().unwrap(), 1883);
+        assert!(got[0].1.clone().into_bool().unwrap());
+    }
 }

@@ -248,6 +248,19 @@ pub struct EventTimeConfig {
     /// What happens to records older than the watermark: `dead_letter` or `drop` (both count them).
     #[serde(default)]
     pub late: LateRecords,
+    /// How far after the batch time (the processing clock) an event time may be; default `1h`.
+    /// A record dated further ahead (a wrong clock, a typo'd year) would move the watermark
+    /// there and make every later record late, so it is an outlier instead: it never moves the
+    /// watermark, and goes to the dead-letter output (counted and logged without one).
+    #[serde(
+        default = "default_max_future",
+        deserialize_with = "serde_duration::deserialize"
+    )]
+    pub max_future: Duration,
+}
+
+fn default_max_future() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

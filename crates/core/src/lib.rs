@@ -5,9 +5,11 @@
 
 pub mod dead_letter;
 pub mod error;
+pub mod fs;
 pub mod options;
 pub mod registry;
 pub mod schema;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod time;
@@ -16,6 +18,7 @@ pub use arrow;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{ConfigError, Error, Result};
 pub use registry::{BuildContext, Registry, SinkFactory, SourceFactory};
+pub use secret::Secret;
 pub use sink::{Sink, SinkBatch};
 pub use source::{
     BlockWriter, BuiltSource, Durable, Guarantee, Receiver, ReceiverStatus, ReplayableSource,

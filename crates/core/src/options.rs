@@ -19,6 +19,7 @@ pub fn parse<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ConfigE
         };
         let msg = e.inner().to_string();
         let full = join_path(path, &inner_path);
+        // A credential's value is never shown, not even when it is wrong.
         from_serde_message(&full, &msg, lookup(&found_root, &inner_path))
     })
 }
@@ -75,6 +76,13 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
             Some(s) => err.with_hint(format!("did you mean \"{s}\"?")),
             None => err,
         };
+    }
+    if crate::secret::is_secret_key(path) && !msg.starts_with("missing field `") {
+        return ConfigError::new(
+            path,
+            "a string (a secret)",
+            "a value of another type (not shown)",
+        );
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);

@@ -34,6 +34,13 @@ pub trait Sink: Send {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()>;
     /// Whether writing the same (job, batch time) twice leaves one copy.
     fn idempotent(&self) -> bool;
+    /// The option (a key under the sink's table) that names this sink's output the same whatever
+    /// the job writing it, if it is set — e.g. the file sink's `prefix`. Such a sink serves one
+    /// writer: the gateway refuses a config where two jobs, or a job and the dead-letter output,
+    /// would write under the same names and overwrite each other.
+    fn fixed_name_option(&self) -> Option<&'static str> {
+        None
+    }
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }

@@ -127,6 +127,16 @@ pub trait ReplayableSource: Send {
     /// Only these columns (by name) are read by the jobs: the source may leave the others null
     /// rather than decode them. The schema stays the same. Called once, before the first batch.
     fn project(&mut self, _columns: &std::collections::BTreeSet<String>) {}
+    /// Called once when the gateway starts and finds no position of this source in the
+    /// checkpoint (a first start, or no checkpoint): fix where its input begins — the files that
+    /// already exist, each partition's offset — and return that position, in the form
+    /// [`ReplayableSource::position`] returns. The engine records it durably before any batch, and
+    /// a restart that finds no batch plan yet gives it back through [`ReplayableSource::restore`]
+    /// instead of calling this again, so input that arrives after the first start is never
+    /// skipped, whenever the first batch is planned. Null: the source has no such origin.
+    async fn origin(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
     /// Called once before the first batch is planned (after any re-runs of batches planned
     /// before a restart): connect and start reading ahead, so the first batch has input.
     async fn prepare(&mut self) -> Result<()> {

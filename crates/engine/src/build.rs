@@ -104,6 +104,12 @@ impl Pipeline {
             }
         }
 
+        errors.extend(
+            name_collisions(&config, &sinks)
+                .into_iter()
+                .map(DiagnosticKind::Key),
+        );
+
         let order = match job_order(&config.jobs, &schemas) {
             Ok(o) => o,
             Err(mut e) => {
@@ -389,6 +395,7 @@ async fn build_job(
                         ms(et.length),
                         ms(et.slide.unwrap_or(et.length)),
                         ms(et.watermark.unwrap_or_default()),
+                        ms(et.max_future),
                     ));
                     windowed_schema(&schema)
                 }
@@ -476,4 +483,38 @@ async fn build_job(
         state,
         out_schema,
     })
+}
+
+/// Sinks that name their output the same whatever the writer (a file sink's `prefix`) and that
+/// more than one writer uses: they would overwrite each other's files and manifest entries.
+fn name_collisions(
+    config: &AppConfig,
+    sinks: &BTreeMap<String, Box<dyn Sink>>,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (name, sink) in sinks {
+        let Some(option) = sink.fixed_name_option() else {
+            continue;
+        };
+        let mut writers: Vec<String> = config
+            .jobs
+            .iter()
+            .filter(|j| j.job.sinks.contains(name))
+            .map(|j| format!("job `{}`", j.name))
+            .collect();
+        if config.app.dead_letter.as_ref() == Some(name) {
+            writers.push("the dead-letter output (app.dead_letter)".into());
+        }
+        if writers.len() > 1 {
+            errors.push(
+                ConfigError::new(
+                    format!("sinks.{name}.{option}"),
+                    format!("a sink with a fixed `{option}` written by one job only (its files are named by `{option}` and the batch time, not by the job)"),
+                    format!("written by {}", writers.join(" and ")),
+                )
+                .with_hint(format!("remove `{option}` (files are then named after each job), or give each writer a sink of its own")),
+            );
+        }
+    }
+    errors
 }

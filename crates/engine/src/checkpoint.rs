@@ -4,6 +4,8 @@
 //! ```text
 //! DIR/store/            RocksDB
 //!   meta/fingerprint      sources (name → type) and stateful jobs (key, schema) that wrote it
+//!   origin/<source>       where a replayable source began at the first start (e.g. the files
+//!                         already there), written before any batch; used until a plan exists
 //!   plan/<t>              the inputs of batch t, written before it runs; kept until a later commit
 //!   last                  the newest committed batch
 //!   done/<t>              the last 100 committed batches (for `sluice checkpoint inspect`)
@@ -134,6 +136,9 @@ pub fn remove_unlisted_state(dir: &Path, job: &str, keep: &StateFiles) {
 
 pub fn plan_key(t: i64) -> String {
     format!("plan/{t:020}")
+}
+pub fn origin_key(source: &str) -> String {
+    format!("origin/{source}")
 }
 pub fn done_key(t: i64) -> String {
     format!("done/{t:020}")

@@ -4,6 +4,12 @@
 //! event time seen minus the allowed delay; a window `[start, end)` is emitted once, in the batch
 //! where the watermark reaches `end`. Rows whose event time is below the watermark of the previous
 //! batch (or NULL) are late: counted, and dropped or sent to the dead-letter output.
+//!
+//! One record dated far ahead would move the watermark there for good and make every later row
+//! late, so a row more than `max_future` after the batch time (the processing clock, recorded in
+//! the plan, so a re-run decides the same) is an outlier: it never moves the watermark and goes to
+//! the dead-letter output. So does a time outside ±[`TIME_LIMIT`], where window arithmetic would
+//! overflow.
 
 use sluice_core::arrow::array::BooleanArray;
 use sluice_core::arrow::array::{
@@ -13,12 +19,16 @@ use sluice_core::arrow::compute::{cast, filter_record_batch, take_record_batch};
 use sluice_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use std::sync::Arc;
 
+/// Event times beyond ± this many ms (about ±285,000 years) are outliers.
+pub const TIME_LIMIT: i64 = 1 << 53;
+
 pub struct EventTime {
     pub table: String,
     column: usize,
     length: i64,
     slide: i64,
     delay: i64,
+    max_future: i64,
     buffer: Vec<RecordBatch>,
     max_ts: Option<i64>,
     watermark: Option<i64>,
@@ -39,6 +49,8 @@ pub struct Processed {
     pub closed: Option<Vec<RecordBatch>>,
     /// Late rows (input schema).
     pub late: Vec<RecordBatch>,
+    /// Rows dated more than `max_future` after the batch time, or out of range (input schema).
+    pub future: Vec<RecordBatch>,
 }
 
 impl EventTime {
@@ -49,6 +61,7 @@ impl EventTime {
         length: i64,
         slide: i64,
         delay: i64,
+        max_future: i64,
     ) -> Self {
         EventTime {
             table: table.to_string(),
@@ -56,6 +69,7 @@ impl EventTime {
             length,
             slide,
             delay,
+            max_future,
             buffer: Vec::new(),
             max_ts: None,
             watermark: None,
@@ -74,16 +88,28 @@ impl EventTime {
         ints.as_primitive::<Int64Type>().iter().collect()
     }
 
-    pub fn process(&mut self, input: Vec<RecordBatch>) -> Processed {
+    /// Buffer the rows of batch `now`; emit the windows the new watermark closes.
+    pub fn process(&mut self, input: Vec<RecordBatch>, now: i64) -> Processed {
         let mut late = Vec::new();
+        let mut future = Vec::new();
+        let limit = now.saturating_add(self.max_future).min(TIME_LIMIT);
         for b in input {
             let ts = self.times(&b);
             let wm = self.watermark;
+            let outlier = |t: &Option<i64>| t.is_some_and(|t| t > limit || t < -TIME_LIMIT);
             // On time: an event time at or after the watermark (any event time before the first).
-            let on_time = |t: &Option<i64>| t.is_some_and(|t| wm.is_none_or(|w| t >= w));
+            let on_time =
+                |t: &Option<i64>| !outlier(t) && t.is_some_and(|t| wm.is_none_or(|w| t >= w));
             let keep: BooleanArray = ts.iter().map(|t| Some(on_time(t))).collect();
-            if keep.true_count() < b.num_rows() {
-                let late_rows = sluice_core::arrow::compute::not(&keep).expect("no nulls");
+            let ahead: BooleanArray = ts.iter().map(|t| Some(outlier(t))).collect();
+            if ahead.true_count() > 0 {
+                future.push(filter_record_batch(&b, &ahead).expect("same length"));
+            }
+            if keep.true_count() + ahead.true_count() < b.num_rows() {
+                let late_rows: BooleanArray = ts
+                    .iter()
+                    .map(|t| Some(!on_time(t) && !outlier(t)))
+                    .collect();
                 late.push(filter_record_batch(&b, &late_rows).expect("same length"));
             }
             let kept = filter_record_batch(&b, &keep).expect("same length");
@@ -95,12 +121,20 @@ impl EventTime {
             }
         }
         let Some(max_ts) = self.max_ts else {
-            return Processed { closed: None, late };
+            return Processed {
+                closed: None,
+                late,
+                future,
+            };
         };
-        let new_wm = max_ts - self.delay;
+        let new_wm = max_ts.saturating_sub(self.delay);
         let old_wm = self.watermark;
         if old_wm.is_some_and(|o| new_wm <= o) {
-            return Processed { closed: None, late };
+            return Processed {
+                closed: None,
+                late,
+                future,
+            };
         }
         let mut closed = Vec::new();
         let mut remaining = Vec::new();
@@ -111,22 +145,26 @@ impl EventTime {
             let mut keep = Vec::with_capacity(ts.len());
             for (i, t) in ts.iter().enumerate() {
                 let t = t.expect("null times are late");
+                // |t| <= TIME_LIMIT (outliers never reach the buffer): none of this overflows.
                 let last_start = t.div_euclid(self.slide) * self.slide;
                 let mut start = last_start;
-                while start + self.length > t {
-                    let end = start + self.length;
+                while start.saturating_add(self.length) > t {
+                    let end = start.saturating_add(self.length);
                     if end <= new_wm && old_wm.is_none_or(|o| end > o) {
                         idx.push(i as u32);
                         starts.push(start);
                     }
-                    start -= self.slide;
+                    start = start.saturating_sub(self.slide);
                 }
-                keep.push(last_start + self.length > new_wm);
+                keep.push(last_start.saturating_add(self.length) > new_wm);
             }
             if !idx.is_empty() {
                 let rows =
                     take_record_batch(&b, &UInt32Array::from(idx)).expect("indices in range");
-                let ends: Vec<i64> = starts.iter().map(|s| s + self.length).collect();
+                let ends: Vec<i64> = starts
+                    .iter()
+                    .map(|s| s.saturating_add(self.length))
+                    .collect();
                 let mut cols = rows.columns().to_vec();
                 cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
                 cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
@@ -148,6 +186,7 @@ impl EventTime {
                 Some(closed)
             },
             late,
+            future,
         }
     }
 

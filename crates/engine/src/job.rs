@@ -91,6 +91,8 @@ pub struct JobOutput {
     pub late: Vec<RecordBatch>,
     /// The watermark they were later than.
     pub watermark: Option<i64>,
+    /// Rows dated too far ahead of the batch time (event-time jobs' `max_future`).
+    pub future: Vec<RecordBatch>,
 }
 
 impl JobRuntime {
@@ -101,6 +103,7 @@ impl JobRuntime {
         tables: &HashMap<String, Vec<RecordBatch>>,
     ) -> Result<JobOutput, String> {
         let mut late = Vec::new();
+        let mut future = Vec::new();
         let mut watermark = None;
         let mut runs = true;
         for (name, kind) in &self.inputs {
@@ -113,8 +116,9 @@ impl JobRuntime {
                         w.push(t, name, batch)
                     } else if let Some(e) = self.event.as_mut().filter(|e| e.table == *name) {
                         watermark = e.watermark();
-                        let p = e.process(batch);
+                        let p = e.process(batch, t.millis());
                         late = p.late;
+                        future = p.future;
                         match p.closed {
                             Some(rows) => rows,
                             None => {
@@ -138,6 +142,7 @@ impl JobRuntime {
                 batches: None,
                 late,
                 watermark,
+                future,
             });
         }
         let began = std::time::Instant::now();
@@ -156,6 +161,7 @@ impl JobRuntime {
             batches: Some(out),
             late,
             watermark,
+            future,
         })
     }
 }

@@ -202,13 +202,38 @@ impl Pipeline {
                     Input::Receiver(blocks)
                 }
                 SourceRuntime::Replayable(mut r) => {
-                    if let Some(p) = planned {
-                        r.restore(&p.position).map_err(|e| {
+                    let resume = |r: &mut Box<dyn ReplayableSource>, position| {
+                        r.restore(position).map_err(|e| {
                             Error::msg(format!(
                                 "source `{}` cannot resume from the checkpoint: {e}",
                                 s.name
                             ))
-                        })?;
+                        })
+                    };
+                    if let Some(p) = planned {
+                        resume(&mut r, &p.position)?;
+                    } else {
+                        let kept: Option<serde_json::Value> = match &durable {
+                            Some(d) => d.store.get_json(&ck::origin_key(&s.name))?,
+                            None => None,
+                        };
+                        match kept {
+                            Some(origin) => {
+                                tracing::info!(source = %s.name, "continuing from the origin fixed at the first start");
+                                resume(&mut r, &origin)?;
+                            }
+                            None => {
+                                let origin = r
+                                    .origin()
+                                    .await
+                                    .map_err(|e| Error::msg(format!("source `{}`: {e}", s.name)))?;
+                                if let Some(d) = durable.as_ref().filter(|_| !origin.is_null()) {
+                                    let mut c = Changes::default();
+                                    c.put_json(&ck::origin_key(&s.name), &origin);
+                                    d.store.write(c)?;
+                                }
+                            }
+                        }
                     }
                     Input::Replayable(r)
                 }
@@ -383,9 +408,11 @@ impl Pipeline {
         let Some(dir) = self.checkpoint_path() else {
             return Ok(None);
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::msg(format!("cannot create {}: {e}", dir.display())))?;
-        let store = Store::open(&ck::store_dir(&dir))?;
+        // The store, logs and state hold input in plain text: their folders are the owner's only.
+        let store_dir = ck::store_dir(&dir);
+        sluice_core::fs::create_dir(&store_dir, sluice_core::fs::Access::Private)
+            .map_err(|e| Error::msg(format!("cannot create {}: {e}", store_dir.display())))?;
+        let store = Store::open(&store_dir)?;
         ck::check_compatible(&dir, &store, &self.fingerprint())?;
         let policy = match self.app.wal.sync {
             WalSync::EveryBlock => SyncPolicy::EveryBlock,
@@ -725,6 +752,11 @@ impl Pipeline {
                     self.dead.extend(late_letters(&job.name, wm, &out.late));
                 }
             }
+            if !out.future.is_empty() {
+                let letters = future_letters(&job.name, t, &out.future);
+                tracing::warn!(job = %job.name, rows = letters.len(), "event times too far after the batch time (max_future): outliers, not used for the watermark");
+                self.dead.extend(letters);
+            }
             ran.push(out.batches.is_some());
             let Some(batches) = out.batches else {
                 streams.insert(job.name.clone(), Vec::new());
@@ -758,7 +790,7 @@ impl Pipeline {
                     let batch = DeadLetters::to_batch(t.millis(), &dead);
                     let s = self.sinks.get_mut(name).expect("dead-letter sink checked");
                     s.write(SinkBatch {
-                        job: "dead_letter",
+                        job: sluice_config::DEAD_LETTER_WRITER,
                         time: t,
                         schema: DeadLetters::schema(),
                         batches: &[batch],
@@ -802,6 +834,21 @@ fn adapt_rates(
             s.rate.set(Some(rate));
         }
     }
+}
+
+fn future_letters(job: &str, t: BatchTime, rows: &[RecordBatch]) -> Vec<DeadLetter> {
+    let json = sluice_formats::encode_json_lines(rows).unwrap_or_default();
+    String::from_utf8_lossy(&json)
+        .lines()
+        .map(|l| DeadLetter {
+            origin: job.to_string(),
+            reason: format!(
+                "future: event time more than max_future after the batch time ({} ms), or out of range",
+                t.millis()
+            ),
+            payload: l.to_string(),
+        })
+        .collect()
 }
 
 fn late_letters(job: &str, watermark: i64, late: &[RecordBatch]) -> Vec<DeadLetter> {

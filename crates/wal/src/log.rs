@@ -14,6 +14,7 @@
 use crate::ipc;
 use crate::{Error, Result};
 use arrow::record_batch::RecordBatch;
+use sluice_core::fs::{open_append, Access};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -211,15 +212,13 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("sync", dir, e))
+    sluice_core::fs::sync_dir(dir).map_err(|e| io_err("sync", dir, e))
 }
 
 impl Log {
     /// Open (or create) the log in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, policy: SyncPolicy, segment_bytes: u64) -> Result<(Log, Recovered)> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        sluice_core::fs::create_dir(dir, Access::Private).map_err(|e| io_err("create", dir, e))?;
         let segments = list_segments(dir)?;
         let mut rec = Recovered::default();
         let mut next = segments.first().map_or(0, |s| s.first);
@@ -504,11 +503,7 @@ fn write_record(
             Some(s) => (s.path, false),
             None => (segment_path(&shared.dir, seq), true),
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("open", &path, e))?;
+        let file = open_append(&path, Access::Private).map_err(|e| io_err("open", &path, e))?;
         let len = file.metadata().map_err(|e| io_err("stat", &path, e))?.len();
         if fresh {
             shared.segments.lock().unwrap().push(Segment {
@@ -524,11 +519,7 @@ fn write_record(
         // Roll: the old segment is complete once synced; the new one starts with this record.
         a.file.sync_data().map_err(|e| io_err("sync", &a.path, e))?;
         let path = segment_path(&shared.dir, seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("open", &path, e))?;
+        let file = open_append(&path, Access::Private).map_err(|e| io_err("open", &path, e))?;
         shared.segments.lock().unwrap().push(Segment {
             first: seq,
             path: path.clone(),
