@@ -121,6 +121,47 @@ async fn wal_corruption_in_the_middle_is_refused_with_its_position() {
     );
 }
 
+/// Issue 18, defect 9: a flipped high bit in a middle record's length pointed past the end of the
+/// file and was read as a torn tail: the log was cut there, dropping records 4..9 that an MQTT
+/// source had already acknowledged. It is corruption, refused; `repair` keeps every whole record.
+#[tokio::test]
+async fn wal_flipped_length_bit_in_the_middle_is_corruption_and_repair_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let offsets = fill(dir.path(), 10).await;
+    let seg = segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[offsets[4].0 as usize + 3] ^= 0x80;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Log::open(dir.path(), SyncPolicy::EveryBlock, 64 << 20)
+        .err()
+        .expect("a damaged length in the middle is refused, not cut off as a torn tail")
+        .to_string();
+    assert!(err.contains("corrupt WAL record"), "{err}");
+    assert!(err.contains(&format!("at byte {}", offsets[4].0)), "{err}");
+    assert!(err.contains("sluice checkpoint repair"), "{err}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was truncated");
+
+    let repaired = sluice_wal::repair(dir.path()).unwrap();
+    assert_eq!(repaired.len(), 1);
+    let r = &repaired[0];
+    assert_eq!(r.kept, 9);
+    assert_eq!(r.lost_seqs, vec![4..=4]);
+    assert_eq!(
+        std::fs::read(&r.saved_as).unwrap(),
+        bytes,
+        "the original is kept aside"
+    );
+    let (log, rec) = Log::open(dir.path(), SyncPolicy::EveryBlock, 64 << 20).unwrap();
+    assert_eq!(rec.last_seq, Some(9));
+    for i in (0..10).filter(|&i| i != 4) {
+        assert_eq!(log.read(i, i).unwrap()[0].batch, block(i as i64, 100));
+    }
+    assert!(
+        log.read(3, 5).is_err(),
+        "a range needing the lost record is refused"
+    );
+}
+
 fn store_log(dir: &Path) -> PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
@@ -238,6 +279,32 @@ type = "blackhole"
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("corrupt WAL record in"), "{err}");
     assert!(err.contains("at byte"), "{err}");
+    // The repair command saves the segment aside, keeps the whole records, and the gateway runs.
+    let out = sluice()
+        .current_dir(&dir)
+        .args(["checkpoint", "repair", "checkpoint"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("repaired ") && report.contains("saved as"),
+        "{report}"
+    );
+    let out = sluice()
+        .current_dir(&dir)
+        .args(["run", "pipeline.toml", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A checkpoint directory on a 2 MiB tmpfs fills up: the gateway stops with a clear error, and

@@ -1,6 +1,7 @@
 //! `sluice checkpoint inspect DIR`: what a checkpoint holds — committed batches, unfinished plans,
 //! source positions, state sizes and write-ahead-log usage. Opens the store read-only, so it works
-//! beside a running gateway.
+//! beside a running gateway. `sluice checkpoint repair DIR`: mend write-ahead logs damaged in the
+//! middle (see `sluice_wal::repair`).
 
 use sluice_core::{BatchTime, Error, Result};
 use sluice_engine::checkpoint::{self as ck, Done, Fingerprint, Plan, StateFiles};
@@ -123,6 +124,64 @@ pub fn inspect(dir: &Path) -> Result<String> {
                 dir_bytes(&p)
             );
         }
+    }
+    Ok(out)
+}
+
+/// Repair every write-ahead log of the checkpoint in `dir`; the report, as printed.
+pub fn repair(dir: &Path) -> Result<String> {
+    let wal = dir.join("wal");
+    if !Store::exists(&ck::store_dir(dir)) {
+        return Err(Error::msg(format!(
+            "{} is not a sluice checkpoint directory (no {})",
+            dir.display(),
+            ck::store_dir(dir).display()
+        )));
+    }
+    let mut out = String::new();
+    let w = &mut out;
+    let mut logs: Vec<std::path::PathBuf> = match std::fs::read_dir(&wal) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    logs.sort();
+    let mut damaged = 0;
+    for log in logs {
+        for r in sluice_wal::repair(&log)? {
+            damaged += 1;
+            let lost: Vec<String> = r
+                .lost_seqs
+                .iter()
+                .map(|s| {
+                    if s.start() == s.end() {
+                        s.start().to_string()
+                    } else {
+                        format!("{}..={}", s.start(), s.end())
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                w,
+                "repaired {}: kept {} whole record(s); dropped {} damaged byte range(s) ({}); lost record(s): {}; the original is saved as {}",
+                r.segment.display(),
+                r.kept,
+                r.dropped.len(),
+                r.dropped
+                    .iter()
+                    .map(|(o, n)| format!("{n} bytes at {o}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if lost.is_empty() { "none".into() } else { lost.join(", ") },
+                r.saved_as.display()
+            );
+        }
+    }
+    if damaged == 0 {
+        let _ = writeln!(w, "no damaged write-ahead-log segment in {}", dir.display());
     }
     Ok(out)
 }

@@ -56,7 +56,7 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
-    /// Look into a checkpoint directory.
+    /// Look into, or repair, a checkpoint directory.
     Checkpoint {
         #[command(subcommand)]
         which: CheckpointCmd,
@@ -72,6 +72,9 @@ enum Command {
 enum CheckpointCmd {
     /// Print the committed batches, unfinished plans, source positions, state sizes and WAL usage.
     Inspect { dir: PathBuf },
+    /// After `run` refused a write-ahead log damaged in the middle: save each damaged segment
+    /// aside, keep every whole record, and name the records lost. Stop the gateway first.
+    Repair { dir: PathBuf },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -220,6 +223,18 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Checkpoint {
+                which: CheckpointCmd::Repair { dir },
+            } => match sluice::inspect::repair(&dir) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
             Command::Checkpoint {
                 which: CheckpointCmd::Inspect { dir },
             } => match sluice::inspect::inspect(&dir) {

@@ -9,6 +9,6 @@ mod rocks_log;
 pub mod store;
 
 pub use file::write_durably;
-pub use log::{Entry, Log, Recovered, SyncPolicy};
+pub use log::{repair, Entry, Log, Recovered, Repaired, SyncPolicy};
 pub use sluice_core::{Error, Result};
 pub use store::{Changes, Store};

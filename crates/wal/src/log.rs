@@ -140,48 +140,74 @@ struct Scanned {
     len: u64,
 }
 
-/// The good records of one segment file. A bad record followed by more data is an error; a bad
-/// record at the end is a torn tail.
+/// Whether a whole, checksummed record starts at `o` (its seq and payload length).
+fn record_at(data: &[u8], o: usize) -> Option<(u64, usize)> {
+    let rest = data.get(o..)?;
+    if rest.len() < HEADER {
+        return None;
+    }
+    let n = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+    let seq = u64::from_le_bytes(rest[8..16].try_into().unwrap());
+    let payload = rest.get(HEADER..HEADER.checked_add(n)?)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    (h.finalize() == crc).then_some((seq, n))
+}
+
+/// The first whole record after `o` whose sequence number is at least `seq` (and not absurdly far
+/// past it): where a log resumes after a damaged record, if it does.
+fn next_record_after(data: &[u8], o: usize, seq: u64) -> Option<usize> {
+    let plausible = seq..seq.saturating_add(1 << 32);
+    (o + 1..data.len().saturating_sub(HEADER - 1)).find(|&p| {
+        let s = u64::from_le_bytes(data[p + 8..p + 16].try_into().unwrap());
+        plausible.contains(&s) && record_at(data, p).is_some()
+    })
+}
+
+/// The sequence number in a segment file's name.
+fn first_seq_of(path: &Path) -> u64 {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(SUFFIX))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The good records of one segment file. A bad record is a torn tail when no whole record
+/// follows it (a crash cut the last write, or the file system zero-filled it); when one does, the
+/// log was damaged in the middle — a flipped length field must not pass for a torn tail, which
+/// would silently drop records already acknowledged upstream — and this is an error.
 fn scan(path: &Path) -> Result<Scanned> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| io_err("read", path, e))?;
     let len = data.len();
-    let mut out = Vec::new();
+    let mut out: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
     let mut o = 0usize;
     while o < len {
-        let rest = &data[o..];
-        if rest.iter().all(|&b| b == 0) {
+        if data[o..].iter().all(|&b| b == 0) {
             break; // zero-filled tail
         }
-        if rest.len() < HEADER {
-            break;
+        if let Some((seq, n)) = record_at(&data, o) {
+            out.push((seq, o + HEADER..o + HEADER + n));
+            o += HEADER + n;
+            continue;
         }
-        let n = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
-        let seq = u64::from_le_bytes(rest[8..16].try_into().unwrap());
-        if HEADER + n > rest.len() {
-            break; // cut mid-record
-        }
-        let payload = &rest[HEADER..HEADER + n];
-        let mut h = crc32fast::Hasher::new();
-        h.update(&seq.to_le_bytes());
-        h.update(payload);
-        if h.finalize() != crc {
-            if o + HEADER + n == len {
-                break; // the last record, partly written
-            }
+        let expected = out.last().map_or(first_seq_of(path), |(s, _)| s + 1);
+        if let Some(next) = next_record_after(&data, o, expected + 1) {
             return Err(Error::msg(format!(
-                "corrupt WAL record in {} at byte {o}: checksum mismatch, and {} more byte(s) follow it. \
-                 The log cannot be trusted past this point; restore the checkpoint directory from a backup \
-                 or delete it to start fresh (input not yet processed would be lost)",
+                "corrupt WAL record in {} at byte {o}: it does not check out (length or checksum), \
+                 yet whole records follow it from byte {next}. This is damage in the middle of the \
+                 log, not a write cut by a crash. Run `sluice checkpoint repair <checkpoint_dir>`: \
+                 it saves the segment aside and keeps every whole record, and it names the records \
+                 that are lost",
                 path.display(),
-                len - o - HEADER - n
             )));
         }
-        out.push((seq, o + HEADER..o + HEADER + n));
-        o += HEADER + n;
+        break; // a torn tail: the last write, cut
     }
     Ok(Scanned {
         data,
@@ -189,6 +215,80 @@ fn scan(path: &Path) -> Result<Scanned> {
         end: o as u64,
         len: len as u64,
     })
+}
+
+/// What [`repair`] did to one damaged segment.
+#[derive(Debug)]
+pub struct Repaired {
+    pub segment: PathBuf,
+    /// The original file, kept for inspection.
+    pub saved_as: PathBuf,
+    /// Whole records kept.
+    pub kept: usize,
+    /// Damaged byte ranges dropped: (offset, length).
+    pub dropped: Vec<(u64, u64)>,
+    /// Sequence numbers no longer in the log (between the records kept around each damage).
+    pub lost_seqs: Vec<std::ops::RangeInclusive<u64>>,
+}
+
+/// Repair the log in `dir` after [`Log::open`] refused it for damage in the middle: each damaged
+/// segment is copied aside (`<name>.corrupt-<ms>`, which the log ignores) and rewritten with
+/// every whole record it holds, skipping the damaged bytes. Records in the damage are lost; the
+/// others keep their sequence numbers, so a batch plan never reads another record in their place.
+pub fn repair(dir: &Path) -> Result<Vec<Repaired>> {
+    let mut out = Vec::new();
+    for seg in list_segments(dir)? {
+        let mut data = Vec::new();
+        File::open(&seg.path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| io_err("read", &seg.path, e))?;
+        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut dropped = Vec::new();
+        let mut lost_seqs = Vec::new();
+        let mut last: Option<u64> = None;
+        let mut o = 0;
+        while o < data.len() && !data[o..].iter().all(|&b| b == 0) {
+            if let Some((seq, n)) = record_at(&data, o) {
+                let want = last.map_or(seg.first, |l| l + 1);
+                if seq > want {
+                    lost_seqs.push(want..=seq - 1);
+                }
+                last = Some(seq);
+                kept.push(o..o + HEADER + n);
+                o += HEADER + n;
+                continue;
+            }
+            let expected = last.map_or(seg.first, |s| s + 1);
+            match next_record_after(&data, o, expected) {
+                Some(next) => {
+                    dropped.push((o as u64, (next - o) as u64));
+                    o = next;
+                }
+                None => break, // a torn tail: opening the log cuts it
+            }
+        }
+        if dropped.is_empty() {
+            continue;
+        }
+        let saved_as = seg
+            .path
+            .with_extension(format!("wal.corrupt-{}", sluice_core::time::now_ms()));
+        std::fs::copy(&seg.path, &saved_as).map_err(|e| io_err("copy", &saved_as, e))?;
+        let mut good = Vec::with_capacity(data.len());
+        for r in &kept {
+            good.extend_from_slice(&data[r.clone()]);
+        }
+        crate::write_durably(&seg.path, &good)?;
+        tracing::warn!(segment = %seg.path.display(), saved_as = %saved_as.display(), kept = kept.len(), "WAL segment repaired");
+        out.push(Repaired {
+            segment: seg.path.clone(),
+            saved_as,
+            kept: kept.len(),
+            dropped,
+            lost_seqs,
+        });
+    }
+    Ok(out)
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
