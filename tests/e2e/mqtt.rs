@@ -868,3 +868,124 @@ fn mqtt_over_tls_with_a_client_certificate() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Issue 18, defect 7: a refused subscription was ignored (the gateway ran and read nothing), an
+/// MQTT 5 PUBACK with a failure reason counted as delivered, `clean_session = true` was reported
+/// as exactly-once and a QoS 0 sink as at-least-once.
+#[test]
+fn mqtt_refusals_are_errors_and_validate_states_the_real_guarantee() {
+    let tmp = tempfile::tempdir().unwrap();
+    // mosquitto's acl_file grants every subscription (it filters deliveries); its dynamic
+    // security plugin refuses them, and answers v5 publishes it denies with PUBACK 0x87.
+    let acl = tmp.path().join("dynsec.json");
+    std::fs::write(
+        &acl,
+        r#"{"defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true, "subscribe": false, "unsubscribe": true},
+  "clients": [], "groups": [{"groupname": "anon", "roles": [{"rolename": "r"}]}], "anonymousGroup": "anon",
+  "roles": [{"rolename": "r", "acls": [{"acltype": "subscribePattern", "topic": "allowed/#", "allow": true},
+                                      {"acltype": "publishClientSend", "topic": "denied/#", "allow": false}]}]}"#,
+    )
+    .unwrap();
+    let broker = Mosquitto::start(
+        &tmp.path().join("broker"),
+        &format!(
+            "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file {}",
+            acl.display()
+        ),
+    );
+    let run = |name: &str, toml: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+        let out = sluice()
+            .current_dir(&dir)
+            .env("RUST_LOG", "info")
+            .args(["run", "pipeline.toml", "--duration", "30s"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A subscription the broker's ACL refuses (SUBACK 0x80) stops the gateway with the filter.
+    let (code, log) = run(
+        "refused",
+        &pipeline(
+            "refused",
+            broker.port,
+            "topics = [\"denied/#\"]",
+            "SELECT payload FROM readings",
+        ),
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("refused the subscription to `denied/#`"),
+        "{log}"
+    );
+
+    // An MQTT 5 publish the broker refuses (PUBACK "not authorized") fails the batch.
+    let sink = format!(
+        r#"
+[app]
+name = "refusedpub"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+
+[sources.words]
+type = "generator"
+kind = "words"
+rate = 50
+
+[jobs.copy]
+sql = "SELECT line AS payload FROM words"
+sinks = ["alerts"]
+
+[sinks.alerts]
+type = "mqtt"
+host = "127.0.0.1"
+port = {}
+protocol = "5"
+topic = "denied/words"
+qos = 1
+"#,
+        broker.port
+    );
+    let (code, log) = run("refusedpub", &sink);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("did not take a message (PUBACK NotAuthorized)"),
+        "{log}"
+    );
+
+    // validate: a clean session is not a kept one; QoS 0 out is at-most-once.
+    let dir = tmp.path().join("validate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = pipeline(
+        "guarantees",
+        broker.port,
+        "topics = [\"allowed/#\"]\nclean_session = true",
+        "SELECT payload FROM readings",
+    )
+    .replace(
+        "[sinks.out]\ntype = \"file\"\npath = \"out\"\nformat = \"json\"",
+        &format!("[sinks.out]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\ntopic = \"allowed/out\"\nqos = 0", broker.port),
+    );
+    std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+    let out = sluice()
+        .current_dir(&dir)
+        .args(["validate", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("readings (unacknowledged) -> out: at-most-once"),
+        "{text}"
+    );
+    assert!(!text.contains("exactly-once"), "{text}");
+}

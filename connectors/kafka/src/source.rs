@@ -229,6 +229,7 @@ impl SourceFactory for KafkaSourceFactory {
                 fetcher: None,
                 parts: BTreeMap::new(),
                 restored: BTreeMap::new(),
+                fixed: false,
                 refreshed: None,
                 scale,
                 cfg,
@@ -296,6 +297,10 @@ pub struct KafkaSource {
     parts: BTreeMap<Tp, Part>,
     /// Next offsets from the checkpoint, for partitions not yet assigned.
     restored: BTreeMap<Tp, i64>,
+    /// Where the source starts was fixed (at the first start, kept in the checkpoint): a
+    /// partition found later is new — created since — and is read from its beginning, so what
+    /// arrives on it before the next metadata refresh, or while the gateway is down, is kept.
+    fixed: bool,
     refreshed: Option<Instant>,
     /// With `app.scale_out`: the group membership and the plan log.
     scale: Option<Scale>,
@@ -616,6 +621,12 @@ impl KafkaSource {
                 .and_then(|m| m.get(&tp.1.to_string()))
             {
                 starts.push((tp, Offset::Offset(n), format!("start_offsets {n}")));
+            } else if self.fixed && self.scale.is_none() {
+                starts.push((
+                    tp,
+                    Offset::Beginning,
+                    "a partition new since the first start: earliest".into(),
+                ));
             } else {
                 match self.start {
                     Start::Earliest => starts.push((tp, Offset::Beginning, "earliest".into())),
@@ -674,6 +685,9 @@ impl KafkaSource {
                 starts.push((tp, offset, why));
             }
         }
+        // `earliest` and `latest` become offsets now, so the first plan records every partition's
+        // position, records or not: a restart never applies `start` again.
+        let starts = self.resolve(starts).await;
         let tps: Vec<Tp> = starts.iter().map(|(tp, _, _)| tp.clone()).collect();
         let bounds = self.bounds(&tps).await?;
         let fetcher = self.fetcher.as_ref().expect("fetcher started");
@@ -711,6 +725,50 @@ impl KafkaSource {
             self.parts.insert((topic, partition), Part { next, end });
         }
         Ok(())
+    }
+
+    /// Replace `Beginning` / `End` with the partition's low / high watermark. A partition whose
+    /// watermarks cannot be read keeps the symbolic start (and is recorded from its first record).
+    async fn resolve(&self, starts: Vec<(Tp, Offset, String)>) -> Vec<(Tp, Offset, String)> {
+        let symbolic: Vec<Tp> = starts
+            .iter()
+            .filter(|(_, o, _)| matches!(o, Offset::Beginning | Offset::End))
+            .map(|(tp, _, _)| tp.clone())
+            .collect();
+        if symbolic.is_empty() {
+            return starts;
+        }
+        let consumer = self.consumer();
+        let marks = blocking(
+            move || -> rdkafka::error::KafkaResult<BTreeMap<Tp, (i64, i64)>> {
+                let mut out = BTreeMap::new();
+                for (t, p) in symbolic {
+                    let m = consumer.fetch_watermarks(&t, p, REQUEST_TIMEOUT)?;
+                    out.insert((t, p), m);
+                }
+                Ok(out)
+            },
+        )
+        .await;
+        let marks = match marks {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the partitions' watermarks; their start is recorded from their first record");
+                return starts;
+            }
+        };
+        starts
+            .into_iter()
+            .map(|(tp, o, why)| match (o, marks.get(&tp)) {
+                (Offset::Beginning, Some(&(low, _))) => {
+                    (tp, Offset::Offset(low), format!("{why} (offset {low})"))
+                }
+                (Offset::End, Some(&(_, high))) => {
+                    (tp, Offset::Offset(high), format!("{why} (offset {high})"))
+                }
+                other => (tp, other.0, why),
+            })
+            .collect()
     }
 
     /// For a bounded run: each partition's (low watermark, high watermark, stop offset), for those
@@ -1176,6 +1234,16 @@ impl ReplayableSource for KafkaSource {
         self.decoder.project(columns);
     }
 
+    async fn origin(&mut self) -> Result<serde_json::Value> {
+        if self.scale.is_some() {
+            // The group's plan log says where each partition goes on.
+            return Ok(serde_json::Value::Null);
+        }
+        self.refresh().await?;
+        self.fixed = true;
+        Ok(self.position())
+    }
+
     async fn prepare(&mut self) -> Result<()> {
         // Find the partitions and start fetching them (or join the group) at once.
         self.refresh().await?;
@@ -1244,6 +1312,7 @@ impl ReplayableSource for KafkaSource {
                 self.restored.insert((topic.clone(), p), n);
             }
         }
+        self.fixed = true;
         Ok(())
     }
 }

@@ -40,6 +40,10 @@ pub enum Event {
     Message(Message),
     /// One of our QoS 1/2 publishes was acknowledged (PUBACK / PUBCOMP).
     Published,
+    /// The broker answered one of our publishes with an MQTT 5 failure reason: not delivered.
+    PublishFailed(String),
+    /// The broker answered a SUBSCRIBE: the QoS granted per filter, None where it refused.
+    SubAck(Vec<Option<u8>>),
     /// Our PUBACK / PUBREC for a received message was written out.
     Acked(u16),
     /// A probe (UNSUBSCRIBE of a filter nobody uses) was written out with this packet id ...
@@ -194,6 +198,8 @@ enum Polled {
     Message(Message),
     /// PUBACK / PUBCOMP for one of our publishes.
     Published,
+    PublishFailed(String),
+    SubAck(Vec<Option<u8>>),
     /// We sent PUBCOMP: the QoS 2 exchange of an incoming message is over.
     PubCompSent(u16),
     /// We sent PUBACK / PUBREC for a received message.
@@ -237,6 +243,15 @@ impl EventLoop for rumqttc::EventLoop {
                 user_properties: Vec::new(),
             })),
             Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ok(Polled::Published),
+            Ok(Ev::Incoming(Packet::SubAck(a))) => Ok(Polled::SubAck(
+                a.return_codes
+                    .iter()
+                    .map(|c| match c {
+                        rumqttc::SubscribeReasonCode::Success(q) => Some(*q as u8),
+                        rumqttc::SubscribeReasonCode::Failure => None,
+                    })
+                    .collect(),
+            )),
             Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => Ok(Polled::PubCompSent(pkid)),
             Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
                 Ok(Polled::AckSent(pkid))
@@ -272,7 +287,10 @@ impl EventLoop for rumqttc::EventLoop {
 
 impl EventLoop for rumqttc::v5::EventLoop {
     async fn poll(&mut self) -> Result<Polled, Failure> {
-        use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet};
+        use rumqttc::v5::mqttbytes::v5::{
+            ConnectReturnCode as Code, Packet, PubAckReason, PubCompReason, PubRecReason,
+            SubscribeReasonCode,
+        };
         use rumqttc::v5::{ConnectionError, Event as Ev, StateError};
         match rumqttc::v5::EventLoop::poll(self).await {
             Ok(Ev::Incoming(Packet::ConnAck(c))) => Ok(Polled::ConnAck {
@@ -294,7 +312,29 @@ impl EventLoop for rumqttc::v5::EventLoop {
                     user_properties,
                 }))
             }
-            Ok(Ev::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ok(Polled::Published),
+            // MQTT 5 acknowledgements carry a reason: only success (and "no subscribers", which
+            // is one) means the broker took the message.
+            Ok(Ev::Incoming(Packet::PubAck(a))) => Ok(match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Polled::Published,
+                r => Polled::PublishFailed(format!("PUBACK {r:?}")),
+            }),
+            Ok(Ev::Incoming(Packet::PubRec(a))) => Ok(match a.reason {
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => Polled::Other,
+                r => Polled::PublishFailed(format!("PUBREC {r:?}")),
+            }),
+            Ok(Ev::Incoming(Packet::PubComp(a))) => Ok(match a.reason {
+                PubCompReason::Success => Polled::Published,
+                r => Polled::PublishFailed(format!("PUBCOMP {r:?}")),
+            }),
+            Ok(Ev::Incoming(Packet::SubAck(a))) => Ok(Polled::SubAck(
+                a.return_codes
+                    .iter()
+                    .map(|c| match c {
+                        SubscribeReasonCode::Success(q) => Some(*q as u8),
+                        _ => None,
+                    })
+                    .collect(),
+            )),
             Ok(Ev::Outgoing(Outgoing::PubComp(pkid))) => Ok(Polled::PubCompSent(pkid)),
             Ok(Ev::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid))) => {
                 Ok(Polled::AckSent(pkid))
@@ -350,6 +390,8 @@ async fn drive(mut el: impl EventLoop, tx: mpsc::Sender<Event>, released: Releas
             }
             Ok(Polled::Message(m)) => Event::Message(m),
             Ok(Polled::Published) => Event::Published,
+            Ok(Polled::PublishFailed(why)) => Event::PublishFailed(why),
+            Ok(Polled::SubAck(codes)) => Event::SubAck(codes),
             Ok(Polled::AckSent(pkid)) => Event::Acked(pkid),
             Ok(Polled::ProbeSent(pkid)) => Event::ProbeSent(pkid),
             Ok(Polled::ProbeAnswered(pkid)) => Event::ProbeAnswered(pkid),

@@ -31,6 +31,18 @@ pub struct MqttSinkConfig {
     /// How many QoS 1/2 publishes may wait for their acknowledgement (default 1000).
     #[serde(default = "default_inflight")]
     pub inflight: u16,
+    /// How long a batch waits without any progress (a message sent or acknowledged, whatever the
+    /// connection's state) before it fails; the gateway then stops and re-runs the batch when it
+    /// restarts (default `60s`).
+    #[serde(
+        default = "default_ack_timeout",
+        deserialize_with = "sluice_core::time::serde_duration::deserialize"
+    )]
+    pub ack_timeout: std::time::Duration,
+}
+
+fn default_ack_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 fn default_qos() -> u8 {
@@ -242,19 +254,28 @@ impl Sink for MqttSink {
                     r?;
                     next += 1;
                 }
-                ev = events.recv() => match ev {
-                    None => return Err(Error::msg(format!("mqtt sink `{}`: the connection task ended", self.name))),
-                    Some(Event::Published) => acked += 1,
-                    Some(Event::Connected { .. }) => {
+                ev = tokio::time::timeout(self.cfg.ack_timeout, events.recv()) => match ev {
+                    Err(_) => return Err(Error::msg(format!(
+                        "mqtt sink `{}`: no progress in {} ({acked} of {expected} message(s) acknowledged by {}): \
+                         the batch is not written; it is re-run when the gateway restarts",
+                        self.name, sluice_core::time::format_duration(self.cfg.ack_timeout), self.endpoint
+                    ))),
+                    Ok(None) => return Err(Error::msg(format!("mqtt sink `{}`: the connection task ended", self.name))),
+                    Ok(Some(Event::Published)) => acked += 1,
+                    Ok(Some(Event::PublishFailed(why))) => return Err(Error::msg(format!(
+                        "mqtt sink `{}`: {} did not take a message ({why}): the batch is not written",
+                        self.name, self.endpoint
+                    ))),
+                    Ok(Some(Event::Connected { .. })) => {
                         tracing::info!(sink = %self.name, endpoint = %self.endpoint, "mqtt connected");
                     }
-                    Some(Event::Down { error, refused }) => {
+                    Ok(Some(Event::Down { error, refused })) => {
                         if refused {
                             return Err(crate::connection::refused("sink", &self.name, &self.endpoint, &error));
                         }
                         tracing::warn!(sink = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                     }
-                    Some(_) => {}
+                    Ok(Some(_)) => {}
                 },
             }
         }
@@ -263,6 +284,10 @@ impl Sink for MqttSink {
 
     fn idempotent(&self) -> bool {
         false
+    }
+
+    fn unconfirmed(&self) -> bool {
+        self.cfg.qos == 0
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -188,7 +188,9 @@ impl SourceFactory for MqttSourceFactory {
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         Ok(BuiltSource {
             schema: schema.clone(),
-            guarantee: if filters.iter().all(|(_, q)| *q > 0) {
+            // With a clean session the broker forgets what it had not delivered at a disconnect
+            // (and a crash): only a kept session resends until the gateway acknowledges.
+            guarantee: if filters.iter().all(|(_, q)| *q > 0) && !conn.clean_session {
                 Guarantee::Acknowledged
             } else {
                 Guarantee::Unacknowledged
@@ -419,6 +421,8 @@ impl Receiver for MqttReceiver {
         let mut pending = Pending::default();
         let mut durable = FuturesOrdered::new();
         let mut connected_once = false;
+        // Filters subscribed and not yet answered, in order (one SUBACK each).
+        let mut subscribing: std::collections::VecDeque<(String, u8)> = Default::default();
         // Redeliveries of stored messages since the last block (logged with it).
         let mut redelivered = 0u64;
         loop {
@@ -444,6 +448,7 @@ impl Receiver for MqttReceiver {
                             outbox
                                 .send(Request::Subscribe(self.filters.clone()))
                                 .map_err(|_| Error::msg("the MQTT client stopped"))?;
+                            subscribing.extend(self.filters.iter().cloned());
                         }
                         connected_once = true;
                     }
@@ -468,6 +473,25 @@ impl Receiver for MqttReceiver {
                         tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
                     }
+                    Some(Event::SubAck(granted)) => {
+                        for g in granted {
+                            let Some((filter, asked)) = subscribing.pop_front() else { break };
+                            match g {
+                                None => return Err(Error::msg(format!(
+                                    "mqtt source `{}`: {} refused the subscription to `{filter}` (SUBACK failure): \
+                                     check the broker's ACL for this client, and the filter",
+                                    self.name, self.endpoint
+                                ))),
+                                Some(q) if q < asked => tracing::warn!(
+                                    source = %self.name, filter, asked, granted = q,
+                                    "mqtt: the broker granted a lower QoS than asked: {}",
+                                    if q == 0 { "messages on this filter are at-most-once (the broker never resends them)" } else { "QoS 1: the broker may resend a message, which the source recognises" }
+                                ),
+                                Some(_) => tracing::debug!(source = %self.name, filter, "mqtt: subscribed"),
+                            }
+                        }
+                    }
+                    Some(Event::PublishFailed(_)) => {}
                     Some(Event::Acked(pkid)) => remembered.acked(pkid),
                     Some(Event::ProbeSent(pkid)) => remembered.probe_sent(pkid),
                     Some(Event::ProbeAnswered(pkid)) => remembered.probe_answered(pkid),

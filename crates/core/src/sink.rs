@@ -34,6 +34,11 @@ pub trait Sink: Send {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<()>;
     /// Whether writing the same (job, batch time) twice leaves one copy.
     fn idempotent(&self) -> bool;
+    /// Whether a write can vanish without an error because the peer never confirms it (MQTT QoS
+    /// 0): the path is then at-most-once whatever the source, and `validate` says so.
+    fn unconfirmed(&self) -> bool {
+        false
+    }
     /// The option (a key under the sink's table) that names this sink's output the same whatever
     /// the job writing it, if it is set — e.g. the file sink's `prefix`. Such a sink serves one
     /// writer: the gateway refuses a config where two jobs, or a job and the dead-letter output,

@@ -173,8 +173,10 @@ impl Pipeline {
             for s in srcs {
                 for k in &j.sinks {
                     let idempotent = self.sinks.get(k).is_some_and(|s| s.idempotent());
+                    let unconfirmed = self.sinks.get(k).is_some_and(|s| s.unconfirmed());
                     let durable = self.app.checkpoint_dir.is_some();
                     let g = match (durable, s.guarantee, idempotent) {
+                        _ if unconfirmed => "at-most-once: the sink's peer never confirms a write (MQTT QoS 0), so what is lost on the way is never written again",
                         (false, _, _) => "at-most-once across restarts: no checkpoint_dir, so a crash loses what was not yet written",
                         (true, Guarantee::Unacknowledged, true) => "exactly-once for what was received: the write-ahead log keeps it; lines not yet durable at a crash are lost (the peer never resends)",
                         (true, _, true) => "exactly-once: re-run batches read identical input and overwrite their output",
