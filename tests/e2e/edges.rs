@@ -382,3 +382,163 @@ type = "blackhole"
     assert!(text.contains("sources.m.password"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Defect 3: any error that repeats (a cast in the SQL, a partition value no folder can be named
+/// after) stopped the gateway, and the restart re-ran the same plan into the same error for good.
+/// Now rows a sink cannot write go to the dead-letter output, a failing batch is named with the
+/// way out, and `sluice checkpoint skip` records an auditable skip.
+#[test]
+fn a_poison_batch_is_named_and_skipped_on_request_and_unwritable_rows_are_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let long = format!("site-{}", "x".repeat(300));
+    move_in(
+        &input,
+        "a.txt",
+        &["1".into(), "2".into(), "site-a".into(), long.clone()],
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    move_in(&input, "b.txt", &["oops".into()]);
+    std::thread::sleep(Duration::from_millis(20));
+    move_in(&input, "c.txt", &["3".into(), "4".into()]);
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        r#"
+[app]
+name = "poison"
+batch_interval = "200ms"
+checkpoint_dir = "ck"
+dead_letter = "rejected"
+
+[sources.files]
+type = "file"
+path = "in"
+include_existing = true
+max_files_per_batch = 1
+
+[jobs.nums]
+sql = "SELECT CAST(line AS BIGINT) AS n FROM files WHERE line NOT LIKE 'site%'"
+sinks = ["out"]
+
+[jobs.sites]
+sql = "SELECT line AS site FROM files WHERE line LIKE 'site%'"
+sinks = ["bysite"]
+
+[sinks.out]
+type = "file"
+path = "out"
+
+[sinks.bysite]
+type = "file"
+path = "bysite"
+partition_by = ["site"]
+
+[sinks.rejected]
+type = "file"
+path = "rejected"
+"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = sluice()
+            .current_dir(dir.path())
+            .args(["run", "pipeline.toml"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The batch holding b.txt fails, named, with the way out; a restart fails the same way.
+    let (code, err) = run(&["--duration", "30s"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("job `nums` failed"), "{err}");
+    assert!(err.contains("sluice checkpoint skip"), "{err}");
+    let batch = err
+        .split("batch ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("the batch time")
+        .to_string();
+    let (code, again) = run(&["--duration", "30s"]);
+    assert_eq!(code, Some(1), "{again}");
+    assert!(
+        again.contains(&format!("batch {batch} ")),
+        "the same batch: {again}"
+    );
+
+    let skip = sluice()
+        .current_dir(dir.path())
+        .args(["checkpoint", "skip", "ck", &batch])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&skip.stdout);
+    assert!(
+        skip.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&skip.stderr)
+    );
+    assert!(
+        said.contains("b.txt"),
+        "names the input not processed: {said}"
+    );
+
+    let (code, log) = run(&["--duration", "3s"]);
+    assert_eq!(code, Some(0), "{log}");
+    let nums: BTreeMap<String, usize> = {
+        let mut m = BTreeMap::new();
+        for e in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+            if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
+                for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    *m.entry(v["n"].to_string()).or_default() += 1;
+                }
+            }
+        }
+        m
+    };
+    assert_eq!(
+        nums,
+        ["1", "2", "3", "4"]
+            .map(|n| (n.to_string(), 1))
+            .into_iter()
+            .collect(),
+        "every row of a.txt and c.txt once; b.txt skipped"
+    );
+    assert!(dir.path().join("bysite/site=site-a").is_dir());
+    let rejected: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("rejected"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("305 bytes"),
+        "{rejected:?}"
+    );
+    assert!(rejected[0]["payload"].as_str().unwrap().contains(&long));
+    let inspect = sluice()
+        .current_dir(dir.path())
+        .args(["checkpoint", "inspect", "ck"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        report.contains(&format!("skipped batch {batch}")),
+        "{report}"
+    );
+    assert!(report.contains("b.txt"), "{report}");
+}

@@ -75,13 +75,15 @@ impl SinkFactory for FileSinkFactory {
         } else {
             dir
         };
-        Ok(Box::new(FileSink { cfg, dir }))
+        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        Ok(Box::new(FileSink { cfg, dir, name }))
     }
 }
 
 pub struct FileSink {
     cfg: FileSinkConfig,
     dir: PathBuf,
+    name: String,
 }
 
 /// The folder, inside the output directory, of the manifest of committed batches (one small JSON
@@ -163,7 +165,17 @@ impl Sink for FileSink {
             columns: self.cfg.partition_by.clone(),
             ..Default::default()
         };
-        for (part, rows) in layout.split(&batch.schema, batch.batches, batch.time.millis())? {
+        let split = layout.split(&batch.schema, batch.batches, batch.time.millis())?;
+        for (why, rows) in &split.rejected {
+            let origin = format!("sink `{}` (job `{}`)", self.name, batch.job);
+            batch.dead.extend(sluice_formats::dead_rows(
+                &origin,
+                why,
+                std::slice::from_ref(rows),
+            ));
+        }
+        let rejected = split.rejected_rows();
+        for (part, rows) in split.parts {
             let rel = if part.is_empty() {
                 name.clone()
             } else {
@@ -177,7 +189,7 @@ impl Sink for FileSink {
         let entry = ManifestEntry {
             job: batch.job.to_string(),
             batch_time: batch.time.millis(),
-            rows: batch.num_rows() as u64,
+            rows: (batch.num_rows() - rejected) as u64,
             files,
         };
         let bytes = serde_json::to_vec(&entry).map_err(|e| Error::msg(e.to_string()))?;

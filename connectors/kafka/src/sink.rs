@@ -705,6 +705,7 @@ mod tests {
             schema: schema.clone(),
             batches: std::slice::from_ref(b),
             replay: false,
+            dead: &Default::default(),
         })
         .await
     }

@@ -153,12 +153,28 @@ pub struct MqttSink {
 }
 
 /// The topic and payload of every row of one batch.
+/// Why `topic` cannot be published to, if it cannot (MQTT 3.1.1 §4.7, 5.0 §4.7).
+fn bad_topic(topic: &str) -> Option<&'static str> {
+    if topic.is_empty() {
+        Some("an empty topic")
+    } else if topic.contains(['+', '#']) {
+        Some("a topic with a wildcard (`+` or `#`), which only subscriptions may use")
+    } else if topic.contains('\0') {
+        Some("a topic with a NUL character")
+    } else if topic.len() > 65_535 {
+        Some("a topic over 65,535 bytes")
+    } else {
+        None
+    }
+}
+
 fn messages(
     template: &[Part],
     payload_column: &str,
     schema: &SchemaRef,
     batch: &arrow::record_batch::RecordBatch,
     sink: &str,
+    dead: &sluice_core::DeadLetters,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut columns: Vec<Option<ArrayRef>> = Vec::new();
     for p in template {
@@ -215,7 +231,17 @@ fn messages(
                 (Part::Column(_), None) => {}
             }
         }
-        out.push((topic, payload));
+        match bad_topic(&topic) {
+            None => out.push((topic, payload)),
+            Some(why) => {
+                let row = batch.slice(r, 1);
+                dead.extend(sluice_formats::dead_rows(
+                    &format!("sink `{sink}`"),
+                    &format!("{why} (topic `{topic}`)"),
+                    std::slice::from_ref(&row),
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -242,6 +268,7 @@ impl Sink for MqttSink {
                 &batch.schema,
                 b,
                 &self.name,
+                batch.dead,
             )?);
         }
         let expected = if self.cfg.qos == 0 { 0 } else { all.len() };

@@ -186,10 +186,20 @@ impl ObjectStoreSink {
             // `t` being written means `p` is committed: nothing re-runs it.
             self.delete_rolled(p).await?;
         }
-        let parts = self
+        let split = self
             .layout
             .split(&batch.schema, batch.batches, t)
             .map_err(|e| Error::msg(e.to_string()))?;
+        for (why, part) in &split.rejected {
+            let origin = format!("sink at {} (job `{job}`)", self.endpoint);
+            batch.dead.extend(sluice_formats::dead_rows(
+                &origin,
+                why,
+                std::slice::from_ref(part),
+            ));
+        }
+        let rows = rows - split.rejected_rows() as u64;
+        let parts = split.parts;
         let mut entry = Entry {
             job: job.clone(),
             batch_time: t,

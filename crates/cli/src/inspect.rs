@@ -52,11 +52,12 @@ pub fn inspect(dir: &Path) -> Result<String> {
         let d: Done = serde_json::from_slice(v).map_err(|e| Error::msg(e.to_string()))?;
         let _ = writeln!(
             w,
-            "  {}  {} record(s)  {} ms{}",
+            "  {}  {} record(s)  {} ms{}{}",
             d.time,
             d.records,
             d.processing_ms,
-            if d.replay { "  (re-run)" } else { "" }
+            if d.replay { "  (re-run)" } else { "" },
+            if d.skipped { "  (skipped)" } else { "" }
         );
     }
     for (k, v) in store.scan("plan/")? {
@@ -82,6 +83,24 @@ pub fn inspect(dir: &Path) -> Result<String> {
                 "  {name}: range {} position {} rate limit {rate}",
                 sp.range, sp.position
             );
+        }
+    }
+    for (k, v) in store.scan("skip/")? {
+        let s: ck::Skip = serde_json::from_slice(&v)
+            .map_err(|e| Error::msg(format!("unreadable skip {k}: {e}")))?;
+        let _ = writeln!(
+            w,
+            "skipped batch {} ({}) at the operator's request, {}; input not processed:",
+            s.plan.time,
+            BatchTime(s.plan.time).to_local_string(),
+            if s.done_at.is_some() {
+                "done"
+            } else {
+                "at the next start"
+            }
+        );
+        for (name, sp) in &s.plan.sources {
+            let _ = writeln!(w, "  {name}: {}", sp.range);
         }
     }
     for (k, v) in store.scan("state/")? {
@@ -183,5 +202,60 @@ pub fn repair(dir: &Path) -> Result<String> {
     if damaged == 0 {
         let _ = writeln!(w, "no damaged write-ahead-log segment in {}", dir.display());
     }
+    Ok(out)
+}
+
+/// Record the operator's skip of planned batch `t` in the checkpoint in `dir`; the report.
+pub fn skip(dir: &Path, t: i64) -> Result<String> {
+    let store_dir = ck::store_dir(dir);
+    if !Store::exists(&store_dir) {
+        return Err(Error::msg(format!(
+            "{} is not a sluice checkpoint directory (no {})",
+            dir.display(),
+            store_dir.display()
+        )));
+    }
+    let store = Store::open(&store_dir)
+        .map_err(|e| Error::msg(format!("{e} (is the gateway still running? stop it first)")))?;
+    let last: Option<Done> = store.get_json("last")?;
+    if last.as_ref().is_some_and(|d| d.time >= t) {
+        return Err(Error::msg(format!(
+            "batch {t} is already committed (the last committed batch is {})",
+            last.map_or(0, |d| d.time)
+        )));
+    }
+    let Some(plan) = store.get_json::<Plan>(&ck::plan_key(t))? else {
+        let pending: Vec<String> = store
+            .scan("plan/")?
+            .iter()
+            .filter_map(|(k, _)| ck::key_time(k))
+            .filter(|p| last.as_ref().is_none_or(|d| *p > d.time))
+            .map(|p| p.to_string())
+            .collect();
+        return Err(Error::msg(format!(
+            "no planned batch {t} in {}: the unfinished batches are [{}]",
+            dir.display(),
+            pending.join(", ")
+        )));
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "batch {t} ({}) will be skipped at the next start; its input, not processed:",
+        BatchTime(t).to_local_string()
+    );
+    for (source, sp) in &plan.sources {
+        let _ = writeln!(out, "  {source}: {}", sp.range);
+    }
+    let mut c = sluice_wal::Changes::default();
+    c.put_json(
+        &ck::skip_key(t),
+        &ck::Skip {
+            requested_at: sluice_core::time::now_ms(),
+            plan,
+            done_at: None,
+        },
+    );
+    store.write(c)?;
     Ok(out)
 }

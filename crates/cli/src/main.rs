@@ -75,6 +75,13 @@ enum CheckpointCmd {
     /// After `run` refused a write-ahead log damaged in the middle: save each damaged segment
     /// aside, keep every whole record, and name the records lost. Stop the gateway first.
     Repair { dir: PathBuf },
+    /// Skip a planned batch that fails the same way at every restart: its input is not processed,
+    /// and the skip is recorded for good (`inspect` lists it). Stop the gateway first.
+    Skip {
+        dir: PathBuf,
+        /// The batch time (ms since the epoch), as the error names it.
+        batch: i64,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -223,6 +230,18 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Checkpoint {
+                which: CheckpointCmd::Skip { dir, batch },
+            } => match sluice::inspect::skip(&dir, batch) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
             Command::Checkpoint {
                 which: CheckpointCmd::Repair { dir },
             } => match sluice::inspect::repair(&dir) {

@@ -2,6 +2,7 @@
 //! the same (job, batch time) again replaces rather than duplicates.
 
 use crate::error::Result;
+
 use crate::time::BatchTime;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -15,6 +16,9 @@ pub struct SinkBatch<'a> {
     pub batches: &'a [RecordBatch],
     /// True when this batch is being re-run after a restart.
     pub replay: bool,
+    /// Where rows the sink cannot write go (a partition value no folder name can hold, a topic
+    /// with a wildcard), with the reason: they are skipped, not fatal, and not lost.
+    pub dead: &'a crate::DeadLetters,
 }
 
 impl SinkBatch<'_> {

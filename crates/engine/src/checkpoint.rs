@@ -9,6 +9,7 @@
 //!   plan/<t>              the inputs of batch t, written before it runs; kept until a later commit
 //!   last                  the newest committed batch
 //!   done/<t>              the last 100 committed batches (for `sluice checkpoint inspect`)
+//!   skip/<t>              a planned batch the operator skipped (`sluice checkpoint skip`), for good
 //!   state/<job>           which files hold the job's keyed state, and its size
 //!   window/<job>/<in>/<t> input of a processing-time window, one key per batch still in the window
 //!   event/<job>           an event-time window's buffered rows; eventmeta/<job> its watermark
@@ -55,6 +56,22 @@ pub struct Done {
     pub committed_at: i64,
     /// Whether it was a re-run after a restart.
     pub replay: bool,
+    /// Skipped at the operator's request (`sluice checkpoint skip`): its input was not processed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// An operator's request to skip a planned batch that fails the same way at every restart
+/// (`skip/<t>`, kept for good as the record of what was not processed).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Skip {
+    /// Wall clock of the request, ms since the epoch.
+    pub requested_at: i64,
+    /// The batch's plan: exactly the input that was not processed.
+    pub plan: Plan,
+    /// Wall clock of the commit that skipped it, once done.
+    #[serde(default)]
+    pub done_at: Option<i64>,
 }
 
 /// What a checkpoint must agree on with the pipeline resuming from it.
@@ -136,6 +153,9 @@ pub fn remove_unlisted_state(dir: &Path, job: &str, keep: &StateFiles) {
 
 pub fn plan_key(t: i64) -> String {
     format!("plan/{t:020}")
+}
+pub fn skip_key(t: i64) -> String {
+    format!("skip/{t:020}")
 }
 pub fn origin_key(source: &str) -> String {
     format!("origin/{source}")

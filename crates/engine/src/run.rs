@@ -257,7 +257,8 @@ impl Pipeline {
                 "re-running a batch planned before the restart"
             );
             self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
-                .await?;
+                .await
+                .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
             summary.replayed += 1;
         }
         // Replayable sources start reading ahead now, so the first batch is not empty.
@@ -345,7 +346,8 @@ impl Pipeline {
             let before = summary.input_records;
             let per_source = self
                 .run_batch(t, None, &mut sources, &mut durable, &mut summary)
-                .await?;
+                .await
+                .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
             let took = scheduled.elapsed();
             if opts.manual_clock.is_none() {
                 adapt_rates(&mut sources, &per_source, took, delay_ms);
@@ -512,7 +514,15 @@ impl Pipeline {
         }
         let interval = self.app.batch_interval;
         let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        let skip: Option<ck::Skip> = match (&plan, durable.as_ref()) {
+            (Some(p), Some(d)) => d.store.get_json(&ck::skip_key(p.time))?,
+            _ => None,
+        };
         let plan = match plan {
+            Some(p) if skip.is_some() => {
+                tracing::warn!(batch = p.time, plan = %serde_json::to_string(&p.sources).unwrap_or_default(), "skipping this batch as the operator asked (sluice checkpoint skip): its input is not processed");
+                p
+            }
             Some(p) => {
                 for s in sources.iter_mut() {
                     let batches = match (&mut s.input, p.sources.get(&s.name)) {
@@ -599,7 +609,11 @@ impl Pipeline {
         }
         summary.input_records += records;
 
-        let ran = self.run_jobs(t, streams, replay, summary).await?;
+        let ran = if skip.is_some() {
+            vec![false; self.jobs.len()]
+        } else {
+            self.run_jobs(t, streams, replay, summary).await?
+        };
         if durable.is_none() {
             // Nothing to delete from a checkpoint: forget what the windows dropped.
             for job in &mut self.jobs {
@@ -615,9 +629,10 @@ impl Pipeline {
                 processing_ms: began.elapsed().as_millis() as u64,
                 committed_at: sluice_core::time::now_ms(),
                 replay,
+                skipped: skip.is_some(),
             };
             let committing = Instant::now();
-            self.commit(d, &done, &ran)?;
+            self.commit(d, &done, &ran, skip)?;
             tracing::debug!(
                 batch = t.millis(),
                 commit_us = committing.elapsed().as_micros() as u64,
@@ -652,9 +667,19 @@ impl Pipeline {
     }
 
     /// Record batch `t` as done, with everything a restart needs to continue after it, in one write.
-    fn commit(&mut self, d: &mut Durable, done: &Done, ran: &[bool]) -> Result<()> {
+    fn commit(
+        &mut self,
+        d: &mut Durable,
+        done: &Done,
+        ran: &[bool],
+        skip: Option<ck::Skip>,
+    ) -> Result<()> {
         let t = done.time;
         let mut c = Changes::default();
+        if let Some(mut skip) = skip {
+            skip.done_at = Some(done.committed_at);
+            c.put_json(&ck::skip_key(t), &skip);
+        }
         c.put_json("last", done);
         c.put_json(&ck::done_key(t), done);
         d.done.push_back(t);
@@ -770,6 +795,7 @@ impl Pipeline {
                     schema: job.out_schema.clone(),
                     batches: &batches,
                     replay,
+                    dead: &self.dead,
                 })
                 .await
                 .map_err(|e| {
@@ -795,6 +821,7 @@ impl Pipeline {
                         schema: DeadLetters::schema(),
                         batches: &[batch],
                         replay,
+                        dead: &self.dead,
                     })
                     .await?;
                 }
@@ -804,6 +831,26 @@ impl Pipeline {
             }
         }
         Ok(ran)
+    }
+}
+
+/// A batch that failed: named with its time, and how to get past it if it fails the same way at
+/// every restart (its plan is re-run with the same input each time).
+fn poisoned(e: Error, t: BatchTime, checkpoint: Option<PathBuf>) -> Error {
+    match checkpoint {
+        // A receiver's failure (refused credentials, a refused subscription) is not the batch's.
+        _ if e.to_string().starts_with("receiver `") => e,
+        Some(dir) => Error::msg(format!(
+            "batch {} ({}) failed: {e}. It is re-run with the same input when the gateway restarts; \
+             if it fails the same way every time, fix the cause (the job's SQL, the sink), or skip it \
+             with `sluice checkpoint skip {} {}`: the skip is recorded in the checkpoint, and \
+             `sluice checkpoint inspect` lists it with the input that was not processed",
+            t.millis(),
+            t.to_local_string(),
+            dir.display(),
+            t.millis()
+        )),
+        None => Error::msg(format!("batch {} failed: {e}", t.millis())),
     }
 }
 
@@ -837,28 +884,14 @@ fn adapt_rates(
 }
 
 fn future_letters(job: &str, t: BatchTime, rows: &[RecordBatch]) -> Vec<DeadLetter> {
-    let json = sluice_formats::encode_json_lines(rows).unwrap_or_default();
-    String::from_utf8_lossy(&json)
-        .lines()
-        .map(|l| DeadLetter {
-            origin: job.to_string(),
-            reason: format!(
-                "future: event time more than max_future after the batch time ({} ms), or out of range",
-                t.millis()
-            ),
-            payload: l.to_string(),
-        })
-        .collect()
+    let reason = format!(
+        "future: event time more than max_future after the batch time ({} ms), or out of range",
+        t.millis()
+    );
+    sluice_formats::dead_rows(job, &reason, rows)
 }
 
 fn late_letters(job: &str, watermark: i64, late: &[RecordBatch]) -> Vec<DeadLetter> {
-    let json = sluice_formats::encode_json_lines(late).unwrap_or_default();
-    String::from_utf8_lossy(&json)
-        .lines()
-        .map(|l| DeadLetter {
-            origin: job.to_string(),
-            reason: format!("late: event time before the watermark ({watermark} ms)"),
-            payload: l.to_string(),
-        })
-        .collect()
+    let reason = format!("late: event time before the watermark ({watermark} ms)");
+    sluice_formats::dead_rows(job, &reason, late)
 }

@@ -258,6 +258,20 @@ impl Format {
 }
 
 /// Encodes record batches as JSON lines.
+/// Typed rows rejected after decoding (late, an outlier, unwritable), one dead letter per row
+/// with the row as a JSON object.
+pub fn dead_rows(origin: &str, reason: &str, rows: &[RecordBatch]) -> Vec<sluice_core::DeadLetter> {
+    let json = encode_json_lines(rows).unwrap_or_default();
+    String::from_utf8_lossy(&json)
+        .lines()
+        .map(|l| sluice_core::DeadLetter {
+            origin: origin.to_string(),
+            reason: reason.to_string(),
+            payload: l.to_string(),
+        })
+        .collect()
+}
+
 pub fn encode_json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
     let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
     for b in batches {

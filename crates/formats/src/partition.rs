@@ -19,6 +19,43 @@ pub struct Layout {
     pub time_column: Option<String>,
 }
 
+/// The longest partition value kept as a folder name, in bytes (file systems allow 255 per name,
+/// and the folder is `<column>=<value>`).
+pub const MAX_VALUE_BYTES: usize = 200;
+
+/// Rows grouped by folder, and the rows that cannot be placed.
+#[derive(Debug, Default)]
+pub struct Split {
+    /// The rows of each folder (`""` for a flat layout), in folder order.
+    pub parts: BTreeMap<String, Vec<RecordBatch>>,
+    /// Rows whose partition value cannot be a folder name, with why: for the dead-letter output.
+    pub rejected: Vec<(String, RecordBatch)>,
+}
+
+impl Split {
+    pub fn rejected_rows(&self) -> usize {
+        self.rejected.iter().map(|(_, b)| b.num_rows()).sum()
+    }
+}
+
+/// Why a partition value cannot be a folder name, if it cannot.
+fn bad_value(column: &str, value: &str) -> Option<String> {
+    if value.len() > MAX_VALUE_BYTES {
+        Some(format!(
+            "partition value of `{column}` is {} bytes, over the {MAX_VALUE_BYTES} a folder name allows",
+            value.len()
+        ))
+    } else if value.chars().any(|c| c.is_control()) {
+        Some(format!(
+            "partition value of `{column}` holds a control character (NUL, newline, …), which no folder name may"
+        ))
+    } else if value == "." || value == ".." {
+        Some(format!("partition value of `{column}` is `{value}`"))
+    } else {
+        None
+    }
+}
+
 impl Layout {
     pub fn is_flat(&self) -> bool {
         self.columns.is_empty() && self.time.is_none()
@@ -30,11 +67,11 @@ impl Layout {
         schema: &SchemaRef,
         batches: &[RecordBatch],
         batch_time_ms: i64,
-    ) -> Result<BTreeMap<String, Vec<RecordBatch>>, ArrowError> {
-        let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    ) -> Result<Split, ArrowError> {
+        let mut split = Split::default();
         if self.is_flat() {
-            parts.insert(String::new(), batches.to_vec());
-            return Ok(parts);
+            split.parts.insert(String::new(), batches.to_vec());
+            return Ok(split);
         }
         let index = |c: &str| {
             schema.index_of(c).map_err(|_| {
@@ -58,7 +95,8 @@ impl Layout {
                 .collect::<Result<Vec<_>, _>>()?;
             let times = time_column.map(|i| millis(b.column(i))).transpose()?;
             let mut rows: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-            for r in 0..b.num_rows() {
+            let mut bad: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            'row: for r in 0..b.num_rows() {
                 let mut key = match (&self.time, &times) {
                     (Some(t), Some(ms)) => match ms.is_valid(r) {
                         true => format_time(t, ms.value(r)),
@@ -70,7 +108,12 @@ impl Layout {
                     let value = if v.is_null(r) {
                         "__null__".to_string()
                     } else {
-                        v.as_string::<i32>().value(r).replace('/', "%2F")
+                        let raw = v.as_string::<i32>().value(r);
+                        if let Some(why) = bad_value(schema.field(i).name(), raw) {
+                            bad.entry(why).or_default().push(r as u32);
+                            continue 'row;
+                        }
+                        raw.replace('/', "%2F")
                     };
                     if !key.is_empty() {
                         key.push('/');
@@ -80,13 +123,19 @@ impl Layout {
                 rows.entry(key).or_default().push(r as u32);
             }
             for (k, r) in rows {
-                parts
+                split
+                    .parts
                     .entry(k)
                     .or_default()
                     .push(take_record_batch(b, &UInt32Array::from(r))?);
             }
+            for (why, r) in bad {
+                split
+                    .rejected
+                    .push((why, take_record_batch(b, &UInt32Array::from(r))?));
+            }
         }
-        Ok(parts)
+        Ok(split)
     }
 }
 
@@ -162,7 +211,7 @@ mod tests {
             time: Some("dt=%Y-%m-%d/hour=%H".into()),
             time_column: Some("ts".into()),
         };
-        let parts = layout.split(&schema, &[b], 0).unwrap();
+        let parts = layout.split(&schema, &[b], 0).unwrap().parts;
         let keys: Vec<_> = parts.keys().cloned().collect();
         assert_eq!(
             keys,
@@ -184,5 +233,27 @@ mod tests {
         assert_eq!(v("dt=1970-01-01/hour=00/site=__null__"), [4]);
         assert!(valid_time_template("dt=%Y"));
         assert!(!valid_time_template("dt=%Q"));
+    }
+
+    #[test]
+    fn values_that_cannot_be_folder_names_are_rejected_rows() {
+        let schema = Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, true)]));
+        let long = "x".repeat(MAX_VALUE_BYTES + 1);
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["ok", &long, "a\0b", ".."]))],
+        )
+        .unwrap();
+        let layout = Layout {
+            columns: vec!["site".into()],
+            ..Default::default()
+        };
+        let split = layout.split(&schema, &[b], 0).unwrap();
+        assert_eq!(split.parts.keys().collect::<Vec<_>>(), ["site=ok"]);
+        assert_eq!(split.rejected_rows(), 3);
+        assert!(split
+            .rejected
+            .iter()
+            .any(|(why, _)| why.contains("201 bytes")));
     }
 }
