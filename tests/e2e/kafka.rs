@@ -1297,3 +1297,80 @@ fn kafka_latest_is_fixed_at_the_first_start_and_partitions_found_later_are_read_
         log_of(&dir)
     );
 }
+
+/// Issue 18, defect 6: a re-run assigned its partitions one at a time; the first one's read-ahead
+/// filled `prefetch_mib`, so the next partition's planned records never arrived and the gateway
+/// gave up after `fetch_timeout`, at every restart.
+#[test]
+fn kafka_rerun_of_a_batch_over_4_partitions_with_backlogs_past_prefetch_makes_progress() {
+    let (tmp, kafka) = setup();
+    kafka.create("in", 4);
+    let pad = "x".repeat(5000);
+    let records: Vec<Value> = (0..12_000)
+        .map(|i| json!({"p": i % 4, "v": format!("{{\"n\": {i}, \"pad\": \"{pad}\"}}")}))
+        .collect();
+    kafka.produce("in", &records);
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let toml = format!(
+        r#"
+[app]
+name = "stall"
+batch_interval = "500ms"
+checkpoint_dir = "checkpoint"
+
+[sources.events]
+type = "kafka"
+bootstrap_servers = "{b}"
+topics = ["in"]
+start = "earliest"
+format = "json"
+schema = "n bigint, pad string"
+prefetch_mib = 4
+max_rate_per_partition = 800
+fetch_timeout = "20s"
+
+[jobs.copy]
+sql = "SELECT n FROM events"
+sinks = ["out"]
+
+[sinks.out]
+type = "file"
+path = "out"
+format = "json"
+"#,
+        b = kafka.bootstrap()
+    );
+    std::fs::write(gw.join("pipeline.toml"), &toml).unwrap();
+    let child = start(&gw);
+    let out = gw.join("out");
+    wait_for_log(
+        &gw,
+        "a few batches over all partitions",
+        Duration::from_secs(60),
+        || committed_count(&out, "copy") >= 2000,
+    );
+    // The output folder becomes a file: the next batch fails in the sink, after its plan (which
+    // takes up to 400 records of each partition, each with megabytes more behind them).
+    std::fs::rename(&out, gw.join("out.kept")).unwrap();
+    std::fs::write(&out, "in the way").unwrap();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(!status.success());
+    std::fs::remove_file(&out).unwrap();
+    std::fs::rename(gw.join("out.kept"), &out).unwrap();
+    let child = start(&gw);
+    wait_for_log(&gw, "every record", Duration::from_secs(90), || {
+        committed_count(&out, "copy") >= 12_000
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    let log = log_of(&gw);
+    let refetched = log.matches("kafka: fetching a planned range again").count();
+    assert!(
+        refetched >= 2,
+        "the re-run spans several partitions ({refetched}): {log}"
+    );
+    let got: Vec<String> = committed_rows(&out, "copy");
+    let expected: Vec<String> = (0..12_000).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once("kafka re-run over 4 partitions", &expected, &got);
+}

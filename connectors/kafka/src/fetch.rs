@@ -205,7 +205,10 @@ impl Drop for Fetcher {
 
 fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared, prefetch_bytes: usize) {
     while !shared.stop.load(Ordering::Relaxed) {
-        if shared.buffered_bytes() >= prefetch_bytes {
+        // A re-run waiting for a planned range reads past the budget: the records it waits for
+        // may be behind other partitions' read-ahead (and the read-ahead of the partitions it
+        // already took), which nothing else would drain.
+        if shared.buffered_bytes() >= prefetch_bytes && !shared.waiting.load(Ordering::Relaxed) {
             // Enough ahead of the batches: librdkafka's own queue fills and its fetching pauses.
             std::thread::sleep(Duration::from_millis(5));
             continue;
