@@ -149,6 +149,18 @@ fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
 }
 
+/// The folder a replay wrote in (`<sink path>/replay-<time>/`): its output's own identity.
+fn replay_out(out: &Path) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("replay-"))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(found.len(), 1, "one replay folder in {}", out.display());
+    found[0].clone()
+}
+
 fn json_rows(out: &Path, job: &str) -> Vec<Value> {
     committed_rows(out, job)
         .iter()
@@ -875,7 +887,7 @@ fn kafka_replay_of_a_time_range_and_of_offsets_then_a_run_until_caught_up() {
         "{log}"
     );
     assert_eq!(
-        ns(&json_rows(&dir.join("out"), "copy")),
+        ns(&json_rows(&replay_out(&dir.join("out")), "copy")),
         (10..30).collect::<Vec<_>>()
     );
     assert!(
@@ -892,7 +904,7 @@ fn kafka_replay_of_a_time_range_and_of_offsets_then_a_run_until_caught_up() {
     let log = replay(&dir, &["--from", "events:0=15", "--checkpoint", "ck"]);
     assert!(log.contains("replay done: 5 records of 5 planned"), "{log}");
     assert_eq!(
-        ns(&json_rows(&dir.join("out"), "copy")),
+        ns(&json_rows(&replay_out(&dir.join("out")), "copy")),
         [30, 32, 34, 36, 38]
     );
 
@@ -1373,4 +1385,88 @@ format = "json"
     let got: Vec<String> = committed_rows(&out, "copy");
     let expected: Vec<String> = (0..12_000).map(|i| format!("{{\"n\":{i}}}")).collect();
     assert_exactly_once("kafka re-run over 4 partitions", &expected, &got);
+}
+
+/// Issue 18, defect 1: `sluice replay` kept the live sinks' names and transactional id on the live
+/// gateway's batch-time grid: same-time files overwrote each other, replay fenced the live
+/// producer and advanced its marker, and took over its rolling object-store staging. A replay's
+/// output now has its own identity; here it runs while the live gateway is SIGKILLed and
+/// restarted, and each output holds exactly its records.
+#[test]
+fn kafka_replay_beside_a_live_gateway_that_is_killed_keeps_both_outputs_exact() {
+    let (tmp, kafka) = setup();
+    kafka.create("events", 2);
+    let base = sluice_core::time::now_ms() - 3 * 3_600_000;
+    let recs = |from: i64, to: i64| -> Vec<Value> {
+        (from..to)
+            .map(|i| json!({"p": i % 2, "v": format!("{{\"n\": {i}}}"), "ts": base + i * 1000}))
+            .collect()
+    };
+    kafka.produce("events", &recs(0, 3000));
+    let dir = tmp.path().join("gw");
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = pipeline(
+        "beside",
+        &kafka,
+        &format!("{JSON}\nstart = \"earliest\"\nmax_rate_per_partition = 1000"),
+        "SELECT n FROM events",
+    )
+    .replace(
+        "sinks = [\"out\"]",
+        "sinks = [\"out\", \"objs\"]",
+    ) + "\n[sinks.objs]\ntype = \"object_store\"\npath = \"objs\"\nformat = \"json\"\nmax_file_age = \"2s\"\n";
+    std::fs::write(dir.join("pipeline.toml"), &toml).unwrap();
+    let out = dir.join("out");
+    let live = start(&dir);
+    wait_for_log(&dir, "the first 3000 rows", Duration::from_secs(60), || {
+        committed_count(&out, "copy") >= 3000
+    });
+    // The replay of the first 2000 s (records 0..2000) runs beside it ...
+    let replay = crate::common::sluice()
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .args([
+            "replay",
+            "pipeline.toml",
+            "--from",
+            &base.to_string(),
+            "--to",
+            &(base + 2_000_000).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ... while more arrives and the live gateway is killed and restarted.
+    kafka.produce("events", &recs(3000, 3500));
+    std::thread::sleep(Duration::from_millis(700));
+    let mut live = live;
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let live = start(&dir);
+    let done = replay.wait_with_output().unwrap();
+    let replay_log = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert!(done.status.success(), "{replay_log}");
+    assert!(
+        replay_log.contains("replay done: 2000 records of 2000 planned"),
+        "{replay_log}"
+    );
+    wait_for_log(&dir, "all 3500 live rows", Duration::from_secs(60), || {
+        committed_count(&out, "copy") >= 3500
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(live);
+    let live_rows: Vec<String> = committed_rows(&out, "copy");
+    let expected: Vec<String> = (0..3500).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once("the live gateway's output", &expected, &live_rows);
+    let replayed: Vec<String> = committed_rows(&replay_out(&out), "copy");
+    assert_exactly_once("the replay's output", &expected[..2000], &replayed);
+    // The rolling object-store sink kept the two apart too (the live gateway restarted without
+    // finding its staging taken over), the replay under a folder of its own.
+    assert!(dir
+        .join("objs")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("replay-")));
 }

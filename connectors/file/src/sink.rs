@@ -69,11 +69,10 @@ impl SinkFactory for FileSinkFactory {
                 format!("\"{}\", a file", cfg.path),
             ));
         }
-        // Scale-out: each gateway writes (and keeps its manifest) under a folder of its own.
-        let dir = if cx.scale_out {
-            dir.join(&cx.instance)
-        } else {
-            dir
+        // Scale-out, or a replay: this gateway writes (and keeps its manifest) in a folder of its own.
+        let dir = match &cx.output_scope {
+            Some(scope) => dir.join(scope),
+            None => dir,
         };
         let name = path.rsplit('.').next().unwrap_or(path).to_string();
         Ok(Box::new(FileSink { cfg, dir, name }))

@@ -59,10 +59,10 @@ impl SinkFactory for KafkaSinkFactory {
             .transactional_id
             .clone()
             .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
-        if cx.scale_out {
-            // Each gateway its own producer identity (and exactly-once markers): two producers
-            // with one transactional id fence each other.
-            transactional_id = format!("{transactional_id}.{}", cx.instance);
+        if let Some(scope) = &cx.output_scope {
+            // Each gateway (and a replay) its own producer identity and exactly-once markers: two
+            // producers with one transactional id fence each other.
+            transactional_id = format!("{transactional_id}.{scope}");
         }
         Ok(Box::new(KafkaSink {
             name,
@@ -730,6 +730,7 @@ mod tests {
             base_dir: ".".into(),
             scale_out: false,
             instance: "test".into(),
+            output_scope: None,
         };
         let options = serde_json::json!({
             "bootstrap_servers": bootstrap,

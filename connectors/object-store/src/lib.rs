@@ -36,11 +36,11 @@ impl SinkFactory for ObjectStoreSinkFactory {
     ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ObjectStoreSinkConfig = sluice_core::options::parse(path, options)?;
         check(path, &cfg)?;
-        // Scale-out: each gateway writes (and keeps its manifest) under a folder of its own.
-        let root = if cx.scale_out {
-            format!("{}/{}", cfg.path.trim_end_matches('/'), cx.instance)
-        } else {
-            cfg.path.clone()
+        // Scale-out, or a replay: this gateway writes (and keeps its manifest and staging) under
+        // a folder of its own.
+        let root = match &cx.output_scope {
+            Some(scope) => format!("{}/{scope}", cfg.path.trim_end_matches('/')),
+            None => cfg.path.clone(),
         };
         let location = Location::parse(&format!("{path}.path"), &root, |p| cx.resolve(p))?;
         let op = location.operator(path, &cfg)?;

@@ -78,8 +78,11 @@ pub async fn prepare(
     if sources.is_empty() {
         return Err("replay needs at least one kafka source".into());
     }
-    // A replay is one gateway reading exact ranges, never a share of a group.
+    // A replay is one gateway reading exact ranges, never a share of a group; its output has an
+    // identity of its own (folders, staging, transactional id and markers), so the live gateway's
+    // is never overwritten, fenced or taken over.
     cfg.app.scale_out = false;
+    cfg.app.replay_scope = Some(format!("replay-{stamp}"));
     cfg.app.checkpoint_dir = Some(checkpoint.unwrap_or_else(|| {
         format!(
             "{}-replay-{stamp}",

@@ -68,6 +68,10 @@ pub struct AppSection {
     /// machine.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Set by `sluice replay` (never by a file): the replay's own output identity, so its files,
+    /// staging and Kafka transactional id never meet the live gateway's.
+    #[serde(skip)]
+    pub replay_scope: Option<String>,
 }
 
 /// `[app.wal]`.

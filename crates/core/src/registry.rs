@@ -19,8 +19,14 @@ pub struct BuildContext {
     /// `app.scale_out`: several gateways share this config's work (see [`BuildContext::instance`]).
     pub scale_out: bool,
     /// This gateway's name, stable across its restarts. With `scale_out`, shared sources tell
-    /// their claims apart by it, and sinks keep each gateway's output apart with it.
+    /// their claims apart by it.
     pub instance: String,
+    /// The name of this gateway's own share of every sink's output, when it shares them (the
+    /// instance with `scale_out`; `replay-<time>` for `sluice replay`): file and object-store
+    /// sinks write (and keep their manifest and staging) under `<path>/<scope>/`, and a Kafka sink's
+    /// transactional id, with its exactly-once markers, gets `.<scope>`. None: the output is this
+    /// gateway's alone.
+    pub output_scope: Option<String>,
 }
 
 impl BuildContext {

@@ -60,6 +60,13 @@ impl Pipeline {
             base_dir: base_dir.clone(),
             scale_out: config.app.scale_out,
             instance: instance_name(&config.app, &base_dir),
+            output_scope: None,
+        };
+        let mut cx = cx;
+        cx.output_scope = match &config.app.replay_scope {
+            Some(r) => Some(r.clone()),
+            None if config.app.scale_out => Some(cx.instance.clone()),
+            None => None,
         };
         let instance = cx.instance.clone();
         let mut errors = Vec::new();
