@@ -186,7 +186,7 @@ impl KafkaSink {
     }
 
     /// Try transactions: init, then one transaction that commits the marker as it is. A broker
-    /// that cannot do them gets the idempotent producer; an unreachable one is an error.
+    /// that cannot do them, or an unreachable one, is an error.
     async fn open_transactional(&mut self) -> Result<bool> {
         let timeout = self.cfg.transaction_timeout;
         let probe = self.marker("probe").await?;
@@ -217,10 +217,19 @@ impl KafkaSink {
                 "cannot reach the brokers at {}: {e}",
                 self.cfg.bootstrap_servers
             ))),
-            Err(e) => {
-                tracing::warn!(sink = %self.name, error = %e, "kafka: the broker does not support transactions; this sink falls back to the idempotent producer and is AT-LEAST-ONCE (a batch re-run after a crash may be written twice)");
-                Ok(false)
-            }
+            // `validate` said exactly-once: a broker that cannot give it stops the gateway rather
+            // than quietly writing re-run batches twice.
+            Err(e) => Err(Error::Config(
+                sluice_core::ConfigError::new(
+                    format!("sinks.{}.exactly_once", self.name),
+                    "a broker that does transactions (exactly_once = true, the default)",
+                    format!(
+                        "the brokers at {} refused a transaction: {e}",
+                        self.cfg.bootstrap_servers
+                    ),
+                )
+                .with_hint("set exactly_once = false to accept at-least-once (a batch re-run after a crash may be written twice), or use a broker with transactions"),
+            )),
         }
     }
 
@@ -562,8 +571,7 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    /// Before `open` (e.g. `sluice validate`): what the config asks for; after it, what the
-    /// broker allowed (a broker without transactions makes this sink at-least-once).
+    /// What the config asks for: `open` refuses a broker that cannot give it.
     fn idempotent(&self) -> bool {
         match self.producer {
             None => self.cfg.exactly_once,
