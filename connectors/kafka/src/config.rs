@@ -133,8 +133,13 @@ pub enum OnDataLoss {
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port...]` of the brokers.
     pub bootstrap_servers: String,
-    /// The topic records go to; a `topic` column in the output, when present, wins per row.
+    /// The topic records go to.
     pub topic: String,
+    /// Route each record by the row's `topic` column instead (rows with a NULL one go to
+    /// `topic`). Off by default: a `SELECT *` from a Kafka source carries each record's source
+    /// topic in that column, and would otherwise write it back into the topic it came from.
+    #[serde(default)]
+    pub topic_column: bool,
     /// How rows without a `value` column become record values: `json` (default; one object per
     /// row), `csv` (no header), `text` (the single remaining column) or `avro` (one datum per row,
     /// with a record schema derived from the columns: docs/kafka.md shows the mapping).
@@ -150,8 +155,8 @@ pub struct KafkaSinkConfig {
     pub avro_schema_id: Option<u32>,
     /// Exactly once (default true): each batch is one Kafka transaction, keyed by job and batch
     /// time, so a batch re-run after a crash is never written twice (read_committed consumers see
-    /// each record once). A broker without transactions gets the idempotent producer instead, and
-    /// the gateway says at start that this sink is at-least-once.
+    /// each record once). A broker without transactions stops the gateway at start; set
+    /// `exactly_once = false` there for the idempotent producer (at-least-once).
     #[serde(default = "default_true")]
     pub exactly_once: bool,
     /// The producer's transactional id (default `sluice-<app>-<sink>`); one gateway per id.

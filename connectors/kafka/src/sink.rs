@@ -270,7 +270,7 @@ impl KafkaSink {
                 Some(i) => bytes_column(b.column(i), "key").map_err(|e| self.fail(e))?,
                 None => vec![None; b.num_rows()],
             };
-            let topics: Vec<Option<String>> = match topic {
+            let topics: Vec<Option<String>> = match topic.filter(|_| self.cfg.topic_column) {
                 Some(i) => {
                     let c = cast(b.column(i), &DataType::Utf8)?;
                     let c = c.as_string::<i32>();
@@ -602,6 +602,7 @@ mod tests {
             cfg: KafkaSinkConfig {
                 bootstrap_servers: "127.0.0.1:1".into(),
                 topic: "t".into(),
+                topic_column: true,
                 format,
                 avro_wire: Default::default(),
                 avro_schema_id: None,
@@ -654,6 +655,11 @@ mod tests {
         assert_eq!(out[0].key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(out[1].key, None);
         assert_eq!(out[1].topic.as_deref(), Some("other"));
+        // Without `topic_column` the rows' topics are ignored: everything goes to `topic`.
+        let mut plain = sink(SinkFormat::Json);
+        plain.cfg.topic_column = false;
+        let out = plain.records(&schema, std::slice::from_ref(&b)).unwrap();
+        assert!(out.iter().all(|r| r.topic.is_none()), "all to the sink's topic");
         let out = sink(SinkFormat::Csv)
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();
