@@ -308,7 +308,7 @@ type = "blackhole"
 }
 
 /// A checkpoint directory on a 2 MiB tmpfs fills up: the gateway stops with a clear error, and
-/// the checkpoint, copied to a roomy disk, resumes. Needs root (mount); skipped with a note otherwise.
+/// the checkpoint, copied to a roomy disk, resumes. Needs root (mount), and fails without it.
 #[test]
 fn full_disk_is_a_clear_error_and_leaves_a_usable_checkpoint() {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -319,10 +319,12 @@ fn full_disk_is_a_clear_error_and_leaves_a_usable_checkpoint() {
         .arg(&small)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root)");
-        return;
-    }
+    // A test that passes without running proves nothing: without a tmpfs this fails.
+    assert!(
+        mounted,
+        "cannot mount a 2 MiB tmpfs on {}: this test needs root (CI runs as root)",
+        small.display()
+    );
     let cfg = |ck: &str| {
         format!(
             r#"

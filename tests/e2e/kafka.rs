@@ -1210,7 +1210,8 @@ sinks = ["converted"]
 type = "kafka"
 bootstrap_servers = "BOOTSTRAP"
 topic = "fahrenheit"
-format = "avro""#,
+format = "avro"
+exactly_once = false"#,
     )
     .replace("BOOTSTRAP", &kafka.bootstrap());
     let rows = run_until(&gw, &toml, 2, 40, || {});

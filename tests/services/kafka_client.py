@@ -8,7 +8,8 @@
         written as it is
   kafka_client.py BOOTSTRAP consume TOPIC COUNT [TIMEOUT_S [AVSC]]
         reads every partition from the start with isolation.level=read_committed until COUNT
-        records (or TIMEOUT_S, default 60, without new ones); prints {"p","o","k","v"} per line;
+        records (or TIMEOUT_S, default 60, without new ones), then on to each partition's end as
+        it is then, so records past COUNT show; prints {"p","o","k","v"} per line;
         with AVSC, "v" is the value read as one plain Avro datum by fastavro
   kafka_client.py BOOTSTRAP consume-aio TOPIC COUNT [TIMEOUT_S]
         the same with aiokafka (pure Python: a second, independent Kafka implementation)
@@ -89,19 +90,34 @@ def main():
         parts = sorted(md.topics[topic].partitions)
         c.assign([TopicPartition(topic, p, 0) for p in parts])
         got, last = [], time.time()
-        while len(got) < count and time.time() - last < idle:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            if m.error():
-                continue
-            last = time.time()
+
+        def take(m):
             if avro is not None:
                 v = fastavro.schemaless_reader(io.BytesIO(m.value()), avro, None)
             else:
                 v = m.value().decode() if m.value() is not None else None
             got.append({"p": m.partition(), "o": m.offset(),
                         "k": m.key().decode() if m.key() is not None else None, "v": v})
+
+        while len(got) < count and time.time() - last < idle:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            last = time.time()
+            take(m)
+        # Then on to the end of every partition as it is now, so records past COUNT (trailing
+        # duplicates) show too; bounded by 3 s without a record.
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        last = time.time()
+        while time.time() - last < 3:
+            at = {tp.partition: tp.offset for tp in c.position([TopicPartition(topic, p) for p in parts])}
+            if all(at.get(p, -1) >= ends[p] or ends[p] <= 0 for p in parts):
+                break
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            last = time.time()
+            take(m)
         c.close()
         for g in got:
             print(json.dumps(g))
