@@ -542,3 +542,83 @@ path = "rejected"
     );
     assert!(report.contains("b.txt"), "{report}");
 }
+
+/// Also in issue 18: a socket line longer than the read buffer had its first MiB dead-lettered
+/// and the rest ingested as a record. The whole line is one dead letter now.
+#[test]
+fn a_socket_line_longer_than_the_buffer_is_one_dead_letter_and_nothing_else() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        format!(
+            r#"
+[app]
+name = "longline"
+batch_interval = "200ms"
+dead_letter = "rejected"
+
+[sources.lines]
+type = "socket"
+host = "127.0.0.1"
+port = {port}
+
+[jobs.copy]
+sql = "SELECT line FROM lines"
+sinks = ["out"]
+
+[sinks.out]
+type = "file"
+path = "out"
+
+[sinks.rejected]
+type = "file"
+path = "rejected"
+"#
+        ),
+    )
+    .unwrap();
+    let mut gw = start(dir.path(), "run.log", &[]);
+    let (mut peer, _) = listener.accept().unwrap();
+    let long = vec![b'x'; 3 << 20];
+    peer.write_all(b"before\n").unwrap();
+    peer.write_all(&long).unwrap();
+    peer.write_all(b"\nafter\n").unwrap();
+    peer.flush().unwrap();
+    let out = dir.path().join("out");
+    wait_for("the two short lines", Duration::from_secs(30), || {
+        written(&out).len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(peer);
+    assert!(terminate(&mut gw).success());
+    assert_eq!(
+        written(&out),
+        [("after".to_string(), 1), ("before".to_string(), 1)]
+            .into_iter()
+            .collect(),
+        "no part of the long line is a record"
+    );
+    let mut letters = Vec::new();
+    for e in std::fs::read_dir(dir.path().join("rejected"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
+            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                letters.push(serde_json::from_str::<serde_json::Value>(l).unwrap());
+            }
+        }
+    }
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({} bytes", 3 << 20)),
+        "{}",
+        letters[0]["reason"]
+    );
+}

@@ -659,7 +659,10 @@ mod tests {
         let mut plain = sink(SinkFormat::Json);
         plain.cfg.topic_column = false;
         let out = plain.records(&schema, std::slice::from_ref(&b)).unwrap();
-        assert!(out.iter().all(|r| r.topic.is_none()), "all to the sink's topic");
+        assert!(
+            out.iter().all(|r| r.topic.is_none()),
+            "all to the sink's topic"
+        );
         let out = sink(SinkFormat::Csv)
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();

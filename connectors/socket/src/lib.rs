@@ -271,6 +271,8 @@ impl Receiver for SocketReceiver {
     async fn run(self: Box<Self>, out: Arc<dyn BlockWriter>) -> Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         let mut filled = 0;
+        // A line longer than the buffer being skipped: its first bytes, and its length so far.
+        let mut long: Option<(Vec<u8>, usize)> = None;
         let mut pending = Pending {
             text: Vec::new(),
             offsets: Vec::new(),
@@ -290,6 +292,10 @@ impl Receiver for SocketReceiver {
                 match read {
                     None => {}
                     Some(Ok(0)) => {
+                        if let Some((head, total)) = long.take() {
+                            let reason = format!("line longer than the read buffer ({total} bytes, cut by the end of the connection)");
+                            out.dead_letters().push(self.dead(reason, &head));
+                        }
                         out.set_status(ReceiverStatus::Retrying {
                             attempt: 0,
                             error: "connection closed by peer".into(),
@@ -300,18 +306,43 @@ impl Receiver for SocketReceiver {
                     }
                     Some(Ok(n)) => {
                         filled += n;
+                        if let Some((head, total)) = &mut long {
+                            // The rest of a line longer than the buffer: skipped to its end, and
+                            // the line is one dead letter — none of it becomes a record.
+                            match memchr::memchr(b'\n', &buf[..filled]) {
+                                None => {
+                                    *total += filled;
+                                    filled = 0;
+                                    continue;
+                                }
+                                Some(nl) => {
+                                    *total += nl;
+                                    let reason = format!(
+                                        "line longer than the read buffer ({total} bytes; the first {} kept here)",
+                                        head.len()
+                                    );
+                                    out.dead_letters().push(self.dead(reason, head));
+                                    buf.copy_within(nl + 1..filled, 0);
+                                    filled -= nl + 1;
+                                    long = None;
+                                }
+                            }
+                        }
                         let used = self.split_lines(&buf[..filled], &mut pending, &out);
                         buf.copy_within(used..filled, 0);
                         filled -= used;
                         if filled == buf.len() {
-                            // A line longer than the buffer: drop it whole.
-                            let line = buf[..filled.min(4096)].to_vec();
-                            out.dead_letters()
-                                .push(self.dead("line longer than the read buffer".into(), &line));
+                            // A line longer than the buffer: its start is kept for the dead
+                            // letter, the rest skipped up to its newline.
+                            long = Some((buf[..filled.min(4096)].to_vec(), filled));
                             filled = 0;
                         }
                     }
                     Some(Err(e)) => {
+                        if let Some((head, total)) = long.take() {
+                            let reason = format!("line longer than the read buffer ({total} bytes, cut by the end of the connection)");
+                            out.dead_letters().push(self.dead(reason, &head));
+                        }
                         out.set_status(ReceiverStatus::Retrying {
                             attempt: 0,
                             error: e.to_string(),

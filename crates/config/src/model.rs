@@ -52,6 +52,11 @@ pub struct AppSection {
     /// The sink that receives records that failed to decode or arrived after the watermark.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// How much received input each receiver (socket, MQTT, generator) may hold before it is
+    /// planned into a batch: past it, the receiver stops reading its peer until a batch takes some
+    /// (default `512MiB`, measured as Arrow memory; at most 4 million records either way).
+    #[serde(default = "default_receiver_buffer")]
+    pub receiver_buffer: bytesize::ByteSize,
     /// How long a graceful stop may take to drain received data (default 10 × batch_interval).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
     pub graceful_stop_timeout: Option<Duration>,
@@ -108,6 +113,10 @@ impl Default for WalConfig {
 fn default_sync_interval() -> Duration {
     Duration::from_millis(50)
 }
+fn default_receiver_buffer() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(512)
+}
+
 fn default_segment_bytes() -> u64 {
     64 << 20
 }

@@ -72,6 +72,9 @@ pub struct ReceiverBlocks {
     inflight: Mutex<VecDeque<(u64, RecordBatch, Durable)>>,
     buffered: AtomicUsize,
     capacity: usize,
+    /// The same in bytes (Arrow memory of the blocks held).
+    buffered_bytes: AtomicUsize,
+    capacity_bytes: usize,
     space: Notify,
     stopping: AtomicBool,
     stop: Notify,
@@ -85,7 +88,14 @@ pub struct ReceiverBlocks {
 }
 
 impl ReceiverBlocks {
-    pub fn new(name: &str, capacity: usize, dead: DeadLetters, rate: RateLimit) -> Self {
+    /// `capacity` records or `capacity_bytes` bytes, whichever is reached first, may wait unplanned.
+    pub fn new(
+        name: &str,
+        capacity: usize,
+        capacity_bytes: usize,
+        dead: DeadLetters,
+        rate: RateLimit,
+    ) -> Self {
         ReceiverBlocks {
             name: name.to_string(),
             log: None,
@@ -99,6 +109,8 @@ impl ReceiverBlocks {
             inflight: Mutex::new(VecDeque::new()),
             buffered: AtomicUsize::new(0),
             capacity,
+            buffered_bytes: AtomicUsize::new(0),
+            capacity_bytes,
             space: Notify::new(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
@@ -161,9 +173,11 @@ impl ReceiverBlocks {
             p.cursor += 1;
         }
         let mut taken = 0;
+        let mut taken_bytes = 0;
         if p.cursor >= p.disk_end {
             while let Some(b) = p.blocks.remove(&p.cursor) {
                 taken += b.num_rows();
+                taken_bytes += b.get_array_memory_size();
                 out.push(b);
                 p.cursor += 1;
             }
@@ -174,6 +188,7 @@ impl ReceiverBlocks {
         };
         drop(guard);
         self.buffered.fetch_sub(taken, Ordering::SeqCst);
+        self.buffered_bytes.fetch_sub(taken_bytes, Ordering::SeqCst);
         self.space.notify_waiters();
         Ok((out, range))
     }
@@ -227,16 +242,19 @@ impl ReceiverBlocks {
         }
     }
 
-    /// Wait for room (capacity) and the rate limit before storing `n` records.
-    async fn admit(&self, n: usize) -> Result<()> {
+    /// Wait for room (records and bytes) and the rate limit before storing `block`; then count it.
+    async fn admit(&self, block: &RecordBatch) -> Result<()> {
         if let Some(e) = self.failure() {
             return Err(Error::msg(e));
         }
+        let n = block.num_rows();
+        let bytes = block.get_array_memory_size();
         loop {
             let notified = self.space.notified();
             let buffered = self.buffered.load(Ordering::SeqCst);
+            let held = self.buffered_bytes.load(Ordering::SeqCst);
             if buffered == 0
-                || buffered + n <= self.capacity
+                || (buffered + n <= self.capacity && held + bytes <= self.capacity_bytes)
                 || self.stopping.load(Ordering::SeqCst)
             {
                 break;
@@ -268,9 +286,11 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(());
         }
-        self.admit(n).await?;
+        self.admit(&block).await?;
         // Counted before it can be taken, so `take` never subtracts what was not added.
         self.buffered.fetch_add(n, Ordering::SeqCst);
+        self.buffered_bytes
+            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
         match &self.log {
             Some(log) => {
                 let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
@@ -299,8 +319,10 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(Box::pin(async { Ok(()) }));
         }
-        self.admit(n).await?;
+        self.admit(&block).await?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
+        self.buffered_bytes
+            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
         let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
         let synced = durable(synced);
         // Batches land it once synced (`take` settles), whether or not the receiver is waiting.
@@ -320,9 +342,11 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(());
         }
-        self.admit(n).await?;
+        self.admit(&block).await?;
         let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
+        self.buffered_bytes
+            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
         let full = {
             let mut inflight = self.inflight.lock().unwrap();
             inflight.push_back((seq, block, durable(synced)));
@@ -418,9 +442,15 @@ mod tests {
         }
         let (log, _) = Log::open(dir.path(), SyncPolicy::EveryBlock, 2_000).unwrap();
         assert!(log.segment_count() > 5, "{} segments", log.segment_count());
-        let blocks = ReceiverBlocks::new("r", 1000, DeadLetters::default(), RateLimit::new(None))
-            .with_log(Arc::new(log), Some(5), None)
-            .unwrap();
+        let blocks = ReceiverBlocks::new(
+            "r",
+            1000,
+            usize::MAX,
+            DeadLetters::default(),
+            RateLimit::new(None),
+        )
+        .with_log(Arc::new(log), Some(5), None)
+        .unwrap();
         assert_eq!(blocks.recovered, 45);
         let (b, r) = blocks.take(Some(25)).unwrap();
         assert_eq!(r, BlockRange { from: 5, count: 3 });
@@ -432,5 +462,32 @@ mod tests {
         let (b, r) = blocks.take(None).unwrap();
         assert!(b.is_empty());
         assert_eq!(r, BlockRange { from: 51, count: 0 });
+    }
+
+    /// Issue 18: the buffer was bounded in records only (4 million), so large records could fill
+    /// memory; it is bounded in bytes too.
+    #[tokio::test]
+    async fn a_receiver_waits_once_its_unplanned_input_reaches_the_byte_bound() {
+        use futures::FutureExt;
+        let one = block(0);
+        let bytes = one.get_array_memory_size();
+        let blocks = ReceiverBlocks::new(
+            "r",
+            1_000_000,
+            bytes + bytes / 2,
+            DeadLetters::default(),
+            RateLimit::new(None),
+        );
+        blocks.store(block(0)).await.unwrap();
+        assert!(
+            blocks.store(block(10)).now_or_never().is_none(),
+            "a second block would pass the byte bound: the receiver waits"
+        );
+        let (b, _) = blocks.take(None).unwrap();
+        assert_eq!(values(&b), (0..10).collect::<Vec<_>>());
+        assert!(
+            blocks.store(block(10)).now_or_never().is_some(),
+            "room again"
+        );
     }
 }

@@ -176,6 +176,7 @@ impl Pipeline {
                     let mut blocks = ReceiverBlocks::new(
                         &s.name,
                         RECEIVER_CAPACITY,
+                        self.app.receiver_buffer.as_u64() as usize,
                         self.dead.clone(),
                         rate.clone(),
                     );
