@@ -1,6 +1,7 @@
 //! A table whose contents the engine replaces before each run of a job.
 
 use async_trait::async_trait;
+use datafusion::arrow::array::new_null_array;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -32,7 +33,9 @@ impl Slot {
         }
     }
 
-    /// Replace the contents. Columns are cast to the slot's types where they differ.
+    /// Replace the contents. Columns are matched to the slot's by name (input written under an
+    /// older schema — blocks in the write-ahead log, window contents — may order its columns
+    /// otherwise), cast where their types differ; a column the input lacks is NULL.
     pub fn set(&self, batches: Vec<RecordBatch>) -> Result<()> {
         let mut conformed = Vec::with_capacity(batches.len());
         for b in batches {
@@ -43,16 +46,15 @@ impl Slot {
                 conformed.push(b);
                 continue;
             }
-            let cols = b
-                .columns()
+            let input = b.schema();
+            let cols = self
+                .schema
+                .fields()
                 .iter()
-                .zip(self.schema.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c.clone())
-                    } else {
-                        cast(c, f.data_type())
-                    }
+                .map(|f| match input.index_of(f.name()) {
+                    Ok(i) if b.column(i).data_type() == f.data_type() => Ok(b.column(i).clone()),
+                    Ok(i) => cast(b.column(i), f.data_type()),
+                    Err(_) => Ok(new_null_array(f.data_type(), b.num_rows())),
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             conformed.push(RecordBatch::try_new(self.schema.clone(), cols)?);
