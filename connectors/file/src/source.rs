@@ -9,6 +9,10 @@ use sluice_core::{
 };
 use sluice_formats::{Decoder, Format};
 use std::collections::HashSet;
+use tokio::io::AsyncBufReadExt;
+
+/// Lines decoded at a time while a file is read.
+const CHUNK_LINES: usize = 8192;
 use std::path::PathBuf;
 
 /// `[sources.NAME] type = "file"`.
@@ -182,21 +186,44 @@ impl ReplayableSource for FileSource {
         let mut out = Vec::new();
         for f in files {
             let p = self.dir.join(&f);
-            let text = tokio::fs::read(&p)
-                .await
-                .map_err(|e| Error::msg(format!("cannot read {}: {e}", p.display())))?;
-            let text = String::from_utf8_lossy(&text);
-            let mut lines: Vec<&str> = text.lines().collect();
-            if self.cfg.header && self.decoder.format() == Format::Csv && !lines.is_empty() {
-                lines.remove(0);
-            }
-            if self.decoder.format() != Format::Text {
-                lines.retain(|l| !l.trim().is_empty());
-            }
-            let (batch, bad) = self.decoder.decode(&lines);
-            dead.extend(bad);
-            if batch.num_rows() > 0 {
-                out.push(batch);
+            let cannot = |e: std::io::Error| Error::msg(format!("cannot read {}: {e}", p.display()));
+            // Streamed: a chunk of lines at a time is decoded, never the whole file as text.
+            let file = tokio::fs::File::open(&p).await.map_err(cannot)?;
+            let mut reader = tokio::io::BufReader::with_capacity(1 << 16, file);
+            let mut raw = Vec::new();
+            let mut chunk: Vec<String> = Vec::with_capacity(CHUNK_LINES);
+            let mut first = true;
+            loop {
+                raw.clear();
+                let n = reader.read_until(b'\n', &mut raw).await.map_err(cannot)?;
+                if n > 0 {
+                    let mut line = &raw[..];
+                    if line.last() == Some(&b'\n') {
+                        line = &line[..line.len() - 1];
+                    }
+                    if line.last() == Some(&b'\r') {
+                        line = &line[..line.len() - 1];
+                    }
+                    let line = String::from_utf8_lossy(line).into_owned();
+                    let header = first && self.cfg.header && self.decoder.format() == Format::Csv;
+                    first = false;
+                    let blank = self.decoder.format() != Format::Text && line.trim().is_empty();
+                    if !header && !blank {
+                        chunk.push(line);
+                    }
+                }
+                if chunk.len() >= CHUNK_LINES || (n == 0 && !chunk.is_empty()) {
+                    let lines: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                    let (batch, bad) = self.decoder.decode(&lines);
+                    dead.extend(bad);
+                    if batch.num_rows() > 0 {
+                        out.push(batch);
+                    }
+                    chunk.clear();
+                }
+                if n == 0 {
+                    break;
+                }
             }
         }
         Ok(out)
