@@ -59,9 +59,52 @@ pub(crate) fn stop(mut child: Child) {
     assert!(status.success(), "graceful stop exited with {status}");
 }
 
-/// Start and SIGKILL the gateway `n` times at random moments, then start it for good and stop it
-/// gracefully once `finished` holds (or after a minute, and the comparison will say what is missing).
+/// SIGKILL the gateway of `dir` while a batch is certainly between its plan and its commit. Random
+/// kills mostly land between batches (a batch of these tests takes milliseconds), so on its own a
+/// crash test could pass without ever re-running a planned batch. Here the temporary names the
+/// file sink `out` will write job `copy`'s output of the next few seconds of batch times under are
+/// made FIFOs: opening one for writing waits for a reader, so the first of those batches with rows
+/// stops in its sink, after its plan was recorded. Then the kill, and the FIFOs go.
+pub(crate) fn kill_mid_batch(dir: &Path, interval_ms: i64, started: impl FnOnce()) {
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let first = (sluice_core::time::now_ms() / interval_ms + 1 + 500 / interval_ms) * interval_ms;
+    let mut fifos = Vec::new();
+    for k in 0..(6_000 / interval_ms) {
+        let p = out.join(format!(".copy-{}.json.tmp", first + k * interval_ms));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", p.display());
+        fifos.push(p);
+    }
+    let mut child = start(dir);
+    started();
+    // Past the last FIFO's batch time: a batch with rows has stopped in one by then.
+    std::thread::sleep(Duration::from_millis(6_500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for p in fifos {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The gateway of `dir` re-ran at least one batch planned before a kill (its log says so).
+pub(crate) fn assert_rerun(dir: &Path) {
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+    let n = log
+        .matches("re-running a batch planned before the restart")
+        .count();
+    assert!(n >= 1, "no planned batch was re-run after a kill:\n{log}");
+    eprintln!("{n} planned batch(es) re-run after kills");
+}
+
+/// Start and SIGKILL the gateway once in the middle of a batch and `n` times at random moments,
+/// then start it for good and stop it gracefully once `finished` holds (or after a minute, and the
+/// comparison will say what is missing). At least one planned batch must have been re-run.
 fn crash_loop(dir: &Path, n: usize, rng: &mut ChaCha8Rng, finished: impl Fn() -> bool) {
+    kill_mid_batch(dir, 100, || {});
     for _ in 0..n {
         let mut child = start(dir);
         std::thread::sleep(Duration::from_millis(rng.random_range(250..1200)));
@@ -75,6 +118,7 @@ fn crash_loop(dir: &Path, n: usize, rng: &mut ChaCha8Rng, finished: impl Fn() ->
     }
     std::thread::sleep(Duration::from_millis(300));
     stop(child);
+    assert_rerun(dir);
 }
 
 /// Rows of every batch of `job` the file sink in `out` committed, as JSON lines.

@@ -350,23 +350,46 @@ fn numbered(from: i64, to: i64, partitions: i64) -> Vec<Value> {
 
 #[test]
 fn kafka_source_survives_20_sigkills_exactly_once() {
+    kafka_crash("earliest");
+}
+
+/// The same with `start = "latest"` (the default): the start is fixed at the first start and kept,
+/// so the records produced after it are read exactly once through the kills.
+#[test]
+fn kafka_source_with_start_latest_survives_sigkills_exactly_once() {
+    kafka_crash("latest");
+}
+
+fn kafka_crash(start_at: &str) {
     let seed = seed();
-    eprintln!("kafka crash test: seed {seed}");
+    eprintln!("kafka crash test (start = {start_at}): seed {seed}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (tmp, kafka) = setup();
     let total = 12_000;
     kafka.create("numbers", 4);
-    kafka.produce("numbers", &numbered(0, total / 2, 4));
+    if start_at == "earliest" {
+        kafka.produce("numbers", &numbered(0, total / 2, 4));
+    }
     let gw = tmp.path().join("gw");
     std::fs::create_dir_all(&gw).unwrap();
     // 4 partitions × 300 records/s: the run lasts ~10 s, so the kills land mid-stream.
     let toml = pipeline(
         "kafka-crash",
         &kafka,
-        "topics = [\"numbers\"]\nformat = \"json\"\nschema = \"n bigint\"\nstart = \"earliest\"\nmax_rate_per_partition = 300",
+        &format!("topics = [\"numbers\"]\nformat = \"json\"\nschema = \"n bigint\"\nstart = \"{start_at}\"\nmax_rate_per_partition = 300"),
         "SELECT n FROM events",
     );
     std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    // First a kill certainly between a batch's plan and its commit (with `latest`, the first
+    // half is produced once the gateway has fixed its start).
+    crate::crash::kill_mid_batch(&gw, 200, || {
+        if start_at == "latest" {
+            wait_for_log(&gw, "the partitions", Duration::from_secs(30), || {
+                log_of(&gw).matches("kafka: reading partition").count() >= 4
+            });
+            kafka.produce("numbers", &numbered(0, total / 2, 4));
+        }
+    });
     let mut child = Some(start(&gw));
     let n = kills(20);
     for k in 0..n {
@@ -389,6 +412,7 @@ fn kafka_source_survives_20_sigkills_exactly_once() {
     });
     std::thread::sleep(Duration::from_millis(600));
     stop(child.take().unwrap());
+    crate::crash::assert_rerun(&gw);
     let rows = committed_rows(&out, "copy");
     let expected: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
     assert_exactly_once(

@@ -363,7 +363,12 @@ fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
     let child = start(&gw);
     wait_connected(&gw, 1);
     let publisher = paced_publisher(&broker, "numbers", qos, numbered(0, total), per_sec);
-    let mut child = Some(child);
+    // A first kill certainly between a batch's plan and its commit (the crash module's FIFOs).
+    let mut first = child;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    crate::crash::kill_mid_batch(&gw, 200, || {});
+    let mut child = None;
     let n = kills(default_kills);
     for _ in 0..n {
         std::thread::sleep(Duration::from_millis(rng.random_range(250..1200)));
@@ -374,6 +379,9 @@ fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
         std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         child = Some(start(&gw));
     }
+    if child.is_none() {
+        child = Some(start(&gw));
+    }
     publisher.join().unwrap();
     let out = gw.join("out");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -382,6 +390,7 @@ fn crash_run(qos: u8, total: usize, default_kills: usize, per_sec: usize) {
     }
     std::thread::sleep(Duration::from_millis(500));
     stop(child.take().unwrap());
+    crate::crash::assert_rerun(&gw);
     let rows = committed_rows(&out, "copy");
     if let Ok(keep) = std::env::var("SLUICE_TEST_KEEP") {
         let _ = std::process::Command::new("cp")

@@ -186,7 +186,8 @@ impl ReplayableSource for FileSource {
         let mut out = Vec::new();
         for f in files {
             let p = self.dir.join(&f);
-            let cannot = |e: std::io::Error| Error::msg(format!("cannot read {}: {e}", p.display()));
+            let cannot =
+                |e: std::io::Error| Error::msg(format!("cannot read {}: {e}", p.display()));
             // Streamed: a chunk of lines at a time is decoded, never the whole file as text.
             let file = tokio::fs::File::open(&p).await.map_err(cannot)?;
             let mut reader = tokio::io::BufReader::with_capacity(1 << 16, file);
