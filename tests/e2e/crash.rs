@@ -208,6 +208,8 @@ const GENERATOR: &str = r#"
 name = "crash-generator"
 batch_interval = "100ms"
 checkpoint_dir = "checkpoint"
+# Small WAL segments: they roll every few blocks, so kills also land during rolls.
+wal = { segment_bytes = 32768 }
 
 [sources.readings]
 type = "generator"
@@ -395,7 +397,7 @@ fn socket_source_survives_sigkill_without_duplicates() {
 name = "crash-socket"
 batch_interval = "100ms"
 checkpoint_dir = "checkpoint"
-wal = {{ sync = "interval", sync_interval = "20ms" }}
+wal = {{ sync = "interval", sync_interval = "20ms", segment_bytes = 32768 }}
 
 [sources.lines]
 type = "socket"
