@@ -7,6 +7,7 @@
 #                   the bundled librdkafka (Kafka connector) with compression and TLS
 # and with `--tests` (tests/run.sh passes it) what the tests start and read with:
 #   procps          `kill`, used by the crash tests
+#   strace          the power-loss test checks that every rename is followed by a directory sync
 #   mosquitto, mosquitto-clients
 #                   the MQTT broker the mqtt tests start on a loopback port of their own, and
 #                   mosquitto_pub / mosquitto_sub / mosquitto_passwd as independent clients
@@ -44,7 +45,7 @@ apt_install() {
 apt_install librocksdb-dev libclang-dev zlib1g-dev libssl-dev pkg-config
 [ "${1:-}" = "--tests" ] || exit 0
 
-apt_install procps mosquitto mosquitto-clients python3-venv
+apt_install procps strace mosquitto mosquitto-clients python3-venv
 apt_install --no-install-recommends -- ceph-mon ceph-osd radosgw uuid-runtime curl
 
 tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"
