@@ -38,11 +38,11 @@ fn lines(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{tag} {i}")).collect()
 }
 
-/// The `line` column of every JSON-lines file a file sink wrote in `out`, with counts.
-fn written(out: &Path) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
+/// Every row of the JSON-lines files a file sink wrote in `out` (not its temporary files).
+fn json_lines(out: &Path) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
     let Ok(rd) = std::fs::read_dir(out) else {
-        return m;
+        return rows;
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -50,10 +50,18 @@ fn written(out: &Path) -> BTreeMap<String, usize> {
             continue;
         }
         for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            *m.entry(v["line"].as_str().unwrap().to_string())
-                .or_default() += 1;
+            rows.push(serde_json::from_str(l).unwrap());
         }
+    }
+    rows
+}
+
+/// The `line` column of every row a file sink wrote in `out`, with counts.
+fn written(out: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for v in json_lines(out) {
+        *m.entry(v["line"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     m
 }
@@ -488,18 +496,10 @@ path = "rejected"
 
     let (code, log) = run(&["--duration", "3s"]);
     assert_eq!(code, Some(0), "{log}");
-    let nums: BTreeMap<String, usize> = {
-        let mut m = BTreeMap::new();
-        for e in std::fs::read_dir(dir.path().join("out")).unwrap().flatten() {
-            if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-                for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    *m.entry(v["n"].to_string()).or_default() += 1;
-                }
-            }
-        }
-        m
-    };
+    let mut nums: BTreeMap<String, usize> = BTreeMap::new();
+    for v in json_lines(&dir.path().join("out")) {
+        *nums.entry(v["n"].to_string()).or_default() += 1;
+    }
     assert_eq!(
         nums,
         ["1", "2", "3", "4"]
@@ -509,18 +509,7 @@ path = "rejected"
         "every row of a.txt and c.txt once; b.txt skipped"
     );
     assert!(dir.path().join("bysite/site=site-a").is_dir());
-    let rejected: Vec<serde_json::Value> = std::fs::read_dir(dir.path().join("rejected"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let rejected = json_lines(&dir.path().join("rejected"));
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(
         rejected[0]["reason"]
@@ -601,17 +590,7 @@ path = "rejected"
             .collect(),
         "no part of the long line is a record"
     );
-    let mut letters = Vec::new();
-    for e in std::fs::read_dir(dir.path().join("rejected"))
-        .unwrap()
-        .flatten()
-    {
-        if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-                letters.push(serde_json::from_str::<serde_json::Value>(l).unwrap());
-            }
-        }
-    }
+    let letters = json_lines(&dir.path().join("rejected"));
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0]["reason"]
@@ -686,20 +665,15 @@ fn wal_blocks_received_before_a_schema_change_are_read_by_column_name() {
     peer.flush().unwrap();
     let out = dir.path().join("out");
     let rows = || -> Vec<(i64, String)> {
-        let mut v = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&out) {
-            for e in rd.flatten() {
-                if e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.') {
-                    for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-                        let r: serde_json::Value = serde_json::from_str(l).unwrap();
-                        v.push((
-                            r["a"].as_i64().unwrap_or(-1),
-                            r["b"].as_str().unwrap_or("").to_string(),
-                        ));
-                    }
-                }
-            }
-        }
+        let mut v: Vec<(i64, String)> = json_lines(&out)
+            .iter()
+            .map(|r| {
+                (
+                    r["a"].as_i64().unwrap_or(-1),
+                    r["b"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
         v.sort();
         v
     };

@@ -9,8 +9,8 @@ use sluice_wal::{store::dir_bytes, Store};
 use std::fmt::Write;
 use std::path::Path;
 
-/// The report, as printed.
-pub fn inspect(dir: &Path) -> Result<String> {
+/// The store folder of the checkpoint in `dir`, if it is one.
+fn checkpoint_store(dir: &Path) -> Result<std::path::PathBuf> {
     let store_dir = ck::store_dir(dir);
     if !Store::exists(&store_dir) {
         return Err(Error::msg(format!(
@@ -19,6 +19,12 @@ pub fn inspect(dir: &Path) -> Result<String> {
             store_dir.display()
         )));
     }
+    Ok(store_dir)
+}
+
+/// The report, as printed.
+pub fn inspect(dir: &Path) -> Result<String> {
+    let store_dir = checkpoint_store(dir)?;
     let store = Store::open_read_only(&store_dir)?;
     let mut out = String::new();
     let w = &mut out;
@@ -150,13 +156,7 @@ pub fn inspect(dir: &Path) -> Result<String> {
 /// Repair every write-ahead log of the checkpoint in `dir`; the report, as printed.
 pub fn repair(dir: &Path) -> Result<String> {
     let wal = dir.join("wal");
-    if !Store::exists(&ck::store_dir(dir)) {
-        return Err(Error::msg(format!(
-            "{} is not a sluice checkpoint directory (no {})",
-            dir.display(),
-            ck::store_dir(dir).display()
-        )));
-    }
+    checkpoint_store(dir)?;
     let mut out = String::new();
     let w = &mut out;
     let mut logs: Vec<std::path::PathBuf> = match std::fs::read_dir(&wal) {
@@ -207,14 +207,7 @@ pub fn repair(dir: &Path) -> Result<String> {
 
 /// Record the operator's skip of planned batch `t` in the checkpoint in `dir`; the report.
 pub fn skip(dir: &Path, t: i64) -> Result<String> {
-    let store_dir = ck::store_dir(dir);
-    if !Store::exists(&store_dir) {
-        return Err(Error::msg(format!(
-            "{} is not a sluice checkpoint directory (no {})",
-            dir.display(),
-            store_dir.display()
-        )));
-    }
+    let store_dir = checkpoint_store(dir)?;
     let store = Store::open(&store_dir)
         .map_err(|e| Error::msg(format!("{e} (is the gateway still running? stop it first)")))?;
     let last: Option<Done> = store.get_json("last")?;

@@ -84,6 +84,20 @@ enum CheckpointCmd {
     },
 }
 
+/// A command's report on stdout (exit 0), or its error on stderr (exit 1).
+fn printed(report: sluice_core::Result<String>) -> ExitCode {
+    match report {
+        Ok(r) => {
+            print!("{r}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     sluice_core::time::parse_duration(s)
         .map_err(|e| format!("expected a duration such as 500ms, 10s or 5m: {e}"))
@@ -230,42 +244,11 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Checkpoint {
-                which: CheckpointCmd::Skip { dir, batch },
-            } => match sluice::inspect::skip(&dir, batch) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            },
-            Command::Checkpoint {
-                which: CheckpointCmd::Repair { dir },
-            } => match sluice::inspect::repair(&dir) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            },
-            Command::Checkpoint {
-                which: CheckpointCmd::Inspect { dir },
-            } => match sluice::inspect::inspect(&dir) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            },
+            Command::Checkpoint { which } => printed(match which {
+                CheckpointCmd::Inspect { dir } => sluice::inspect::inspect(&dir),
+                CheckpointCmd::Skip { dir, batch } => sluice::inspect::skip(&dir, batch),
+                CheckpointCmd::Repair { dir } => sluice::inspect::repair(&dir),
+            }),
             Command::Bench { which } => match bench::run(which).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
