@@ -957,15 +957,24 @@ port = {}
 protocol = "5"
 topic = "denied/words"
 qos = 1
+ack_timeout = "10s"
 "#,
         broker.port
     );
-    let (code, log) = run("refusedpub", &sink);
-    assert_eq!(code, Some(1), "{log}");
-    assert!(
-        log.contains("did not take a message (PUBACK NotAuthorized)"),
-        "{log}"
-    );
+    // Every run fails (a refused publish is never counted as delivered). Under load the first
+    // connection has been seen to drop and the client to lose its unacknowledged publishes, so
+    // the batch ran into `ack_timeout` instead: at most three runs, one must name the reason.
+    let mut named = false;
+    for attempt in 0..3 {
+        let (code, log) = run(&format!("refusedpub{attempt}"), &sink);
+        assert_eq!(code, Some(1), "{log}");
+        if log.contains("did not take a message (PUBACK NotAuthorized)") {
+            named = true;
+            break;
+        }
+        assert!(log.contains("no progress in 10s"), "{log}");
+    }
+    assert!(named, "no run saw the broker's PUBACK reason");
 
     // validate: a clean session is not a kept one; QoS 0 out is at-most-once.
     let dir = tmp.path().join("validate");
