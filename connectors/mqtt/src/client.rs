@@ -46,6 +46,9 @@ pub enum Event {
     SubAck(Vec<Option<u8>>),
     /// Our PUBACK / PUBREC for a received message was written out.
     Acked(u16),
+    /// Our PUBCOMP was written out: the QoS 2 exchange of that packet id is over, so the broker
+    /// will not send that message again, and may give the id to a new one.
+    Completed(u16),
     /// A probe (UNSUBSCRIBE of a filter nobody uses) was written out with this packet id ...
     ProbeSent(u16),
     /// ... and the broker answered it: it has read everything written before the probe.
@@ -397,7 +400,7 @@ async fn drive(mut el: impl EventLoop, tx: mpsc::Sender<Event>, released: Releas
             Ok(Polled::ProbeAnswered(pkid)) => Event::ProbeAnswered(pkid),
             Ok(Polled::PubCompSent(pkid)) => {
                 released.lock().unwrap().remove(&pkid);
-                continue;
+                Event::Completed(pkid)
             }
             Ok(Polled::Other) => continue,
             Err(f) => {

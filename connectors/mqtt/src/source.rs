@@ -493,6 +493,7 @@ impl Receiver for MqttReceiver {
                     }
                     Some(Event::PublishFailed(_)) => {}
                     Some(Event::Acked(pkid)) => remembered.acked(pkid),
+                    Some(Event::Completed(pkid)) => remembered.completed(pkid),
                     Some(Event::ProbeSent(pkid)) => remembered.probe_sent(pkid),
                     Some(Event::ProbeAnswered(pkid)) => remembered.probe_answered(pkid),
                     Some(Event::Published) => {}
