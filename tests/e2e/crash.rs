@@ -208,8 +208,9 @@ const GENERATOR: &str = r#"
 name = "crash-generator"
 batch_interval = "100ms"
 checkpoint_dir = "checkpoint"
-# Small WAL segments: they roll every few blocks, so kills also land during rolls.
-wal = { segment_bytes = 32768 }
+# Small WAL segments and a small store memtable: segments roll every few blocks and RocksDB
+# flushes every few commits, so kills also land during rolls and flushes.
+wal = { segment_bytes = 32768, store_write_buffer = "64KiB" }
 
 [sources.readings]
 type = "generator"
@@ -259,6 +260,20 @@ fn gen_run(kills: usize, rng: &mut ChaCha8Rng) -> PathBuf {
     std::fs::write(dir.join("pipeline.toml"), GENERATOR).unwrap();
     let out = dir.join("out");
     crash_loop(&dir, kills, rng, || committed_count(&out, "copy") >= 6000);
+    // RocksDB's own log: memtable flushes for a full write buffer (not only those at recovery).
+    let flushes: usize = std::fs::read_dir(dir.join("checkpoint/store"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches("\"flush_reason\": \"Write Buffer Full\"")
+                .count()
+        })
+        .sum();
+    assert!(flushes > 0, "the store flushed its memtable during the run");
+    eprintln!("{flushes} store flushes for a full write buffer");
     dir
 }
 

@@ -98,6 +98,10 @@ pub struct WalConfig {
     /// segments are deleted once every batch that read them is committed.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// The checkpoint store's (RocksDB's) memtable size: past it, what the commits wrote is
+    /// flushed to a table file (default 64 MiB, RocksDB's). Smaller flushes more often.
+    #[serde(default)]
+    pub store_write_buffer: Option<bytesize::ByteSize>,
 }
 
 impl Default for WalConfig {
@@ -106,6 +110,7 @@ impl Default for WalConfig {
             sync: WalSync::default(),
             sync_interval: default_sync_interval(),
             segment_bytes: default_segment_bytes(),
+            store_write_buffer: None,
         }
     }
 }

@@ -415,7 +415,10 @@ impl Pipeline {
         let store_dir = ck::store_dir(&dir);
         sluice_core::fs::create_dir(&store_dir, sluice_core::fs::Access::Private)
             .map_err(|e| Error::msg(format!("cannot create {}: {e}", store_dir.display())))?;
-        let store = Store::open(&store_dir)?;
+        let store = Store::open_with(
+            &store_dir,
+            self.app.wal.store_write_buffer.map(|b| b.as_u64() as usize),
+        )?;
         ck::check_compatible(&dir, &store, &self.fingerprint())?;
         let policy = match self.app.wal.sync {
             WalSync::EveryBlock => SyncPolicy::EveryBlock,

@@ -53,8 +53,16 @@ fn db_err(path: &Path, e: rocksdb::Error) -> Error {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        Self::open_with(path, None)
+    }
+
+    /// [`Store::open`] with a memtable of `write_buffer` bytes (None: RocksDB's 64 MiB).
+    pub fn open_with(path: &Path, write_buffer: Option<usize>) -> Result<Store> {
         crate::rocks_log::check(path)?;
         let mut opts = Options::default();
+        if let Some(b) = write_buffer {
+            opts.set_write_buffer_size(b);
+        }
         opts.create_if_missing(true);
         opts.set_paranoid_checks(true);
         opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
