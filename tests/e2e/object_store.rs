@@ -459,7 +459,7 @@ fn object_store_survives_20_sigkills_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let s3 = S3::start(tmp.path(), &["lake"]);
     let toml = format!(
-        "\n[sinks.batches]\ntype = \"object_store\"\n{}format = \"json\"\n\n[sinks.rolled]\ntype = \"object_store\"\n{}format = \"parquet\"\nmax_file_size = \"40KiB\"\nmax_file_age = \"2s\"\npartition_by = [\"site\"]\n",
+        "\n[sinks.batches]\ntype = \"object_store\"\n{}format = \"json\"\n\n[sinks.rolled]\ntype = \"object_store\"\n{}format = \"parquet\"\nmax_file_size = \"40KiB\"\nmax_file_age = \"2s\"\npartition_by = [\"site\"]\n\n[sinks.out]\ntype = \"file\"\npath = \"out\"\n",
         s3.keys("lake/batches", SK),
         s3.keys("lake/rolled", SK)
     );
@@ -471,6 +471,9 @@ fn object_store_survives_20_sigkills_exactly_once() {
         pipeline("os-crash", count, 1000, &toml),
     )
     .unwrap();
+    // First a kill certainly between a batch's plan and its commit: the local file sink `out`
+    // (written after the two object-store sinks) stops on a FIFO.
+    crate::crash::kill_mid_batch(&gw, 100, || {});
     for _ in 0..n {
         let mut child = start(&gw);
         std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
@@ -488,6 +491,7 @@ fn object_store_survives_20_sigkills_exactly_once() {
     assert_exactly_once("rolled objects", &expected, &committed_rows(&r, "copy"));
     let log = std::fs::read_to_string(gw.join("gateway.log")).unwrap();
     assert!(n == 0 || log.contains("resuming from the checkpoint"));
+    crate::crash::assert_rerun(&gw);
 }
 
 pub(crate) fn run_expecting_failure(dir: &Path, toml: &str) -> String {
