@@ -1512,3 +1512,44 @@ fn kafka_replay_beside_a_live_gateway_that_is_killed_keeps_both_outputs_exact() 
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("replay-")));
 }
+
+/// Issue 18: a `SELECT *` from a Kafka source carries each record's source topic in its `topic`
+/// column, and the sink used to route by it — writing every record back into its source topic.
+/// Per-row routing is now asked for with `topic_column = true`.
+#[test]
+fn kafka_select_star_into_a_kafka_sink_never_writes_back_to_the_source_topic() {
+    let (tmp, kafka) = setup();
+    kafka.create("src", 2);
+    kafka.create("dst", 1);
+    kafka.produce("src", &numbered(0, 50, 2));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let toml = format!(
+        r#"{}
+[jobs.copy]
+sql = "SELECT * FROM events"
+sinks = ["out"]
+
+[sinks.out]
+type = "kafka"
+bootstrap_servers = "{b}"
+topic = "dst"
+exactly_once = false
+"#,
+        input_of("star", &kafka).replace("topics = [\"in\"]", "topics = [\"src\"]"),
+        b = kafka.bootstrap()
+    );
+    std::fs::write(gw.join("pipeline.toml"), &toml).unwrap();
+    let mut child = start(&gw);
+    let copied = kafka.consume("dst", 50, 20);
+    std::thread::sleep(Duration::from_millis(1000));
+    let status = crate::common::terminate(&mut child);
+    assert!(status.success(), "{}", log_of(&gw));
+    assert_eq!(copied.len(), 50, "every record in the sink's topic");
+    let source = kafka.consume("src", 50, 5);
+    assert_eq!(
+        source.len(),
+        50,
+        "nothing written back into the source topic"
+    );
+}

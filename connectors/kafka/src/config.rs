@@ -140,6 +140,11 @@ pub struct KafkaSinkConfig {
     /// topic in that column, and would otherwise write it back into the topic it came from.
     #[serde(default)]
     pub topic_column: bool,
+    /// Send each record to the partition in the row's `partition` column (rows with a NULL one
+    /// go through the partitioner). Off by default, for the same reason as `topic_column`: the
+    /// source's partition numbers need not exist in the sink's topic.
+    #[serde(default)]
+    pub partition_column: bool,
     /// How rows without a `value` column become record values: `json` (default; one object per
     /// row), `csv` (no header), `text` (the single remaining column) or `avro` (one datum per row,
     /// with a record schema derived from the columns: docs/kafka.md shows the mapping).

@@ -280,7 +280,8 @@ impl KafkaSink {
                 }
                 None => vec![None; b.num_rows()],
             };
-            let partitions: Vec<Option<i32>> = match partition {
+            let partitions: Vec<Option<i32>> = match partition.filter(|_| self.cfg.partition_column)
+            {
                 Some(i) => {
                     let c = cast(b.column(i), &DataType::Int32)?;
                     let c = c.as_primitive::<Int32Type>();
@@ -603,6 +604,7 @@ mod tests {
                 bootstrap_servers: "127.0.0.1:1".into(),
                 topic: "t".into(),
                 topic_column: true,
+                partition_column: true,
                 format,
                 avro_wire: Default::default(),
                 avro_schema_id: None,
