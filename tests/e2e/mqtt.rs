@@ -1006,4 +1006,27 @@ ack_timeout = "10s"
         "{text}"
     );
     assert!(!text.contains("exactly-once"), "{text}");
+    // A kept session with QoS 1: exactly-once, with what QoS 1 cannot tell apart said under it.
+    let toml = pipeline(
+        "qos1",
+        broker.port,
+        "topics = [\"allowed/#\"]",
+        "SELECT payload FROM readings",
+    );
+    std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
+    let out = sluice()
+        .current_dir(&dir)
+        .args(["validate", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("readings (acknowledged) -> out: exactly-once"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    but: QoS 1 filters: a new message that reuses the packet id"),
+        "{text}"
+    );
 }

@@ -75,6 +75,7 @@ impl SourceFactory for FileSourceFactory {
                 seen: HashSet::new(),
                 started: false,
             })),
+            caveat: None,
         })
     }
 }

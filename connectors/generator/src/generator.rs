@@ -121,6 +121,7 @@ impl SourceFactory for GeneratorFactory {
             schema: decoder.schema(),
             guarantee: Guarantee::Unacknowledged,
             runtime: SourceRuntime::Receiver(Box::new(GeneratorReceiver { cfg, decoder })),
+            caveat: None,
         })
     }
 }

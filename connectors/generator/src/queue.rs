@@ -44,6 +44,7 @@ impl SourceFactory for QueueFactory {
                 decoder,
                 next: 0,
             })),
+            caveat: None,
         })
     }
 }

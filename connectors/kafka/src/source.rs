@@ -234,6 +234,7 @@ impl SourceFactory for KafkaSourceFactory {
                 scale,
                 cfg,
             })),
+            caveat: None,
         })
     }
 }

@@ -190,6 +190,13 @@ impl SourceFactory for MqttSourceFactory {
             schema: schema.clone(),
             // With a clean session the broker forgets what it had not delivered at a disconnect
             // (and a crash): only a kept session resends until the gateway acknowledges.
+            caveat: (filters.iter().any(|(_, q)| *q == 1) && !conn.clean_session).then(|| {
+                "QoS 1 filters: a new message that reuses the packet id of one whose acknowledgement \
+                 the broker has not yet shown it read, with the same topic and payload, and is itself \
+                 redelivered after a reconnect, is taken for that one (MQTT cannot tell them apart; \
+                 QoS 2 can)"
+                    .to_string()
+            }),
             guarantee: if filters.iter().all(|(_, q)| *q > 0) && !conn.clean_session {
                 Guarantee::Acknowledged
             } else {

@@ -108,6 +108,7 @@ impl SourceFactory for SocketSourceFactory {
                 decoder,
                 name: name.to_string(),
             })),
+            caveat: None,
         })
     }
 }

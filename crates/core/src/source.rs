@@ -169,4 +169,7 @@ pub struct BuiltSource {
     pub schema: SchemaRef,
     pub guarantee: Guarantee,
     pub runtime: SourceRuntime,
+    /// What this source cannot promise beyond its guarantee, in a sentence: `sluice validate`
+    /// prints it under each of its paths and the gateway logs it at start.
+    pub caveat: Option<String>,
 }

@@ -30,6 +30,7 @@ pub(crate) struct SourceSlot {
     /// The connector type (`socket`, `file`, …).
     pub kind: String,
     pub guarantee: Guarantee,
+    pub caveat: Option<String>,
     pub runtime: Option<SourceRuntime>,
 }
 
@@ -84,6 +85,7 @@ impl Pipeline {
                         name: c.name.clone(),
                         kind: c.kind.clone(),
                         guarantee: built.guarantee,
+                        caveat: built.caveat,
                         runtime: Some(built.runtime),
                     });
                 }
@@ -190,6 +192,9 @@ impl Pipeline {
                         (true, _, false) => "at-least-once: re-run batches are written again (the sink is not idempotent)",
                     };
                     lines.push(format!("  {} ({}) -> {}: {}", s.name, s.guarantee, k, g));
+                    if let Some(c) = &s.caveat {
+                        lines.push(format!("    but: {c}"));
+                    }
                 }
             }
         }

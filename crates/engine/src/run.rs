@@ -250,6 +250,11 @@ impl Pipeline {
 
         let started = Instant::now();
         let mut summary = RunSummary::default();
+        for s in &self.sources {
+            if let Some(c) = &s.caveat {
+                tracing::warn!(source = %s.name, guarantee = %s.guarantee, "{c}");
+            }
+        }
         tracing::info!(app = %self.app.name, interval = %sluice_core::time::format_duration(interval), "started");
         for plan in pending {
             let t = BatchTime(plan.time);
