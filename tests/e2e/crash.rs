@@ -66,12 +66,22 @@ pub(crate) fn stop(mut child: Child) {
 /// made FIFOs: opening one for writing waits for a reader, so the first of those batches with rows
 /// stops in its sink, after its plan was recorded. Then the kill, and the FIFOs go.
 pub(crate) fn kill_mid_batch(dir: &Path, interval_ms: i64, started: impl FnOnce()) {
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    kill_mid_batch_in(dir, &dir.join("out"), "copy", interval_ms, started)
+}
+
+/// [`kill_mid_batch`] for a file sink writing JSON in `out` and a job named `job`.
+pub(crate) fn kill_mid_batch_in(
+    dir: &Path,
+    out: &Path,
+    job: &str,
+    interval_ms: i64,
+    started: impl FnOnce(),
+) {
+    std::fs::create_dir_all(out).unwrap();
     let first = (sluice_core::time::now_ms() / interval_ms + 1 + 500 / interval_ms) * interval_ms;
     let mut fifos = Vec::new();
     for k in 0..(6_000 / interval_ms) {
-        let p = out.join(format!(".copy-{}.json.tmp", first + k * interval_ms));
+        let p = out.join(format!(".{job}-{}.json.tmp", first + k * interval_ms));
         let made = std::process::Command::new("mkfifo")
             .arg(&p)
             .status()

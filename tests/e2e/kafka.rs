@@ -1055,12 +1055,34 @@ fn kafka_scale_out_example_two_gateways_share_partitions_through_kills_exactly_o
             .matches("kafka: the group assigned partitions")
             .count()
     };
+    // First A is killed certainly between a batch's plan (claimed in the plan log) and its
+    // commit: its file sink's next temporary names under out/<instance>/ are FIFOs.
+    let shown = crate::common::sluice()
+        .current_dir(&gws[0])
+        .args(["validate", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let a_instance = shown
+        .split("this gateway is instance `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .unwrap_or_else(|| panic!("validate names the instance: {shown}"))
+        .to_string();
+    crate::crash::kill_mid_batch_in(
+        &gws[0],
+        &gws[0].join("out").join(&a_instance),
+        "clean",
+        200,
+        || {},
+    );
+    let before = assigned(&gws[0]);
     let mut a = start(&gws[0]);
     wait_for_log(
         &gws[0],
         "a's first assignment",
         Duration::from_secs(30),
-        || assigned(&gws[0]) >= 1,
+        || assigned(&gws[0]) > before,
     );
     let mut b = start(&gws[1]);
     wait_for_log(&gws[1], "b's share", Duration::from_secs(30), || {
@@ -1181,6 +1203,7 @@ fn kafka_scale_out_example_two_gateways_share_partitions_through_kills_exactly_o
         logs.matches("claimed some of this batch's ranges first")
             .count()
     );
+    crate::crash::assert_rerun(&gws[0]);
 }
 
 const READING_AVSC: &str = r#"{"type": "record", "name": "reading", "namespace": "iot", "fields": [
