@@ -30,10 +30,15 @@ pub(crate) fn seed() -> u64 {
 }
 
 pub(crate) fn start(dir: &Path) -> Child {
+    start_logged(dir, "gateway.log")
+}
+
+/// `sluice run pipeline.toml` in `dir`, with info logs appended to `dir/<log>`.
+pub(crate) fn start_logged(dir: &Path, log: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("gateway.log"))
+        .open(dir.join(log))
         .unwrap();
     sluice()
         .env("RUST_LOG", "info")

@@ -5,24 +5,11 @@
 //! - checkpoint files are the owner's only, and secrets never reach a message (defect 10).
 
 use crate::common::{kill9, sluice, terminate, wait_for};
+use crate::crash::start_logged;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
-
-/// Start `sluice run pipeline.toml` in `dir` with info logs into `dir/<log>`.
-fn start(dir: &Path, log: &str, extra: &[&str]) -> Child {
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    sluice()
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .args(["run", "pipeline.toml"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
-}
 
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
@@ -107,7 +94,7 @@ fn file_source_new_files_only_means_not_there_when_the_gateway_first_started() {
     let old = lines("old", 100);
     move_in(&input, "old.txt", &old);
     std::fs::write(dir.path().join("pipeline.toml"), file_pipeline("2s")).unwrap();
-    let mut gw = start(dir.path(), "run1.log", &[]);
+    let mut gw = start_logged(dir.path(), "run1.log");
     wait_for("the gateway to start", Duration::from_secs(60), || {
         log(dir.path(), "run1.log").contains("started")
     });
@@ -131,7 +118,7 @@ fn file_source_new_files_only_means_not_there_when_the_gateway_first_started() {
     move_in(&input, "old.txt", &old);
     // An hour's interval: the first batch is never planned before the kill.
     std::fs::write(dir.path().join("pipeline.toml"), file_pipeline("1h")).unwrap();
-    let mut gw = start(dir.path(), "run1.log", &[]);
+    let mut gw = start_logged(dir.path(), "run1.log");
     wait_for("the gateway to start", Duration::from_secs(60), || {
         log(dir.path(), "run1.log").contains("started")
     });
@@ -139,7 +126,7 @@ fn file_source_new_files_only_means_not_there_when_the_gateway_first_started() {
     let c = lines("c", 300);
     move_in(&input, "c.txt", &c);
     std::fs::write(dir.path().join("pipeline.toml"), file_pipeline("500ms")).unwrap();
-    let mut gw = start(dir.path(), "run2.log", &[]);
+    let mut gw = start_logged(dir.path(), "run2.log");
     let out = dir.path().join("out");
     let want = expected(&[&c]);
     wait_for(
@@ -569,7 +556,7 @@ path = "rejected"
         ),
     )
     .unwrap();
-    let mut gw = start(dir.path(), "run.log", &[]);
+    let mut gw = start_logged(dir.path(), "run.log");
     let (mut peer, _) = listener.accept().unwrap();
     let long = vec![b'x'; 3 << 20];
     peer.write_all(b"before\n").unwrap();
@@ -639,7 +626,7 @@ fn wal_blocks_received_before_a_schema_change_are_read_by_column_name() {
     let port = listener.local_addr().unwrap().port();
     let cfg = dir.path().join("pipeline.toml");
     std::fs::write(&cfg, socket_csv(port, "a bigint, b string", "1h")).unwrap();
-    let mut gw = start(dir.path(), "run1.log", &[]);
+    let mut gw = start_logged(dir.path(), "run1.log");
     let (mut peer, _) = listener.accept().unwrap();
     peer.write_all(b"1,x\n2,y\n").unwrap();
     peer.flush().unwrap();
@@ -659,7 +646,7 @@ fn wal_blocks_received_before_a_schema_change_are_read_by_column_name() {
     drop(peer);
     // The schema's columns change order; the blocks in the log keep theirs.
     std::fs::write(&cfg, socket_csv(port, "b string, a bigint", "200ms")).unwrap();
-    let mut gw = start(dir.path(), "run2.log", &[]);
+    let mut gw = start_logged(dir.path(), "run2.log");
     let (mut peer, _) = listener.accept().unwrap();
     peer.write_all(b"z,3\n").unwrap();
     peer.flush().unwrap();

@@ -74,7 +74,7 @@ impl SinkFactory for FileSinkFactory {
             Some(scope) => dir.join(scope),
             None => dir,
         };
-        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let name = sluice_core::options::component_name(path).to_string();
         Ok(Box::new(FileSink { cfg, dir, name }))
     }
 }

@@ -39,7 +39,7 @@ impl SinkFactory for KafkaSinkFactory {
         options: serde_json::Value,
     ) -> std::result::Result<Box<dyn Sink>, ConfigError> {
         let cfg: KafkaSinkConfig = sluice_core::options::parse(path, options)?;
-        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let name = sluice_core::options::component_name(path).to_string();
         check_properties(path, &cfg.properties)?;
         if cfg.topic.trim().is_empty() {
             return Err(ConfigError::new(

@@ -56,7 +56,7 @@ impl SourceFactory for KafkaSourceFactory {
         options: serde_json::Value,
     ) -> std::result::Result<BuiltSource, ConfigError> {
         let cfg: KafkaSourceConfig = sluice_core::options::parse(path, options)?;
-        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let name = sluice_core::options::component_name(path).to_string();
         let ways = [
             !cfg.topics.is_empty(),
             cfg.topic_pattern.is_some(),

@@ -161,6 +161,13 @@ pub fn split(options: serde_json::Value) -> (serde_json::Value, serde_json::Valu
 
 /// What the broker is called in logs and errors (never with credentials).
 impl Connection {
+    /// User name and password for the client library (the only place the password is exposed).
+    fn credentials(&self) -> Option<(String, String)> {
+        let user = self.username.clone()?;
+        let password = self.password.as_ref().map(|p| p.expose().to_string());
+        Some((user, password.unwrap_or_default()))
+    }
+
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         format!("{scheme}://{}:{}", self.host, self.port)
@@ -241,14 +248,8 @@ impl Options {
                     .set_inflight(inflight.max(1))
                     .set_max_packet_size(256 << 20, 256 << 20)
                     .set_request_channel_capacity(inflight as usize * 2 + 64);
-                if let Some(u) = &c.username {
-                    o.set_credentials(
-                        u.clone(),
-                        c.password
-                            .as_ref()
-                            .map(|p| p.expose().to_string())
-                            .unwrap_or_default(),
-                    );
+                if let Some((user, password)) = c.credentials() {
+                    o.set_credentials(user, password);
                 }
                 if let Some(t) = transport {
                     o.set_transport(t);
@@ -269,14 +270,8 @@ impl Options {
                         c.session_expiry.as_secs().min(u32::MAX as u64) as u32,
                     ));
                 }
-                if let Some(u) = &c.username {
-                    o.set_credentials(
-                        u.clone(),
-                        c.password
-                            .as_ref()
-                            .map(|p| p.expose().to_string())
-                            .unwrap_or_default(),
-                    );
+                if let Some((user, password)) = c.credentials() {
+                    o.set_credentials(user, password);
                 }
                 if let Some(t) = transport {
                     o.set_transport(t);

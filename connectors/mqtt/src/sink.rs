@@ -120,7 +120,7 @@ impl SinkFactory for MqttSinkFactory {
             ));
         }
         let template = parse_template(path, &cfg.topic)?;
-        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let name = sluice_core::options::component_name(path).to_string();
         // A re-run batch publishes again; a session carried across restarts would only bring
         // acknowledgements for packets this process never sent.
         conn.clean_session = true;

@@ -116,7 +116,7 @@ impl SourceFactory for MqttSourceFactory {
         let (conn, rest) = connection::split(options);
         let cfg: MqttSourceConfig = sluice_core::options::parse(path, rest)?;
         let conn: Connection = sluice_core::options::parse(path, conn)?;
-        let name = path.rsplit('.').next().unwrap_or(path).to_string();
+        let name = sluice_core::options::component_name(path).to_string();
         let mut filters = Vec::new();
         for (i, t) in cfg.topics.iter().enumerate() {
             let (filter, qos) = match t {

@@ -90,7 +90,7 @@ impl SourceFactory for SocketSourceFactory {
         options: serde_json::Value,
     ) -> Result<BuiltSource, ConfigError> {
         let cfg: SocketSourceConfig = sluice_core::options::parse(path, options)?;
-        let name = path.rsplit('.').next().unwrap_or(path);
+        let name = sluice_core::options::component_name(path);
         let decoder =
             Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.block_lines == 0 {

@@ -105,7 +105,8 @@ mod tests {
 
     #[test]
     fn private_files_and_folders_are_for_the_owner_only() {
-        let root = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let f = root.join("a/b/c.bin");
         write_atomically(&f, b"x", Access::Private).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"x");
@@ -117,16 +118,5 @@ mod tests {
         write_atomically(&f, b"yz", Access::Private).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"yz");
         assert_eq!(std::fs::read_dir(root.join("a/b")).unwrap().count(), 1);
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "sluice-core-fs-{}-{}",
-            std::process::id(),
-            crate::time::now_ms()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        p
     }
 }

@@ -5,6 +5,11 @@ use crate::error::{join_path, ConfigError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// The component's name in its key path (`sources.lines` → `lines`).
+pub fn component_name(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
 /// Deserialize `value` (the options of the component at `path`) into `T`.
 ///
 /// `T` should use `#[serde(deny_unknown_fields)]` so misspelt keys are rejected with a suggestion.
@@ -19,7 +24,6 @@ pub fn parse<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ConfigE
         };
         let msg = e.inner().to_string();
         let full = join_path(path, &inner_path);
-        // A credential's value is never shown, not even when it is wrong.
         from_serde_message(&full, &msg, lookup(&found_root, &inner_path))
     })
 }
@@ -77,6 +81,7 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
             None => err,
         };
     }
+    // A credential's value is never shown, not even when it is wrong.
     if crate::secret::is_secret_key(path) && !msg.starts_with("missing field `") {
         return ConfigError::new(
             path,

@@ -10,9 +10,6 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
     /// The value, for the client library that sends it. Never format it into a message.
     pub fn expose(&self) -> &str {
         &self.0

@@ -242,8 +242,9 @@ impl ReceiverBlocks {
         }
     }
 
-    /// Wait for room (records and bytes) and the rate limit before storing `block`; then count it.
-    async fn admit(&self, block: &RecordBatch) -> Result<()> {
+    /// Wait for room (records and bytes) and the rate limit before storing `block`. Returns its
+    /// size in bytes, for the caller to count once it holds the block.
+    async fn admit(&self, block: &RecordBatch) -> Result<usize> {
         if let Some(e) = self.failure() {
             return Err(Error::msg(e));
         }
@@ -264,7 +265,7 @@ impl ReceiverBlocks {
         if !self.stopping.load(Ordering::SeqCst) {
             self.rate.acquire(n as u64).await;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// Why storing failed (the log could not be written), if it did.
@@ -286,11 +287,10 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(());
         }
-        self.admit(&block).await?;
+        let bytes = self.admit(&block).await?;
         // Counted before it can be taken, so `take` never subtracts what was not added.
         self.buffered.fetch_add(n, Ordering::SeqCst);
-        self.buffered_bytes
-            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
+        self.buffered_bytes.fetch_add(bytes, Ordering::SeqCst);
         match &self.log {
             Some(log) => {
                 let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
@@ -319,10 +319,9 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(Box::pin(async { Ok(()) }));
         }
-        self.admit(&block).await?;
+        let bytes = self.admit(&block).await?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
-        self.buffered_bytes
-            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
+        self.buffered_bytes.fetch_add(bytes, Ordering::SeqCst);
         let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
         let synced = durable(synced);
         // Batches land it once synced (`take` settles), whether or not the receiver is waiting.
@@ -342,11 +341,10 @@ impl BlockWriter for ReceiverBlocks {
         if n == 0 {
             return Ok(());
         }
-        self.admit(&block).await?;
+        let bytes = self.admit(&block).await?;
         let (seq, synced) = log.append(&block, &position).map_err(|e| self.fail(e))?;
         self.buffered.fetch_add(n, Ordering::SeqCst);
-        self.buffered_bytes
-            .fetch_add(block.get_array_memory_size(), Ordering::SeqCst);
+        self.buffered_bytes.fetch_add(bytes, Ordering::SeqCst);
         let full = {
             let mut inflight = self.inflight.lock().unwrap();
             inflight.push_back((seq, block, durable(synced)));

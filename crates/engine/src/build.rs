@@ -55,21 +55,19 @@ impl Pipeline {
         registry: &Registry,
         base_dir: PathBuf,
     ) -> Result<Pipeline, BuildError> {
+        let instance = instance_name(&config.app, &base_dir);
         let cx = BuildContext {
             app_name: config.app.name.clone(),
             batch_interval: config.app.batch_interval,
             base_dir: base_dir.clone(),
             scale_out: config.app.scale_out,
-            instance: instance_name(&config.app, &base_dir),
-            output_scope: None,
+            instance: instance.clone(),
+            output_scope: match &config.app.replay_scope {
+                Some(r) => Some(r.clone()),
+                None if config.app.scale_out => Some(instance.clone()),
+                None => None,
+            },
         };
-        let mut cx = cx;
-        cx.output_scope = match &config.app.replay_scope {
-            Some(r) => Some(r.clone()),
-            None if config.app.scale_out => Some(cx.instance.clone()),
-            None => None,
-        };
-        let instance = cx.instance.clone();
         let mut errors = Vec::new();
         let mut schemas: HashMap<String, (SchemaRef, InputKind)> = HashMap::new();
 

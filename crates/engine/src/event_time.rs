@@ -22,6 +22,14 @@ use std::sync::Arc;
 /// Event times beyond ± this many ms (about ±285,000 years) are outliers.
 pub const TIME_LIMIT: i64 = 1 << 53;
 
+/// Where a row stands against the watermark and `max_future`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Row {
+    OnTime,
+    Late,
+    Outlier,
+}
+
 pub struct EventTime {
     pub table: String,
     column: usize,
@@ -93,29 +101,30 @@ impl EventTime {
         let mut late = Vec::new();
         let mut future = Vec::new();
         let limit = now.saturating_add(self.max_future).min(TIME_LIMIT);
+        let wm = self.watermark;
+        // Each row once: an outlier, on time (at or after the watermark; any time before the
+        // first), or late (before it, or NULL).
+        let class = |t: &Option<i64>| match *t {
+            Some(t) if t > limit || t < -TIME_LIMIT => Row::Outlier,
+            Some(t) if wm.is_none_or(|w| t >= w) => Row::OnTime,
+            _ => Row::Late,
+        };
         for b in input {
             let ts = self.times(&b);
-            let wm = self.watermark;
-            let outlier = |t: &Option<i64>| t.is_some_and(|t| t > limit || t < -TIME_LIMIT);
-            // On time: an event time at or after the watermark (any event time before the first).
-            let on_time =
-                |t: &Option<i64>| !outlier(t) && t.is_some_and(|t| wm.is_none_or(|w| t >= w));
-            let keep: BooleanArray = ts.iter().map(|t| Some(on_time(t))).collect();
-            let ahead: BooleanArray = ts.iter().map(|t| Some(outlier(t))).collect();
-            if ahead.true_count() > 0 {
-                future.push(filter_record_batch(&b, &ahead).expect("same length"));
+            let rows: Vec<Row> = ts.iter().map(class).collect();
+            let mask =
+                |kind: Row| -> BooleanArray { rows.iter().map(|r| Some(*r == kind)).collect() };
+            if rows.contains(&Row::Outlier) {
+                future.push(filter_record_batch(&b, &mask(Row::Outlier)).expect("same length"));
             }
-            if keep.true_count() + ahead.true_count() < b.num_rows() {
-                let late_rows: BooleanArray = ts
-                    .iter()
-                    .map(|t| Some(!on_time(t) && !outlier(t)))
-                    .collect();
-                late.push(filter_record_batch(&b, &late_rows).expect("same length"));
+            if rows.contains(&Row::Late) {
+                late.push(filter_record_batch(&b, &mask(Row::Late)).expect("same length"));
             }
-            let kept = filter_record_batch(&b, &keep).expect("same length");
-            if let Some(m) = ts.iter().filter(|t| on_time(t)).flatten().max() {
-                self.max_ts = Some(self.max_ts.map_or(*m, |old| old.max(*m)));
+            let on_time = ts.iter().zip(&rows).filter(|(_, r)| **r == Row::OnTime);
+            if let Some(m) = on_time.filter_map(|(t, _)| *t).max() {
+                self.max_ts = Some(self.max_ts.map_or(m, |old| old.max(m)));
             }
+            let kept = filter_record_batch(&b, &mask(Row::OnTime)).expect("same length");
             if kept.num_rows() > 0 {
                 self.buffer.push(kept);
             }

@@ -262,6 +262,7 @@ impl Pipeline {
                 batch = plan.time,
                 "re-running a batch planned before the restart"
             );
+            receivers_healthy(&sources)?;
             self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
                 .await
                 .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
@@ -350,6 +351,7 @@ impl Pipeline {
             let scheduled = Instant::now();
             let delay_ms = (BatchTime::now().millis() - t.millis()).max(0) as f64;
             let before = summary.input_records;
+            receivers_healthy(&sources)?;
             let per_source = self
                 .run_batch(t, None, &mut sources, &mut durable, &mut summary)
                 .await
@@ -514,13 +516,6 @@ impl Pipeline {
     ) -> Result<HashMap<String, u64>> {
         let began = Instant::now();
         let replay = plan.is_some();
-        for s in sources.iter() {
-            if let Input::Receiver(b) = &s.input {
-                if let Some(e) = b.failure() {
-                    return Err(Error::msg(format!("receiver `{}` failed: {e}", s.name)));
-                }
-            }
-        }
         let interval = self.app.batch_interval;
         let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
         let skip: Option<ck::Skip> = match (&plan, durable.as_ref()) {
@@ -843,12 +838,23 @@ impl Pipeline {
     }
 }
 
+/// A receiver that stopped with an error (refused credentials, a refused subscription) ends the
+/// run before the next batch: that is not the batch's failure.
+fn receivers_healthy(sources: &[SourceRun]) -> Result<()> {
+    for s in sources {
+        if let Input::Receiver(b) = &s.input {
+            if let Some(e) = b.failure() {
+                return Err(Error::msg(format!("receiver `{}` failed: {e}", s.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A batch that failed: named with its time, and how to get past it if it fails the same way at
 /// every restart (its plan is re-run with the same input each time).
 fn poisoned(e: Error, t: BatchTime, checkpoint: Option<PathBuf>) -> Error {
     match checkpoint {
-        // A receiver's failure (refused credentials, a refused subscription) is not the batch's.
-        _ if e.to_string().starts_with("receiver `") => e,
         Some(dir) => Error::msg(format!(
             "batch {} ({}) failed: {e}. It is re-run with the same input when the gateway restarts; \
              if it fails the same way every time, fix the cause (the job's SQL, the sink), or skip it \

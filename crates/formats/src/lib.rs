@@ -97,7 +97,7 @@ impl Decoder {
         schema: Option<&str>,
         delimiter: Option<char>,
     ) -> Result<Self, ConfigError> {
-        let name = path.rsplit('.').next().unwrap_or(path);
+        let name = sluice_core::options::component_name(path);
         Self::new(path, name, format, schema, delimiter)
     }
 
