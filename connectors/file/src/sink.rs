@@ -165,14 +165,9 @@ impl Sink for FileSink {
             ..Default::default()
         };
         let split = layout.split(&batch.schema, batch.batches, batch.time.millis())?;
-        for (why, rows) in &split.rejected {
-            let origin = format!("sink `{}` (job `{}`)", self.name, batch.job);
-            batch.dead.extend(sluice_formats::dead_rows(
-                &origin,
-                why,
-                std::slice::from_ref(rows),
-            ));
-        }
+        batch
+            .dead
+            .extend(split.dead_letters(&format!("sink `{}` (job `{}`)", self.name, batch.job)));
         let rejected = split.rejected_rows();
         for (part, rows) in split.parts {
             let rel = if part.is_empty() {

@@ -190,14 +190,9 @@ impl ObjectStoreSink {
             .layout
             .split(&batch.schema, batch.batches, t)
             .map_err(|e| Error::msg(e.to_string()))?;
-        for (why, part) in &split.rejected {
-            let origin = format!("sink at {} (job `{job}`)", self.endpoint);
-            batch.dead.extend(sluice_formats::dead_rows(
-                &origin,
-                why,
-                std::slice::from_ref(part),
-            ));
-        }
+        batch
+            .dead
+            .extend(split.dead_letters(&format!("sink at {} (job `{job}`)", self.endpoint)));
         let rows = rows - split.rejected_rows() as u64;
         let parts = split.parts;
         let mut entry = Entry {

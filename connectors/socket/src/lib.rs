@@ -239,6 +239,16 @@ impl SocketReceiver {
         Ok(())
     }
 
+    /// A line longer than the buffer that the connection's end cut: one dead letter.
+    fn cut_short(&self, long: Option<(Vec<u8>, usize)>, out: &Arc<dyn BlockWriter>) {
+        if let Some((head, total)) = long {
+            let reason = format!(
+                "line longer than the read buffer ({total} bytes, cut by the end of the connection)"
+            );
+            out.dead_letters().push(self.dead(reason, &head));
+        }
+    }
+
     /// The first `n` pending lines (all if fewer) as a decoded block.
     fn block(&self, pending: &mut Pending, n: usize, out: &Arc<dyn BlockWriter>) -> RecordBatch {
         let n = n.min(pending.len());
@@ -293,10 +303,7 @@ impl Receiver for SocketReceiver {
                 match read {
                     None => {}
                     Some(Ok(0)) => {
-                        if let Some((head, total)) = long.take() {
-                            let reason = format!("line longer than the read buffer ({total} bytes, cut by the end of the connection)");
-                            out.dead_letters().push(self.dead(reason, &head));
-                        }
+                        self.cut_short(long.take(), &out);
                         out.set_status(ReceiverStatus::Retrying {
                             attempt: 0,
                             error: "connection closed by peer".into(),
@@ -340,10 +347,7 @@ impl Receiver for SocketReceiver {
                         }
                     }
                     Some(Err(e)) => {
-                        if let Some((head, total)) = long.take() {
-                            let reason = format!("line longer than the read buffer ({total} bytes, cut by the end of the connection)");
-                            out.dead_letters().push(self.dead(reason, &head));
-                        }
+                        self.cut_short(long.take(), &out);
                         out.set_status(ReceiverStatus::Retrying {
                             attempt: 0,
                             error: e.to_string(),

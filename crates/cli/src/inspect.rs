@@ -22,6 +22,20 @@ fn checkpoint_store(dir: &Path) -> Result<std::path::PathBuf> {
     Ok(store_dir)
 }
 
+/// The folder of each receiver's write-ahead log in the checkpoint in `dir`, by name.
+fn wal_logs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<std::path::PathBuf> = match std::fs::read_dir(dir.join("wal")) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    logs.sort();
+    logs
+}
+
 /// The report, as printed.
 pub fn inspect(dir: &Path) -> Result<String> {
     let store_dir = checkpoint_store(dir)?;
@@ -136,40 +150,25 @@ pub fn inspect(dir: &Path) -> Result<String> {
         let _ = writeln!(w, "event-time buffer of job `{job}`: {} byte(s)", v.len());
     }
     let _ = writeln!(w, "store size: {} byte(s)", dir_bytes(&store_dir));
-    let wal = dir.join("wal");
-    if let Ok(rd) = std::fs::read_dir(&wal) {
-        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        names.sort();
-        for p in names {
-            let segs = std::fs::read_dir(&p).map(|r| r.count()).unwrap_or(0);
-            let _ = writeln!(
-                w,
-                "write-ahead log `{}`: {segs} segment(s), {} byte(s)",
-                p.file_name().unwrap_or_default().to_string_lossy(),
-                dir_bytes(&p)
-            );
-        }
+    for p in wal_logs(dir) {
+        let segs = std::fs::read_dir(&p).map(|r| r.count()).unwrap_or(0);
+        let _ = writeln!(
+            w,
+            "write-ahead log `{}`: {segs} segment(s), {} byte(s)",
+            p.file_name().unwrap_or_default().to_string_lossy(),
+            dir_bytes(&p)
+        );
     }
     Ok(out)
 }
 
 /// Repair every write-ahead log of the checkpoint in `dir`; the report, as printed.
 pub fn repair(dir: &Path) -> Result<String> {
-    let wal = dir.join("wal");
     checkpoint_store(dir)?;
     let mut out = String::new();
     let w = &mut out;
-    let mut logs: Vec<std::path::PathBuf> = match std::fs::read_dir(&wal) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    logs.sort();
     let mut damaged = 0;
-    for log in logs {
+    for log in wal_logs(dir) {
         for r in sluice_wal::repair(&log)? {
             damaged += 1;
             let lost: Vec<String> = r

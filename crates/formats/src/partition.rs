@@ -36,6 +36,14 @@ impl Split {
     pub fn rejected_rows(&self) -> usize {
         self.rejected.iter().map(|(_, b)| b.num_rows()).sum()
     }
+
+    /// The rejected rows as dead letters from `origin`, each with its reason.
+    pub fn dead_letters(&self, origin: &str) -> Vec<sluice_core::DeadLetter> {
+        self.rejected
+            .iter()
+            .flat_map(|(why, rows)| crate::dead_rows(origin, why, std::slice::from_ref(rows)))
+            .collect()
+    }
 }
 
 /// Why a partition value cannot be a folder name, if it cannot.

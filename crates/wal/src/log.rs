@@ -175,15 +175,21 @@ fn first_seq_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A segment file's bytes.
+fn read_segment(path: &Path) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| io_err("read", path, e))?;
+    Ok(data)
+}
+
 /// The good records of one segment file. A bad record is a torn tail when no whole record
 /// follows it (a crash cut the last write, or the file system zero-filled it); when one does, the
 /// log was damaged in the middle — a flipped length field must not pass for a torn tail, which
 /// would silently drop records already acknowledged upstream — and this is an error.
 fn scan(path: &Path) -> Result<Scanned> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|e| io_err("read", path, e))?;
+    let data = read_segment(path)?;
     let len = data.len();
     let mut out: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
     let mut o = 0usize;
@@ -238,10 +244,7 @@ pub struct Repaired {
 pub fn repair(dir: &Path) -> Result<Vec<Repaired>> {
     let mut out = Vec::new();
     for seg in list_segments(dir)? {
-        let mut data = Vec::new();
-        File::open(&seg.path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| io_err("read", &seg.path, e))?;
+        let data = read_segment(&seg.path)?;
         let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
         let mut dropped = Vec::new();
         let mut lost_seqs = Vec::new();
