@@ -3,8 +3,7 @@
 use sluice::{BatchTime, RunOptions, RunSummary};
 use sluice_console::{ConsoleFactory, SharedBuffer};
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 /// A batch time that is a multiple of every window slide the tests use.
 pub const T0: i64 = 1_700_000_040_000;
@@ -82,14 +81,6 @@ pub fn validate(path: &Path) -> Output {
         .expect("run sluice")
 }
 
-/// The repository root (configs/ lives there).
-pub fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// Write `toml` as `dir/pipeline.toml` and run it there for `duration` with info logs (and the
 /// engine's per-batch debug lines); returns the exit code and the log.
 pub fn run_in(dir: &Path, toml: &str, duration: &str) -> (Option<i32>, String) {
@@ -106,33 +97,4 @@ pub fn run_in(dir: &Path, toml: &str, duration: &str) -> (Option<i32>, String) {
     )
 }
 
-/// Wait for `cond`, failing the test after `limit` (a guard against hangs, not a timing assertion).
-pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Send a signal (`TERM`, `KILL`, …) to a child.
-pub fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-/// SIGTERM (a graceful stop) and wait for the exit.
-pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    signal(child, "TERM");
-    child.wait().unwrap()
-}
-
-/// SIGKILL and wait for the exit.
-pub fn kill9(child: &mut Child) {
-    signal(child, "KILL");
-    let _ = child.wait();
-}
+pub use sluice_testkit::{kill9, repo, terminate, wait_for};

@@ -2,6 +2,7 @@
 //! the file source and sink, and every example config in `configs/`.
 
 use crate::common::{repo, sluice, terminate, wait_for};
+use sluice_testkit::output::json_rows;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -118,23 +119,6 @@ fn move_in(dir: &Path, name: &str, text: &str) {
     let staging = dir.parent().unwrap().join(format!("staging-{name}"));
     std::fs::write(&staging, text).unwrap();
     std::fs::rename(&staging, dir.join(name)).unwrap();
-}
-
-fn json_rows(dir: &Path) -> Vec<serde_json::Value> {
-    let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return rows;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-            rows.push(serde_json::from_str(l).unwrap());
-        }
-    }
-    rows
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 use crate::common::{kill9, sluice, terminate, wait_for};
 use crate::crash::start_logged;
+use sluice_testkit::output::json_rows;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,28 +26,10 @@ fn lines(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{tag} {i}")).collect()
 }
 
-/// Every row of the JSON-lines files a file sink wrote in `out` (not its temporary files).
-fn json_lines(out: &Path) -> Vec<serde_json::Value> {
-    let mut rows = Vec::new();
-    let Ok(rd) = std::fs::read_dir(out) else {
-        return rows;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") || !e.path().is_file() {
-            continue;
-        }
-        for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-            rows.push(serde_json::from_str(l).unwrap());
-        }
-    }
-    rows
-}
-
 /// The `line` column of every row a file sink wrote in `out`, with counts.
 fn written(out: &Path) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for v in json_lines(out) {
+    for v in json_rows(out) {
         *m.entry(v["line"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
@@ -484,7 +467,7 @@ path = "rejected"
     let (code, log) = run(&["--duration", "3s"]);
     assert_eq!(code, Some(0), "{log}");
     let mut nums: BTreeMap<String, usize> = BTreeMap::new();
-    for v in json_lines(&dir.path().join("out")) {
+    for v in json_rows(&dir.path().join("out")) {
         *nums.entry(v["n"].to_string()).or_default() += 1;
     }
     assert_eq!(
@@ -496,7 +479,7 @@ path = "rejected"
         "every row of a.txt and c.txt once; b.txt skipped"
     );
     assert!(dir.path().join("bysite/site=site-a").is_dir());
-    let rejected = json_lines(&dir.path().join("rejected"));
+    let rejected = json_rows(&dir.path().join("rejected"));
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(
         rejected[0]["reason"]
@@ -577,7 +560,7 @@ path = "rejected"
             .collect(),
         "no part of the long line is a record"
     );
-    let letters = json_lines(&dir.path().join("rejected"));
+    let letters = json_rows(&dir.path().join("rejected"));
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0]["reason"]
@@ -652,7 +635,7 @@ fn wal_blocks_received_before_a_schema_change_are_read_by_column_name() {
     peer.flush().unwrap();
     let out = dir.path().join("out");
     let rows = || -> Vec<(i64, String)> {
-        let mut v: Vec<(i64, String)> = json_lines(&out)
+        let mut v: Vec<(i64, String)> = json_rows(&out)
             .iter()
             .map(|r| {
                 (

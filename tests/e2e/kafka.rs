@@ -26,7 +26,7 @@ impl Kafka {
             .local_addr()
             .unwrap()
             .port();
-        let child = sluice::bench::start_tansu(port, dir, "sqlite://tansu.db").unwrap();
+        let child = sluice_testkit::tansu::start_tansu(port, dir, "sqlite://tansu.db").unwrap();
         Kafka { port, child }
     }
 
@@ -36,7 +36,7 @@ impl Kafka {
 
     /// Run the independent client (tests/services/kafka_client.py); returns its stdout.
     pub fn client(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let python = sluice::bench::tools_dir().join("python-venv/bin/python");
+        let python = sluice_testkit::tools_dir().join("python-venv/bin/python");
         let script = crate::common::repo().join("tests/services/kafka_client.py");
         let mut child = Command::new(&python)
             .arg(&script)
@@ -705,7 +705,7 @@ fn transactional_broker(dir: &Path) -> Kafka {
         .local_addr()
         .unwrap()
         .port();
-    let child = sluice::bench::start_tansu(port, dir, "memory://tansu/").unwrap();
+    let child = sluice_testkit::tansu::start_tansu(port, dir, "memory://tansu/").unwrap();
     Kafka { port, child }
 }
 

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AK: &str = "sluice-test-key";
 const SK: &str = "sluice-test-secret";
@@ -20,7 +20,7 @@ pub struct S3 {
     child: Child,
 }
 
-pub(crate) use sluice::bench::tools_dir as tools;
+pub(crate) use sluice_testkit::tools_dir as tools;
 
 impl S3 {
     pub fn start(dir: &Path, buckets: &[&str]) -> S3 {
@@ -38,7 +38,7 @@ impl S3 {
     }
 
     fn launch(port: u16, root: &Path) -> Child {
-        sluice::bench::start_s3s_fs(port, root, AK, SK).unwrap_or_else(|e| panic!("{e}"))
+        sluice_testkit::s3s_fs::start_s3s_fs(port, root, AK, SK).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Kill the server, keep it down for `down`, start it again on the same port and folder.
@@ -239,13 +239,7 @@ sinks = [{}]
     )
 }
 
-pub(crate) fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub(crate) use sluice_testkit::wait_for;
 
 pub(crate) fn committed_count(dir: &Path, job: &str) -> u64 {
     entries(dir, job)
@@ -790,14 +784,14 @@ part_size = "8MiB"
     );
     // The graceful stop joins the staged pieces into the object. Heap = anonymous resident memory
     // (the mapped binary and libraries left out), read every 20 ms until the gateway exits.
-    let before = sluice::bench::status_mb(pid, "RssAnon");
+    let before = sluice_testkit::status_mb(pid, "RssAnon");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let (mut closing, mut peak) = (0f64, 0f64);
     loop {
-        closing = closing.max(sluice::bench::status_mb(pid, "RssAnon"));
-        peak = peak.max(sluice::bench::peak_rss_mb(pid));
+        closing = closing.max(sluice_testkit::status_mb(pid, "RssAnon"));
+        peak = peak.max(sluice_testkit::peak_rss_mb(pid));
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "graceful stop exited with {status}");
             break;

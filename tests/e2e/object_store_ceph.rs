@@ -11,50 +11,25 @@ use crate::object_store::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use sluice_testkit::ceph::Ceph;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const AK: &str = "sluice-ceph-key";
 const SK: &str = "sluice-ceph-secret";
 
-/// A running Ceph cluster with RGW on `port`; stopped when dropped.
-struct Ceph {
-    dir: PathBuf,
-    port: u16,
+/// What these tests do with the cluster beyond starting it.
+trait CephExt {
+    /// The sink keys that reach this cluster.
+    fn keys(&self, bucket_path: &str, secret: &str) -> String;
+    /// Copy every object under `prefix` of `bucket` into `local` (the helpers read folders).
+    fn mirror(&self, bucket: &str, prefix: &str, local: &Path);
+    /// Rows the manifest of `sink` (a folder of bucket `lake`) lists as committed.
+    fn committed(&self, sink: &str, local: &Path) -> u64;
 }
 
-fn script() -> PathBuf {
-    crate::common::repo().join("tests/services/ceph-rgw.sh")
-}
-
-impl Ceph {
-    fn start(dir: &Path) -> Ceph {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = dir.join("ceph");
-        let ceph = Ceph { dir, port };
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&ceph.dir)
-            .args([&port.to_string(), AK, SK])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ceph-rgw.sh start failed (scripts/deps.sh --tests installs ceph-mon, ceph-osd, radosgw): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ceph
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
+impl CephExt for Ceph {
     fn keys(&self, bucket_path: &str, secret: &str) -> String {
         format!(
             "path = \"s3://{bucket_path}\"\nendpoint = \"{}\"\naccess_key_id = \"{AK}\"\nsecret_access_key = \"{secret}\"\nretry_initial = \"50ms\"\nmax_retries = 3\n",
@@ -62,30 +37,6 @@ impl Ceph {
         )
     }
 
-    /// Create a bucket with a SigV4-signed PUT (curl, an independent S3 client).
-    fn create_bucket(&self, bucket: &str) {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-f",
-                "-X",
-                "PUT",
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-            ])
-            .args(["--user", &format!("{AK}:{SK}")])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{bucket}", self.endpoint()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "create bucket {bucket}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-
-    /// Copy every object under `prefix` of `bucket` into `local` (the helpers read folders).
     fn mirror(&self, bucket: &str, prefix: &str, local: &Path) {
         mirror(
             serde_json::json!({
@@ -99,17 +50,10 @@ impl Ceph {
         );
     }
 
-    /// Rows the manifest of `sink` (a folder of bucket `lake`) lists as committed.
     fn committed(&self, sink: &str, local: &Path) -> u64 {
         let _ = std::fs::remove_dir_all(local.join(sink));
         self.mirror("lake", &format!("{sink}/_sluice/manifest/"), local);
         committed_count(&local.join(sink), "copy")
-    }
-}
-
-impl Drop for Ceph {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
     }
 }
 
@@ -147,7 +91,7 @@ print(rows, total)
 #[test]
 fn object_store_on_ceph_rgw() {
     let tmp = tempfile::tempdir().unwrap();
-    let ceph = Ceph::start(tmp.path());
+    let ceph = Ceph::start(tmp.path(), AK, SK);
     ceph.create_bucket("lake");
 
     // Formats: Parquet, Avro, gzipped JSON lines and CSV, read back and compared with the input.

@@ -13,7 +13,7 @@
 //! are more, and a blank line. Rows of two or more columns print as Python tuples of the values'
 //! `repr` (`'text'`, `1`, `2.5`, `True`, `None`); a one-column row prints its value as Python's
 //! `print` would (text without quotes). Timestamps print as `'2026-11-22 13:51:24.000'` (UTC).
-//! A batch re-run after a restart says so: `Time: ... (replay)`.
+//! A batch re-run after a restart says so: `Time: ... (re-run)`.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -115,9 +115,9 @@ const RULE: &str = "-------------------------------------------";
 /// Renders the first `num` rows (and `...` when there are more) of a batch, pprint-style.
 pub fn render(batch: &SinkBatch<'_>, num: usize) -> String {
     let mut s = String::new();
-    let replay = if batch.replay { " (replay)" } else { "" };
+    let rerun = if batch.rerun { " (re-run)" } else { "" };
     s.push_str(&format!(
-        "{RULE}\nTime: {}{replay}\n{RULE}\n",
+        "{RULE}\nTime: {}{rerun}\n{RULE}\n",
         batch.time.to_local_string()
     ));
     let mut shown = 0;

@@ -69,7 +69,7 @@ impl SinkFactory for FileSinkFactory {
                 format!("\"{}\", a file", cfg.path),
             ));
         }
-        // Scale-out, or a replay: this gateway writes (and keeps its manifest) in a folder of its own.
+        // Scale-out, or `sluice replay`: this gateway writes (and keeps its manifest) in a folder of its own.
         let dir = match &cx.output_scope {
             Some(scope) => dir.join(scope),
             None => dir,
@@ -191,7 +191,7 @@ impl Sink for FileSink {
             &self.dir.join(MANIFEST_DIR).join(format!("{stem}.json")),
             &bytes,
         )?;
-        if batch.replay {
+        if batch.rerun {
             tracing::info!(sink = %self.dir.display(), batch = batch.time.millis(), "re-run batch overwrote its files");
         }
         Ok(())

@@ -723,7 +723,7 @@ mod tests {
             time: sluice_core::BatchTime(t),
             schema: schema.clone(),
             batches: std::slice::from_ref(b),
-            replay: false,
+            rerun: false,
             dead: &Default::default(),
         })
         .await

@@ -21,8 +21,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Durable, Error, Guarantee,
-    Receiver, ReceiverStatus, Result, SourceFactory, SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Error, Guarantee, Receiver,
+    ReceiverStatus, Result, SourceFactory, SourceRuntime, WhenDurable,
 };
 pub use sluice_formats::payload::PayloadFormat;
 use sluice_formats::payload::{check_envelope, PayloadDecoder};
@@ -352,7 +352,10 @@ fn restore(position: Option<serde_json::Value>, cap: usize) -> (Remembered, Rele
 }
 
 /// The acknowledgements of a block, once it is durable.
-fn acks_when(stored: Durable<'_>, acks: Vec<(u8, u16)>) -> BoxFuture<'_, Result<Vec<(u8, u16)>>> {
+fn acks_when(
+    stored: WhenDurable<'_>,
+    acks: Vec<(u8, u16)>,
+) -> BoxFuture<'_, Result<Vec<(u8, u16)>>> {
     Box::pin(async move {
         stored.await?;
         Ok(acks)

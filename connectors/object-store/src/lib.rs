@@ -36,7 +36,7 @@ impl SinkFactory for ObjectStoreSinkFactory {
     ) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ObjectStoreSinkConfig = sluice_core::options::parse(path, options)?;
         check(path, &cfg)?;
-        // Scale-out, or a replay: this gateway writes (and keeps its manifest and staging) under
+        // Scale-out, or `sluice replay`: this gateway writes (and keeps its manifest and staging) under
         // a folder of its own.
         let root = match &cx.output_scope {
             Some(scope) => format!("{}/{scope}", cfg.path.trim_end_matches('/')),

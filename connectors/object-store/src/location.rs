@@ -16,7 +16,7 @@ pub enum Location {
 }
 
 impl Location {
-    /// `resolve` turns a relative folder into one relative to the config file.
+    /// `resolve` turns a relative folder into an absolute one (against the working directory).
     pub fn parse(
         key: &str,
         path: &str,

@@ -251,7 +251,7 @@ impl ObjectStoreSink {
             entry.open = open;
         }
         manifest::write(&self.op, &entry).await?;
-        if batch.replay {
+        if batch.rerun {
             tracing::info!(job = %job, batch = t, files = entry.files.len(), "re-run batch rewrote its objects");
         }
         self.schemas.insert(job.clone(), batch.schema.clone());

@@ -210,15 +210,16 @@ impl SocketReceiver {
         }
     }
 
-    /// The connection's data ended (peer closed, read error, or stop): its unterminated last line is
-    /// a line too, as `readLine` returns it at EOF, rather than a prefix of the next connection's
-    /// first line; everything pending is stored.
+    /// The most lines a block holds: `block_lines`, or less under a rate limit's block budget.
     fn block_limit(&self, out: &Arc<dyn BlockWriter>) -> usize {
         out.block_budget()
             .map_or(self.cfg.block_lines, |b| b.min(self.cfg.block_lines))
             .max(1)
     }
 
+    /// The connection's data ended (peer closed, read error, or stop): its unterminated last line is
+    /// a line too, as `readLine` returns it at EOF, rather than a prefix of the next connection's
+    /// first line; everything pending is stored.
     async fn finish(
         &self,
         buf: &mut [u8],

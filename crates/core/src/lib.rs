@@ -21,7 +21,7 @@ pub use registry::{BuildContext, Registry, SinkFactory, SourceFactory};
 pub use secret::Secret;
 pub use sink::{Sink, SinkBatch};
 pub use source::{
-    BlockWriter, BuiltSource, Durable, Guarantee, Receiver, ReceiverStatus, ReplayableSource,
-    SourceRuntime,
+    BlockWriter, BuiltSource, Guarantee, Receiver, ReceiverStatus, ReplayableSource, SourceRuntime,
+    WhenDurable,
 };
 pub use time::BatchTime;

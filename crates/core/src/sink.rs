@@ -15,7 +15,7 @@ pub struct SinkBatch<'a> {
     pub schema: SchemaRef,
     pub batches: &'a [RecordBatch],
     /// True when this batch is being re-run after a restart.
-    pub replay: bool,
+    pub rerun: bool,
     /// Where rows the sink cannot write go (a partition value no folder name can hold, a topic
     /// with a wildcard), with the reason: they are skipped, not fatal, and not lost.
     pub dead: &'a crate::DeadLetters,

@@ -45,7 +45,7 @@ pub enum ReceiverStatus {
 }
 
 /// Resolves once an appended block is durable (see [`BlockWriter::append_at`]).
-pub type Durable<'a> = futures::future::BoxFuture<'a, Result<()>>;
+pub type WhenDurable<'a> = futures::future::BoxFuture<'a, Result<()>>;
 
 /// The engine's side of a receiver: where received blocks go.
 #[async_trait]
@@ -74,7 +74,7 @@ pub trait BlockWriter: Send + Sync {
         &self,
         block: RecordBatch,
         position: serde_json::Value,
-    ) -> Result<Durable<'_>> {
+    ) -> Result<WhenDurable<'_>> {
         self.store_at(block, position).await?;
         Ok(Box::pin(async { Ok(()) }))
     }

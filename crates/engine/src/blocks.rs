@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 
 /// A block's sync: awaited by an acknowledging receiver, checked without waiting by batches.
-type Durable = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
+type SharedWhenDurable = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
 
-fn durable(synced: oneshot::Receiver<Result<()>>) -> Durable {
+fn durable(synced: oneshot::Receiver<Result<()>>) -> SharedWhenDurable {
     async move {
         match synced.await {
             Ok(Ok(())) => Ok(()),
@@ -69,7 +69,7 @@ pub struct ReceiverBlocks {
     log: Option<Arc<Log>>,
     pending: Mutex<Pending>,
     /// Pushed blocks on their way to the disk, oldest first.
-    inflight: Mutex<VecDeque<(u64, RecordBatch, Durable)>>,
+    inflight: Mutex<VecDeque<(u64, RecordBatch, SharedWhenDurable)>>,
     buffered: AtomicUsize,
     capacity: usize,
     /// The same in bytes (Arrow memory of the blocks held).
@@ -211,7 +211,7 @@ impl ReceiverBlocks {
     }
 
     /// Wait for a block's sync, then [`ReceiverBlocks::landed`].
-    async fn land(&self, seq: u64, block: RecordBatch, durable: Durable) -> Result<()> {
+    async fn land(&self, seq: u64, block: RecordBatch, durable: SharedWhenDurable) -> Result<()> {
         let r = durable.await.map_err(Error::msg);
         self.landed(seq, block, r)
     }
@@ -310,7 +310,7 @@ impl BlockWriter for ReceiverBlocks {
         &self,
         block: RecordBatch,
         position: serde_json::Value,
-    ) -> Result<sluice_core::Durable<'_>> {
+    ) -> Result<sluice_core::WhenDurable<'_>> {
         let n = block.num_rows();
         let Some(log) = &self.log else {
             self.store_at(block, position).await?;

@@ -54,8 +54,9 @@ pub struct Done {
     pub processing_ms: u64,
     /// Wall clock of the commit, ms since the epoch.
     pub committed_at: i64,
-    /// Whether it was a re-run after a restart.
-    pub replay: bool,
+    /// Whether it was a re-run after a restart (stored under its first name, `replay`).
+    #[serde(rename = "replay")]
+    pub rerun: bool,
     /// Skipped at the operator's request (`sluice checkpoint skip`): its input was not processed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,

@@ -60,7 +60,7 @@ pub struct RunOptions {
 pub struct RunSummary {
     pub batches: u64,
     /// Batches re-run from their plan after a restart.
-    pub replayed: u64,
+    pub rerun: u64,
     pub input_records: u64,
     pub dead_letters: u64,
     pub late_records: u64,
@@ -94,7 +94,7 @@ struct SourceRun {
 }
 
 /// The checkpoint directory, open.
-struct Durable {
+struct OpenCheckpoint {
     dir: PathBuf,
     store: Store,
     /// Each stateful job's committed state files.
@@ -266,7 +266,7 @@ impl Pipeline {
             self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
                 .await
                 .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
-            summary.replayed += 1;
+            summary.rerun += 1;
         }
         // Replayable sources start reading ahead now, so the first batch is not empty.
         for s in sources.iter_mut() {
@@ -398,7 +398,7 @@ impl Pipeline {
         }
         tracing::info!(
             batches = summary.batches,
-            replayed = summary.replayed,
+            rerun = summary.rerun,
             records = summary.input_records,
             dead_letters = summary.dead_letters,
             late = summary.late_records,
@@ -414,7 +414,7 @@ impl Pipeline {
             .map(|d| self.base_dir.join(d))
     }
 
-    fn open_checkpoint(&self) -> Result<Option<Durable>> {
+    fn open_checkpoint(&self) -> Result<Option<OpenCheckpoint>> {
         let Some(dir) = self.checkpoint_path() else {
             return Ok(None);
         };
@@ -451,7 +451,7 @@ impl Pipeline {
             .filter_map(|(k, _)| ck::key_time(k))
             .collect();
         tracing::info!(dir = %dir.display(), wal_bytes = logs.values().map(|l| l.disk_bytes()).sum::<u64>(), "checkpoint open");
-        Ok(Some(Durable {
+        Ok(Some(OpenCheckpoint {
             dir,
             state_files: HashMap::new(),
             store,
@@ -463,7 +463,7 @@ impl Pipeline {
     }
 
     /// Put back state, window contents and event-time buffers from the checkpoint.
-    fn restore_jobs(&mut self, d: &mut Durable) -> Result<()> {
+    fn restore_jobs(&mut self, d: &mut OpenCheckpoint) -> Result<()> {
         let store = &d.store;
         for job in &mut self.jobs {
             let name = job.name.clone();
@@ -511,11 +511,11 @@ impl Pipeline {
         t: BatchTime,
         plan: Option<Plan>,
         sources: &mut [SourceRun],
-        durable: &mut Option<Durable>,
+        durable: &mut Option<OpenCheckpoint>,
         summary: &mut RunSummary,
     ) -> Result<HashMap<String, u64>> {
         let began = Instant::now();
-        let replay = plan.is_some();
+        let rerun = plan.is_some();
         let interval = self.app.batch_interval;
         let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
         let skip: Option<ck::Skip> = match (&plan, durable.as_ref()) {
@@ -616,7 +616,7 @@ impl Pipeline {
         let ran = if skip.is_some() {
             vec![false; self.jobs.len()]
         } else {
-            self.run_jobs(t, streams, replay, summary).await?
+            self.run_jobs(t, streams, rerun, summary).await?
         };
         if durable.is_none() {
             // Nothing to delete from a checkpoint: forget what the windows dropped.
@@ -632,7 +632,7 @@ impl Pipeline {
                 records,
                 processing_ms: began.elapsed().as_millis() as u64,
                 committed_at: sluice_core::time::now_ms(),
-                replay,
+                rerun,
                 skipped: skip.is_some(),
             };
             let committing = Instant::now();
@@ -673,7 +673,7 @@ impl Pipeline {
     /// Record batch `t` as done, with everything a restart needs to continue after it, in one write.
     fn commit(
         &mut self,
-        d: &mut Durable,
+        d: &mut OpenCheckpoint,
         done: &Done,
         ran: &[bool],
         skip: Option<ck::Skip>,
@@ -752,7 +752,7 @@ impl Pipeline {
         &mut self,
         t: BatchTime,
         mut streams: HashMap<String, Vec<RecordBatch>>,
-        replay: bool,
+        rerun: bool,
         summary: &mut RunSummary,
     ) -> Result<Vec<bool>> {
         for table in &mut self.tables {
@@ -798,7 +798,7 @@ impl Pipeline {
                     time: t,
                     schema: job.out_schema.clone(),
                     batches: &batches,
-                    replay,
+                    rerun,
                     dead: &self.dead,
                 })
                 .await
@@ -824,7 +824,7 @@ impl Pipeline {
                         time: t,
                         schema: DeadLetters::schema(),
                         batches: &[batch],
-                        replay,
+                        rerun,
                         dead: &self.dead,
                     })
                     .await?;

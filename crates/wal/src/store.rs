@@ -1,7 +1,9 @@
 //! The checkpoint store: batch plans, completed batches, source positions and job state, in one
 //! RocksDB database. Every change is one `WriteBatch` written with `sync`, so a commit is atomic
-//! and durable. RocksDB's own log recovers a torn tail to the last whole write
-//! (`TolerateCorruptedTailRecords`) and refuses to open over corruption in the middle.
+//! and durable. RocksDB's log is opened with `TolerateCorruptedTailRecords`, which recovers a torn
+//! tail to the last whole write but would also stop silently at a bad record in the middle: so
+//! `rocks_log::check` reads the log files first and refuses corruption in the middle, naming the
+//! file and byte offset.
 
 use crate::{Error, Result};
 use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};

@@ -1,9 +1,10 @@
-//! `sluice bench object-store`: sensor records from the generator through a pass-through job into
+//! `sluice-bench object-store`: sensor records from the generator through a pass-through job into
 //! Parquet (or JSON lines) objects on a local S3 server (s3s-fs), compared in the same run with the raw PUT rate of
 //! the same bytes to the same server through the OpenDAL writer alone, and with the same pipeline
 //! into the `blackhole` sink (the pipeline's cost without storage).
 
-use crate::bench::{peak_rss_mb, spawn_gateway, start_s3s_fs, stop_gateway};
+use crate::gateway::{spawn_gateway, stop_gateway};
+use sluice_testkit::{peak_rss_mb, s3s_fs::start_s3s_fs};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};

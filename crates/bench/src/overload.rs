@@ -1,4 +1,4 @@
-//! `sluice bench overload`: the socket word count with a write-ahead log and backpressure on, fed
+//! `sluice-bench overload`: the socket word count with a write-ahead log and backpressure on, fed
 //! at `factor` × its measured capacity for `seconds`. Reports the gateway's peak RSS, the
 //! scheduling delay at the start and at the end of the overload, and whether every line the peer
 //! wrote was counted.
@@ -6,9 +6,8 @@
 //! Capacity is measured first: the same gateway fed as fast as the peer can write for 15 s;
 //! capacity = records / processing time of its batches.
 
-use crate::bench::{
-    peak_rss_mb, spawn_gateway, stop_gateway, wordcount_config, LinePool, Seen as Batch,
-};
+use crate::gateway::{spawn_gateway, stop_gateway, wordcount_config, LinePool, Seen as Batch};
+use sluice_testkit::peak_rss_mb;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! `sluice bench mqtt`: QoS 1 ingestion from a local mosquitto into a file sink, against
+//! `sluice-bench mqtt`: QoS 1 ingestion from a local mosquitto into a file sink, against
 //! `mosquitto_sub -q 1` draining the same number of messages from the same broker.
 //!
 //! Both consumers drain a backlog the broker holds in a persistent session: the session is made
@@ -6,50 +6,27 @@
 //! and the clock runs from the consumer's start until it has all N (for sluice: committed in the
 //! file sink). So the publisher's speed is not part of either figure.
 
-use crate::bench::{peak_rss_mb, spawn_gateway, stop_gateway};
+use crate::gateway::{spawn_gateway, stop_gateway};
 use rand::{Rng, SeedableRng};
+use sluice_testkit::{peak_rss_mb, Mosquitto};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A mosquitto for the bench, in its own folder on a free loopback port.
 struct Broker {
     port: u16,
-    child: Child,
+    _server: Mosquitto,
 }
 
 impl Broker {
     fn start(dir: &Path) -> anyhow::Result<Broker> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let data = dir.join("broker");
-        std::fs::create_dir_all(&data)?;
-        let conf = data.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n{}",
-                data.display(),
-                // As root, mosquitto would switch to user `mosquitto` and lose access to `data`.
-                if is_root() { "user root\n" } else { "" }
-            ),
-        )?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("mosquitto: {e} (apt-get install mosquitto)"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Broker { port, child })
+        let server = Mosquitto::try_start(&dir.join("broker"), "")?;
+        Ok(Broker {
+            port: server.port,
+            _server: server,
+        })
     }
 
     /// Queue the messages of `file` (one per line) on `topic` with QoS 1, returning once the
@@ -87,13 +64,6 @@ impl Broker {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn publish_all(port: u16, topic: String, lines: Vec<Vec<u8>>) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut options = MqttOptions::new("bench-pub", "127.0.0.1", port);
@@ -122,14 +92,6 @@ async fn publish_all(port: u16, topic: String, lines: Vec<Vec<u8>>) -> anyhow::R
         Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
     ) {}
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// N seeded JSON readings of 100 bytes each, one per line.

@@ -1,4 +1,4 @@
-//! `sluice bench wal` and `sluice bench restart` (see docs/performance.md).
+//! `sluice-bench wal` and `sluice-bench restart` (see docs/performance.md).
 //!
 //! `wal`: durable append throughput of the write-ahead log with each sync policy, against the raw
 //! speed of the same disk measured in the same run: the same bytes written sequentially to a plain
@@ -171,7 +171,7 @@ type = "blackhole"
 pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = tempfile::tempdir_in(&dir)?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::gateway::sluice_bin()?;
     // 1. Fill: run until the state has `keys` keys (the vocabulary is drawn at random, so run
     //    long enough that nearly every word was seen).
     std::fs::write(dir.path().join("pipeline.toml"), restart_config(keys, rate))?;
@@ -191,7 +191,7 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
     println!("filling: {keys} keys at {rate} lines/s for {fill_secs} s");
     let mut child = run(fill_secs + 60)?;
     let started = Instant::now();
-    let report = crate::inspect::inspect;
+    let report = sluice::inspect::inspect;
     let stderr = child.stderr.take().expect("piped");
     let lines = std::io::BufReader::new(stderr).lines();
     for l in lines {
@@ -228,7 +228,7 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
             if l.contains(marker) {
                 let detail = ["records", "query_us", "state_us"]
                     .iter()
-                    .filter_map(|f| Some(format!(" {f}={}", super::bench::field(&l, f)?)))
+                    .filter_map(|f| Some(format!(" {f}={}", crate::gateway::field(&l, f)?)))
                     .collect::<String>();
                 println!(
                     "{:>6.0} ms  {what}{detail}",
@@ -237,8 +237,8 @@ pub async fn bench_restart(dir: PathBuf, keys: u64, rate: u64) -> anyhow::Result
             }
         }
         if l.contains("batch done") {
-            let ms = super::bench::field(&l, "processing_us").unwrap_or(0) as f64 / 1e3;
-            let records = super::bench::field(&l, "records").unwrap_or(0);
+            let ms = crate::gateway::field(&l, "processing_us").unwrap_or(0) as f64 / 1e3;
+            let records = crate::gateway::field(&l, "records").unwrap_or(0);
             println!(
                 "{:>6.0} ms  first batch committed (its processing: {ms:.0} ms, {records} lines)",
                 t0.elapsed().as_secs_f64() * 1e3

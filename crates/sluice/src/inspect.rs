@@ -76,7 +76,7 @@ pub fn inspect(dir: &Path) -> Result<String> {
             d.time,
             d.records,
             d.processing_ms,
-            if d.replay { "  (re-run)" } else { "" },
+            if d.rerun { "  (re-run)" } else { "" },
             if d.skipped { "  (skipped)" } else { "" }
         );
     }

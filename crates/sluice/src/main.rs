@@ -1,7 +1,7 @@
 //! The `sluice` command.
 
 use clap::{Parser, Subcommand};
-use sluice::{bench, registry, RunOptions, Shutdown};
+use sluice::{registry, RunOptions, Shutdown};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,11 +60,6 @@ enum Command {
     Checkpoint {
         #[command(subcommand)]
         which: CheckpointCmd,
-    },
-    /// Benchmarks with fixed, seeded workloads.
-    Bench {
-        #[command(subcommand)]
-        which: bench::Which,
     },
 }
 
@@ -249,13 +244,6 @@ fn main() -> ExitCode {
                 CheckpointCmd::Skip { dir, batch } => sluice::inspect::skip(&dir, batch),
                 CheckpointCmd::Repair { dir } => sluice::inspect::repair(&dir),
             }),
-            Command::Bench { which } => match bench::run(which).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            },
         }
     })
 }

@@ -1,12 +1,6 @@
 //! `sluice` as a library: the registry of built-in connectors, loading a config into a pipeline,
 //! and a `StreamingContext`-style builder for pipelines written in Rust.
 
-pub mod bench;
-mod bench_kafka;
-mod bench_mqtt;
-mod bench_object_store;
-mod bench_overload;
-mod bench_wal;
 pub mod context;
 pub mod inspect;
 pub mod replay;

@@ -1,11 +1,11 @@
-//! `sluice bench kafka`: seeded JSON records (~200 B) preloaded in a topic on a local tansu, read
+//! `sluice-bench kafka`: seeded JSON records (~200 B) preloaded in a topic on a local tansu, read
 //! by the gateway's `kafka` source through a job that decodes them, drops half, joins a
 //! 10,000-row reference table and aggregates per key per 10 s event-time window into a file sink —
 //! against, in the same run and from the same broker, a bare rdkafka consumer that only counts
 //! bytes (the physical limit of this path).
 
-use crate::bench::{start_tansu, stop_gateway};
-use crate::bench_object_store::drain;
+use crate::gateway::stop_gateway;
+use crate::object_store::drain;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_testkit::tansu::start_tansu;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
