@@ -1,7 +1,7 @@
 //! Helpers: run a config in-process with the console captured, or run the real binary.
 
 use sluice::{BatchTime, RunOptions, RunSummary};
-use sluice_console::{ConsoleFactory, SharedBuffer};
+use sluice_console::{ConsoleConnector, SharedBuffer};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -18,7 +18,7 @@ pub async fn run_toml(toml: &str, batches: u64) -> (String, RunSummary) {
 pub async fn try_run_toml(toml: &str, batches: u64) -> Result<(String, RunSummary), String> {
     let buf = SharedBuffer::default();
     let mut reg = sluice::registry();
-    reg.register_sink("console", ConsoleFactory::capture(buf.clone()));
+    reg.register_sink("console", ConsoleConnector::capture(buf.clone()));
     let path = Path::new("test.toml");
     let cfg = sluice_config::load_str(toml, config::FileFormat::Toml, path, &reg).map_err(|d| {
         d.iter()

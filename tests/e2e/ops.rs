@@ -244,7 +244,7 @@ sinks = ["out"]
     let mut reg = sluice::registry();
     reg.register_sink(
         "console",
-        sluice_console::ConsoleFactory::capture(buf.clone()),
+        sluice_console::ConsoleConnector::capture(buf.clone()),
     );
     let path = std::path::Path::new("t.toml");
     let parsed = sluice_config::load_str(&cfg, config::FileFormat::Toml, path, &reg).unwrap();

@@ -16,17 +16,18 @@
 //! A batch re-run after a restart says so: `Time: ... (re-run)`.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::array::{Array, ArrayRef, AsArray};
 use sluice_core::arrow::compute::cast;
 use sluice_core::arrow::datatypes::{DataType, TimeUnit};
 use sluice_core::arrow::util::display::{ArrayFormatter, FormatOptions};
-use sluice_core::{BuildContext, ConfigError, Result, Sink, SinkBatch, SinkFactory};
+use sluice_core::{BuildContext, Component, ConfigError, Result, Sink, SinkBatch, SinkConnector};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 /// `[sinks.NAME] type = "console"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     /// Rows shown per batch (default 10, as `pprint()`).
@@ -41,7 +42,7 @@ fn default_num() -> usize {
     10
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     #[default]
@@ -51,25 +52,25 @@ pub enum Target {
 
 /// Builds console sinks: on stdout/stderr, or all into one shared buffer (tests, embedding).
 #[derive(Default)]
-pub struct ConsoleFactory {
+pub struct ConsoleConnector {
     capture: Option<SharedBuffer>,
 }
 
-impl ConsoleFactory {
+impl ConsoleConnector {
     /// Console sinks that write into `buf` instead of stdout/stderr.
     pub fn capture(buf: SharedBuffer) -> Self {
-        ConsoleFactory { capture: Some(buf) }
+        ConsoleConnector { capture: Some(buf) }
     }
 }
 
-impl SinkFactory for ConsoleFactory {
+impl SinkConnector for ConsoleConnector {
+    type Config = ConsoleConfig;
     fn build(
         &self,
         _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        _at: &Component,
+        cfg: ConsoleConfig,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let cfg: ConsoleConfig = sluice_core::options::parse(path, options)?;
         let out: Box<dyn Write + Send> = match (&self.capture, cfg.target) {
             (Some(buf), _) => Box::new(buf.clone()),
             (None, Target::Stdout) => Box::new(std::io::stdout()),
@@ -297,20 +298,20 @@ mod tests {
 }
 
 /// `[sinks.NAME] type = "blackhole"`: discards output and counts rows (benchmarks, dry runs).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeConfig {}
 
-pub struct BlackholeFactory(pub Arc<std::sync::atomic::AtomicU64>);
+pub struct BlackholeConnector(pub Arc<std::sync::atomic::AtomicU64>);
 
-impl SinkFactory for BlackholeFactory {
+impl SinkConnector for BlackholeConnector {
+    type Config = BlackholeConfig;
     fn build(
         &self,
         _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        _at: &Component,
+        _cfg: BlackholeConfig,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let _: BlackholeConfig = sluice_core::options::parse(path, options)?;
         Ok(Box::new(Blackhole(self.0.clone())))
     }
 }

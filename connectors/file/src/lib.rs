@@ -12,6 +12,6 @@ mod sink;
 mod source;
 
 pub use sink::{
-    committed, FileSinkConfig, FileSinkFactory, ManifestEntry, OutputFormat, MANIFEST_DIR,
+    committed, FileSinkConfig, FileSinkConnector, ManifestEntry, OutputFormat, MANIFEST_DIR,
 };
-pub use source::{FileSourceConfig, FileSourceFactory};
+pub use source::{FileSourceConfig, FileSourceConnector};

@@ -1,13 +1,16 @@
 //! The `file` sink.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::array::RecordBatch;
 use sluice_core::arrow::datatypes::SchemaRef;
-use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
+use sluice_core::{
+    BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
+};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON object per line (`.json`).
@@ -30,7 +33,7 @@ impl OutputFormat {
 }
 
 /// `[sinks.NAME] type = "file"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The output directory (created if missing).
@@ -51,16 +54,17 @@ pub struct FileSinkConfig {
     pub write_empty: bool,
 }
 
-pub struct FileSinkFactory;
+pub struct FileSinkConnector;
 
-impl SinkFactory for FileSinkFactory {
+impl SinkConnector for FileSinkConnector {
+    type Config = FileSinkConfig;
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: FileSinkConfig,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let cfg: FileSinkConfig = sluice_core::options::parse(path, options)?;
+        let path = at.path.as_str();
         let dir = cx.resolve(&cfg.path);
         if dir.exists() && !dir.is_dir() {
             return Err(ConfigError::new(
@@ -74,7 +78,7 @@ impl SinkFactory for FileSinkFactory {
             Some(scope) => dir.join(scope),
             None => dir,
         };
-        let name = sluice_core::options::component_name(path).to_string();
+        let name = at.name.clone();
         Ok(Box::new(FileSink { cfg, dir, name }))
     }
 }
@@ -91,7 +95,7 @@ pub struct FileSink {
 pub const MANIFEST_DIR: &str = "_sluice_metadata";
 
 /// One committed (job, batch) of a file sink.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, JsonSchema)]
 pub struct ManifestEntry {
     pub job: String,
     pub batch_time: i64,

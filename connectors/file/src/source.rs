@@ -1,11 +1,12 @@
 //! The `file` source: new files in a directory.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
-    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Error, Guarantee,
-    ReplayableSource, Result, SourceFactory, SourceRuntime,
+    BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Error, Guarantee,
+    ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::collections::HashSet;
@@ -16,7 +17,7 @@ const CHUNK_LINES: usize = 8192;
 use std::path::PathBuf;
 
 /// `[sources.NAME] type = "file"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// The directory to watch.
@@ -45,16 +46,17 @@ pub struct FileSourceConfig {
     pub max_files_per_batch: Option<usize>,
 }
 
-pub struct FileSourceFactory;
+pub struct FileSourceConnector;
 
-impl SourceFactory for FileSourceFactory {
+impl SourceConnector for FileSourceConnector {
+    type Config = FileSourceConfig;
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: FileSourceConfig,
     ) -> Result<BuiltSource, ConfigError> {
-        let cfg: FileSourceConfig = sluice_core::options::parse(path, options)?;
+        let path = at.path.as_str();
         let decoder =
             Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.max_files_per_batch == Some(0) {

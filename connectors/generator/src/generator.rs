@@ -3,17 +3,18 @@
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::now_ms;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, Guarantee, Receiver, ReceiverStatus,
-    Result, SourceFactory, SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, Component, ConfigError, Guarantee, Receiver,
+    ReceiverStatus, Result, SourceConnector, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// JSON readings: `{"device":"dev-007","site":"site-2","ts":1763819484000,"temperature":21.3,"humidity":40.2}`.
@@ -25,7 +26,7 @@ pub enum Kind {
 }
 
 /// `[sources.NAME] type = "generator"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorConfig {
     /// What to generate: `sensors`, `weblog` or `words`.
@@ -43,22 +44,25 @@ pub struct GeneratorConfig {
     /// record i has time `start_ms + i * 1000 / rate`.
     #[serde(default)]
     pub start_ms: Option<i64>,
-    /// Sensors: number of devices (default 20), spread over `sites` sites (default 4).
+    /// Sensors: number of devices (default 20), spread over `sites` sites.
     #[serde(default = "default_devices")]
     pub devices: u32,
+    /// Sensors: number of sites (default 4).
     #[serde(default = "default_sites")]
     pub sites: u32,
     /// Sensors: fraction of readings that are anomalies, far from the site's mean (default 0.005).
     #[serde(default = "default_anomalies")]
     pub anomaly_rate: f64,
-    /// Words: vocabulary size (default 10000) and words per line (default 10).
+    /// Words: vocabulary size (default 10000).
     #[serde(default = "default_vocabulary")]
     pub vocabulary: u32,
+    /// Words: words per line (default 10).
     #[serde(default = "default_words")]
     pub words_per_line: u32,
     /// Decode the generated payloads: `text` (a `line` column) or `json` with `schema`.
     #[serde(default)]
     pub format: Format,
+    /// Columns for `json`, e.g. `"device string, temperature double"`.
     #[serde(default)]
     pub schema: Option<String>,
 }
@@ -85,16 +89,17 @@ fn default_words() -> u32 {
     10
 }
 
-pub struct GeneratorFactory;
+pub struct GeneratorConnector;
 
-impl SourceFactory for GeneratorFactory {
+impl SourceConnector for GeneratorConnector {
+    type Config = GeneratorConfig;
     fn build(
         &self,
         _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: GeneratorConfig,
     ) -> Result<BuiltSource, ConfigError> {
-        let cfg: GeneratorConfig = sluice_core::options::parse(path, options)?;
+        let path = at.path.as_str();
         if cfg.rate == 0 {
             return Err(ConfigError::new(
                 format!("{path}.rate"),

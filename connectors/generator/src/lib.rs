@@ -8,5 +8,5 @@
 mod generator;
 mod queue;
 
-pub use generator::{GeneratorConfig, GeneratorFactory, Kind, Workload};
-pub use queue::{QueueConfig, QueueFactory};
+pub use generator::{GeneratorConfig, GeneratorConnector, Kind, Workload};
+pub use queue::{QueueConfig, QueueConnector};

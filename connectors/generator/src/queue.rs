@@ -1,16 +1,17 @@
 //! The `queue` source: batches listed in the config, one per batch interval.
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
-    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetters, Guarantee, ReplayableSource,
-    Result, SourceFactory, SourceRuntime,
+    BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Guarantee,
+    ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 
 /// `[sources.NAME] type = "queue"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// The records of each batch, in order: `batches = [["a b", "c"], [], ["d"]]`. After the last
@@ -25,16 +26,17 @@ pub struct QueueConfig {
     pub schema: Option<String>,
 }
 
-pub struct QueueFactory;
+pub struct QueueConnector;
 
-impl SourceFactory for QueueFactory {
+impl SourceConnector for QueueConnector {
+    type Config = QueueConfig;
     fn build(
         &self,
         _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: QueueConfig,
     ) -> Result<BuiltSource, ConfigError> {
-        let cfg: QueueConfig = sluice_core::options::parse(path, options)?;
+        let path = at.path.as_str();
         let decoder = Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), None)?;
         Ok(BuiltSource {
             schema: decoder.schema(),

@@ -1,6 +1,7 @@
 //! The keys of `type = "kafka"` sources and sinks. The doc comments are the user documentation
 //! (docs/kafka.md repeats them with examples).
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::ConfigError;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 /// `[sources.NAME] type = "kafka"`: a direct source — no receiver and no write-ahead log; each batch
 /// is a set of offset ranges recorded in the batch plan before it runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// `host:port[,host:port...]` of the brokers.
@@ -93,6 +94,7 @@ pub struct KafkaSourceConfig {
         default = "default_metadata_refresh",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub metadata_refresh: Duration,
     /// How long a batch re-run after a restart waits for its exact records (default 2m): the
     /// broker being down meanwhile only delays it; after this the run stops with an error.
@@ -100,6 +102,7 @@ pub struct KafkaSourceConfig {
         default = "default_fetch_timeout",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub fetch_timeout: Duration,
     /// Fetched records held ahead of the batches, in MiB (default 128). Fetching pauses above it,
     /// so it bounds one batch: about 128 MiB / (record size + 64 B) records.
@@ -119,7 +122,7 @@ pub struct KafkaSourceConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDataLoss {
     #[default]
@@ -128,7 +131,7 @@ pub enum OnDataLoss {
 }
 
 /// `[sinks.NAME] type = "kafka"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port...]` of the brokers.
@@ -172,6 +175,7 @@ pub struct KafkaSinkConfig {
         default = "default_transaction_timeout",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub transaction_timeout: Duration,
     /// librdkafka producer properties passed through, e.g. `{ "compression.type" = "zstd",
     /// "linger.ms" = "20" }`, TLS and SASL as for the source.
@@ -179,7 +183,7 @@ pub struct KafkaSinkConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkFormat {
     #[default]

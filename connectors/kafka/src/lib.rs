@@ -14,5 +14,5 @@ mod source;
 
 pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
 pub use replay::{replay_ranges, GroupOffsets};
-pub use sink::KafkaSinkFactory;
-pub use source::{KafkaSourceFactory, PartRange};
+pub use sink::KafkaSinkConnector;
+pub use source::{KafkaSourceConnector, PartRange};

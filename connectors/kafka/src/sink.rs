@@ -21,7 +21,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
+use sluice_core::{
+    BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,17 +31,18 @@ use std::time::Duration;
 /// Columns with a meaning of their own; the others are the value's when there is no `value`.
 const SPECIAL: &[&str] = &["value", "key", "topic", "partition", "headers"];
 
-pub struct KafkaSinkFactory;
+pub struct KafkaSinkConnector;
 
-impl SinkFactory for KafkaSinkFactory {
+impl SinkConnector for KafkaSinkConnector {
+    type Config = KafkaSinkConfig;
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: KafkaSinkConfig,
     ) -> std::result::Result<Box<dyn Sink>, ConfigError> {
-        let cfg: KafkaSinkConfig = sluice_core::options::parse(path, options)?;
-        let name = sluice_core::options::component_name(path).to_string();
+        let path = at.path.as_str();
+        let name = at.name.clone();
         check_properties(path, &cfg.properties)?;
         if cfg.topic.trim().is_empty() {
             return Err(ConfigError::new(
@@ -738,7 +741,7 @@ mod tests {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::mocking::MockCluster;
         use rdkafka::Message;
-        use sluice_core::{BuildContext, SinkFactory};
+        use sluice_core::{BuildContext, Component, SinkConnector};
 
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("out", 1, 1).unwrap();
@@ -760,9 +763,10 @@ mod tests {
             "value",
             Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
         )]);
-        let mut first = KafkaSinkFactory
-            .build(&cx, "sinks.out", options.clone())
-            .unwrap();
+        let connector = KafkaSinkConnector;
+        let at = Component::new("sinks.out");
+        let config = connector.parse(&at.path, options.clone()).unwrap();
+        let mut first = connector.build(&cx, &at, config).unwrap();
         first.open().await.unwrap();
         assert!(first.idempotent(), "the mock cluster has transactions");
         write(&mut first, &schema, &b, 1000).await.unwrap();

@@ -21,8 +21,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sluice_core::{
-    BatchTime, BuildContext, BuiltSource, ConfigError, DeadLetter, DeadLetters, Error, Guarantee,
-    ReplayableSource, Result, SourceFactory, SourceRuntime,
+    BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, DeadLetters, Error,
+    Guarantee, ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
 use sluice_formats::payload::{check_envelope, PayloadDecoder, PayloadFormat};
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,17 +46,18 @@ const CHUNK: usize = 32 * 1024;
 /// How long a metadata or offsets request may take before the batch goes on without it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct KafkaSourceFactory;
+pub struct KafkaSourceConnector;
 
-impl SourceFactory for KafkaSourceFactory {
+impl SourceConnector for KafkaSourceConnector {
+    type Config = KafkaSourceConfig;
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: KafkaSourceConfig,
     ) -> std::result::Result<BuiltSource, ConfigError> {
-        let cfg: KafkaSourceConfig = sluice_core::options::parse(path, options)?;
-        let name = sluice_core::options::component_name(path).to_string();
+        let path = at.path.as_str();
+        let name = at.name.clone();
         let ways = [
             !cfg.topics.is_empty(),
             cfg.topic_pattern.is_some(),

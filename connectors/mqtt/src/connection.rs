@@ -1,6 +1,7 @@
 //! Broker connection settings shared by the MQTT source and sink, and the rumqttc options built from
 //! them for either protocol version.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::ConfigError;
@@ -25,7 +26,7 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// How sluice connects to the broker (the same keys for the source and the sink).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
     /// Broker host.
@@ -51,10 +52,11 @@ pub struct Connection {
         default = "default_keep_alive",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub keep_alive: Duration,
     /// Start a new session at every connect. Default false for the source: the broker keeps the
     /// subscription and the messages published while the gateway is down (QoS 1 and 2), and
-    /// redelivers what was not acknowledged.
+    /// redelivers what was not acknowledged. The sink always starts clean.
     #[serde(default)]
     pub clean_session: bool,
     /// MQTT 5: how long the broker keeps the session after a disconnect (default 1d).
@@ -62,6 +64,7 @@ pub struct Connection {
         default = "default_session_expiry",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub session_expiry: Duration,
     /// TLS, e.g. `tls = { ca_file = "ca.pem" }`, plus `cert_file` / `key_file` for a client
     /// certificate.
@@ -72,22 +75,25 @@ pub struct Connection {
         default = "default_connect_timeout",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub connect_timeout: Duration,
     /// First reconnect delay (default 100ms); doubles up to `retry_max`.
     #[serde(
         default = "default_retry_initial",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_initial: Duration,
     /// Longest reconnect delay (default 5s).
     #[serde(
         default = "default_retry_max",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_max: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "3.1.1")]
@@ -97,7 +103,7 @@ pub enum Protocol {
 }
 
 /// `tls = { ... }`: PEM files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// CA certificate(s) the broker's certificate must chain to.
@@ -143,8 +149,30 @@ pub fn refused(
     ))
 }
 
+/// The options of an MQTT source or sink: the connection's keys beside the component's own (`C`),
+/// in one table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct WithConnection<C> {
+    #[serde(flatten)]
+    pub connection: Connection,
+    #[serde(flatten)]
+    pub own: C,
+}
+
+impl<C: serde::de::DeserializeOwned> WithConnection<C> {
+    /// Split the table at [`KEYS`] and read each part on its own, so that each refuses unknown keys
+    /// and every error keeps its key path (serde's `flatten` would lose both).
+    pub fn parse(path: &str, options: serde_json::Value) -> Result<Self, ConfigError> {
+        let (connection, own) = split(options);
+        Ok(WithConnection {
+            own: sluice_core::options::parse(path, own)?,
+            connection: sluice_core::options::parse(path, connection)?,
+        })
+    }
+}
+
 /// Split a component's options into the connection's keys and the rest.
-pub fn split(options: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+fn split(options: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
     let mut conn = serde_json::Map::new();
     let mut rest = serde_json::Map::new();
     if let serde_json::Value::Object(m) = options {

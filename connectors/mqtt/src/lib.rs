@@ -9,5 +9,5 @@ mod sink;
 mod source;
 
 pub use connection::{Connection, Protocol, Tls};
-pub use sink::{MqttSinkConfig, MqttSinkFactory};
-pub use source::{MqttSourceConfig, MqttSourceFactory, PayloadFormat, Subscription};
+pub use sink::{MqttSinkConfig, MqttSinkConnector};
+pub use source::{MqttSourceConfig, MqttSourceConnector, PayloadFormat, Subscription};

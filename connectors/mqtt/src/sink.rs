@@ -4,16 +4,19 @@
 //! publishes again).
 
 use crate::client::{self, Client, Event, Retry};
-use crate::connection::{self, Connection, Options};
+use crate::connection::{Options, WithConnection};
 use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_core::{BuildContext, ConfigError, Error, Result, Sink, SinkBatch, SinkFactory};
+use sluice_core::{
+    BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
+};
 use tokio::sync::mpsc;
 
 /// `[sinks.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     /// Topic of each message; `{column}` is replaced by the row's value, e.g. `alerts/{site}`.
@@ -38,6 +41,7 @@ pub struct MqttSinkConfig {
         default = "default_ack_timeout",
         deserialize_with = "sluice_core::time::serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub ack_timeout: std::time::Duration,
 }
 
@@ -100,18 +104,24 @@ fn parse_template(path: &str, t: &str) -> Result<Vec<Part>, ConfigError> {
     Ok(parts)
 }
 
-pub struct MqttSinkFactory;
+pub struct MqttSinkConnector;
 
-impl SinkFactory for MqttSinkFactory {
+impl SinkConnector for MqttSinkConnector {
+    type Config = WithConnection<MqttSinkConfig>;
+    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
+        WithConnection::parse(path, options)
+    }
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        options: Self::Config,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let (conn, rest) = connection::split(options);
-        let cfg: MqttSinkConfig = sluice_core::options::parse(path, rest)?;
-        let mut conn: Connection = sluice_core::options::parse(path, conn)?;
+        let WithConnection {
+            connection: mut conn,
+            own: cfg,
+        } = options;
+        let path = at.path.as_str();
         if cfg.qos > 2 {
             return Err(ConfigError::new(
                 format!("{path}.qos"),
@@ -120,7 +130,7 @@ impl SinkFactory for MqttSinkFactory {
             ));
         }
         let template = parse_template(path, &cfg.topic)?;
-        let name = sluice_core::options::component_name(path).to_string();
+        let name = at.name.clone();
         // A re-run batch publishes again; a session carried across restarts would only bring
         // acknowledgements for packets this process never sent.
         conn.clean_session = true;

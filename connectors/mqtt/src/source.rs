@@ -8,7 +8,7 @@
 //! PUBREL, are stored with each WAL block, so this holds across a restart too.
 
 use crate::client::{self, Client, Event, Message, Released, Retry};
-use crate::connection::{self, Connection, Options, Protocol};
+use crate::connection::{Options, Protocol, WithConnection};
 use crate::redelivery::Remembered;
 use arrow::array::{
     BooleanBuilder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt8Builder,
@@ -18,11 +18,12 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Error, Guarantee, Receiver,
-    ReceiverStatus, Result, SourceFactory, SourceRuntime, WhenDurable,
+    BlockWriter, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, Error, Guarantee,
+    Receiver, ReceiverStatus, Result, SourceConnector, SourceRuntime, WhenDurable,
 };
 pub use sluice_formats::payload::PayloadFormat;
 use sluice_formats::payload::{check_envelope, PayloadDecoder};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// `[sources.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     /// Topic filters (`+` and `#` wildcards; `$share/<group>/<filter>` for a shared
@@ -43,6 +44,7 @@ pub struct MqttSourceConfig {
     /// Payload decoding: `text` (a `payload` string column), `raw` (a `payload` binary column),
     /// `json` or `csv` (with `schema`). Undecodable payloads go to the dead-letter output.
     #[serde(default)]
+    #[schemars(schema_with = "sluice_formats::payload::text_formats_schema")]
     pub format: PayloadFormat,
     /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
     #[serde(default)]
@@ -54,14 +56,16 @@ pub struct MqttSourceConfig {
     /// `content_type`, `user_properties`) after the payload's columns (default true).
     #[serde(default = "default_true")]
     pub envelope: bool,
-    /// A block is stored after this many messages ... (default 10000)
+    /// A block is stored after this many messages, or after `block_interval`, whichever comes
+    /// first (default 10000).
     #[serde(default = "default_block_messages")]
     pub block_messages: usize,
-    /// ... or this much time, whichever comes first (default 20ms).
+    /// A block is stored after this much time, or after `block_messages` (default 20ms).
     #[serde(
         default = "default_block_interval",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub block_interval: Duration,
     /// How many QoS 1/2 messages may wait for their acknowledgement (MQTT 5's receive maximum;
     /// with 3.1.1 set the broker's own limit, mosquitto's `max_inflight_messages`, to at most
@@ -72,7 +76,7 @@ pub struct MqttSourceConfig {
 }
 
 /// One topic filter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Subscription {
     Filter(String),
@@ -104,19 +108,25 @@ const ENVELOPE: &[&str] = &[
     "user_properties",
 ];
 
-pub struct MqttSourceFactory;
+pub struct MqttSourceConnector;
 
-impl SourceFactory for MqttSourceFactory {
+impl SourceConnector for MqttSourceConnector {
+    type Config = WithConnection<MqttSourceConfig>;
+    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
+        WithConnection::parse(path, options)
+    }
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
-        let (conn, rest) = connection::split(options);
-        let cfg: MqttSourceConfig = sluice_core::options::parse(path, rest)?;
-        let conn: Connection = sluice_core::options::parse(path, conn)?;
-        let name = sluice_core::options::component_name(path).to_string();
+        let WithConnection {
+            connection: conn,
+            own: cfg,
+        } = options;
+        let path = at.path.as_str();
+        let name = at.name.clone();
         let mut filters = Vec::new();
         for (i, t) in cfg.topics.iter().enumerate() {
             let (filter, qos) = match t {

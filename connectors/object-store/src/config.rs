@@ -1,16 +1,17 @@
 //! `[sinks.NAME] type = "object_store"`: the keys, whose doc comments are the user documentation.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 pub use sluice_core::Secret;
 use std::time::Duration;
 
 /// An object-storage sink: S3 (and S3-compatible stores), WebHDFS, HDFS or a local folder.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreSinkConfig {
     /// Where to write: `s3://bucket/prefix`, `webhdfs://host:port/path`, `hdfs://host:port/path`
-    /// (a build with the `hdfs` feature), `file:///abs/path` or a folder relative to the config file.
+    /// (a build with the `hdfs` feature), `file:///abs/path` or a folder (relative to the working directory).
     pub path: String,
     /// `parquet` (default), `json` (JSON lines), `csv` (with a header) or `avro` (object container
     /// file; the schema is derived from the job's output).
@@ -42,9 +43,11 @@ pub struct ObjectStoreSinkConfig {
     /// measured as Arrow data before encoding. Without `max_file_size` and `max_file_age`, each
     /// batch writes its own files.
     #[serde(default)]
+    #[schemars(with = "Option<sluice_core::options::SizeText>")]
     pub max_file_size: Option<bytesize::ByteSize>,
     /// Roll files across batches: close a file once it spans this much batch time (`"10m"`).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub max_file_age: Option<Duration>,
     /// Write a file for a batch with no rows too (default false).
     #[serde(default)]
@@ -52,6 +55,7 @@ pub struct ObjectStoreSinkConfig {
     /// Objects larger than this are sent as multipart uploads of parts this size (default `8MiB`,
     /// at least `5MiB` for S3).
     #[serde(default = "default_part_size")]
+    #[schemars(with = "sluice_core::options::SizeText")]
     pub part_size: bytesize::ByteSize,
     /// Parts of one object uploaded at once (default 4).
     #[serde(default = "default_concurrency")]
@@ -91,16 +95,18 @@ pub struct ObjectStoreSinkConfig {
         default = "default_retry_initial",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_initial: Duration,
     /// Longest backoff between attempts (default 10s).
     #[serde(
         default = "default_retry_max",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_max: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -121,7 +127,7 @@ impl Format {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,

@@ -22,19 +22,20 @@ pub use config::{Compression, Format, ObjectStoreSinkConfig};
 pub use location::Location;
 pub use sink::ObjectStoreSink;
 
-use sluice_core::{BuildContext, ConfigError, Result, Sink, SinkFactory};
+use sluice_core::{BuildContext, Component, ConfigError, Result, Sink, SinkConnector};
 use sluice_formats::partition::{valid_time_template, Layout};
 
-pub struct ObjectStoreSinkFactory;
+pub struct ObjectStoreSinkConnector;
 
-impl SinkFactory for ObjectStoreSinkFactory {
+impl SinkConnector for ObjectStoreSinkConnector {
+    type Config = ObjectStoreSinkConfig;
     fn build(
         &self,
         cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: ObjectStoreSinkConfig,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let cfg: ObjectStoreSinkConfig = sluice_core::options::parse(path, options)?;
+        let path = at.path.as_str();
         check(path, &cfg)?;
         // Scale-out, or `sluice replay`: this gateway writes (and keeps its manifest and staging) under
         // a folder of its own.

@@ -8,12 +8,13 @@
 
 use async_trait::async_trait;
 use backon::BackoffBuilder;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::time::serde_duration;
 use sluice_core::{
-    BlockWriter, BuildContext, BuiltSource, ConfigError, DeadLetter, Guarantee, Receiver,
-    ReceiverStatus, Result, SourceFactory, SourceRuntime,
+    BlockWriter, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, Guarantee,
+    Receiver, ReceiverStatus, Result, SourceConnector, SourceRuntime,
 };
 use sluice_formats::{Decoder, Format};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// `[sources.NAME] type = "socket"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SocketSourceConfig {
     /// Host of the server to read from.
@@ -41,26 +42,31 @@ pub struct SocketSourceConfig {
     /// Longest line accepted; a longer one goes to the dead-letter output (default 1 MiB).
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
-    /// A block is stored after this many lines ... (default 65536)
+    /// A block is stored after this many lines, or after `block_interval`, whichever comes first
+    /// (default 65536).
     #[serde(default = "default_block_lines")]
     pub block_lines: usize,
-    /// ... or this much time, whichever comes first (default 100ms; Spark's blockInterval is 200ms).
+    /// A block is stored after this much time, or after `block_lines` (default 100ms; Spark's
+    /// blockInterval is 200ms).
     #[serde(
         default = "default_block_interval",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub block_interval: Duration,
     /// First reconnect delay (default 100ms); doubles up to `retry_max`.
     #[serde(
         default = "default_retry_initial",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_initial: Duration,
     /// Longest reconnect delay (default 5s).
     #[serde(
         default = "default_retry_max",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub retry_max: Duration,
 }
 
@@ -80,17 +86,17 @@ fn default_retry_max() -> Duration {
     Duration::from_secs(5)
 }
 
-pub struct SocketSourceFactory;
+pub struct SocketSourceConnector;
 
-impl SourceFactory for SocketSourceFactory {
+impl SourceConnector for SocketSourceConnector {
+    type Config = SocketSourceConfig;
     fn build(
         &self,
         _cx: &BuildContext,
-        path: &str,
-        options: serde_json::Value,
+        at: &Component,
+        cfg: SocketSourceConfig,
     ) -> Result<BuiltSource, ConfigError> {
-        let cfg: SocketSourceConfig = sluice_core::options::parse(path, options)?;
-        let name = sluice_core::options::component_name(path);
+        let path = at.path.as_str();
         let decoder =
             Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
         if cfg.block_lines == 0 {
@@ -106,7 +112,7 @@ impl SourceFactory for SocketSourceFactory {
             runtime: SourceRuntime::Receiver(Box::new(SocketReceiver {
                 cfg,
                 decoder,
-                name: name.to_string(),
+                name: at.name.clone(),
             })),
             caveat: None,
         })

@@ -6,6 +6,7 @@
 //! connector's factory; SQL is checked by planning it. `sluice validate` runs all three.
 
 mod model;
+pub mod reference;
 
 pub use model::*;
 

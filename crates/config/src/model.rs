@@ -2,13 +2,14 @@
 //! (`docs/configuration.md` follows them).
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_core::time::serde_duration;
 use std::time::Duration;
 
 /// The whole file as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileModel {
     pub app: AppSection,
@@ -23,13 +24,14 @@ pub(crate) struct FileModel {
 }
 
 /// `[app]`: the application as a whole.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSection {
     /// A name for logs and output files.
     pub name: String,
     /// How often a batch is cut, e.g. `"1s"` (Spark's `batchDuration`).
     #[serde(deserialize_with = "serde_duration::deserialize")]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub batch_interval: Duration,
     /// Where the checkpoint (batch plans, committed batches, source positions, state) and the
     /// write-ahead log of received data live. With it, a restarted gateway resumes where it stopped:
@@ -56,9 +58,11 @@ pub struct AppSection {
     /// planned into a batch: past it, the receiver stops reading its peer until a batch takes some
     /// (default `512MiB`, measured as Arrow memory; at most 4 million records either way).
     #[serde(default = "default_receiver_buffer")]
+    #[schemars(with = "sluice_core::options::SizeText")]
     pub receiver_buffer: bytesize::ByteSize,
     /// How long a graceful stop may take to drain received data (default 10 × batch_interval).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub graceful_stop_timeout: Option<Duration>,
     /// Several gateways run this same config and share the work: each Kafka source's partitions
     /// are divided among them by the broker (one consumer group), and each gateway's file and
@@ -80,7 +84,7 @@ pub struct AppSection {
 }
 
 /// `[app.wal]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
     /// When received blocks are made durable (and acknowledged upstream): `interval` (default;
@@ -93,6 +97,7 @@ pub struct WalConfig {
         default = "default_sync_interval",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub sync_interval: Duration,
     /// Size at which a log segment is closed and a new one started (default 64 MiB). Closed
     /// segments are deleted once every batch that read them is committed.
@@ -101,6 +106,7 @@ pub struct WalConfig {
     /// The checkpoint store's (RocksDB's) memtable size: past it, what the commits wrote is
     /// flushed to a table file (default 64 MiB, RocksDB's). Smaller flushes more often.
     #[serde(default)]
+    #[schemars(with = "Option<sluice_core::options::SizeText>")]
     pub store_write_buffer: Option<bytesize::ByteSize>,
 }
 
@@ -126,7 +132,7 @@ fn default_segment_bytes() -> u64 {
     64 << 20
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WalSync {
     #[default]
@@ -134,7 +140,7 @@ pub enum WalSync {
     EveryBlock,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedBatches {
     CatchUp,
@@ -144,7 +150,7 @@ pub enum MissedBatches {
 
 /// `[app.backpressure]`: how fast sources may go (Spark's `spark.streaming.backpressure.*` and
 /// `receiver.maxRate`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackpressureConfig {
     /// Adapt each source's rate to what the batches can process (PID estimator, default false).
@@ -183,7 +189,7 @@ fn default_min_rate() -> u64 {
 
 /// `[tables.NAME]`: a reference table read from a file, joined by jobs (Spark's `transform` with a
 /// static RDD). It is re-read when the file's modification time changes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// Path of the file (relative to the working directory).
@@ -203,7 +209,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TableFormat {
     Csv,
@@ -212,7 +218,7 @@ pub enum TableFormat {
 }
 
 /// `[jobs.NAME]`: one SQL query run on every batch (or every window slide).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     /// The query. It reads sources, reference tables and other jobs by name, and `state` in a
@@ -236,32 +242,37 @@ pub struct JobConfig {
     pub partitions: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     #[serde(deserialize_with = "serde_duration::deserialize")]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub length: Duration,
     /// Default: the batch interval.
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub slide: Option<Duration>,
 }
 
 /// Event-time windows: rows are grouped into windows `[start, start + length)` by `column`; a window
 /// is emitted once, when the watermark (the largest event time seen minus `watermark`) passes its end.
 /// The input tables of the job get two more columns, `window_start` and `window_end`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
     /// The timestamp column (type timestamp, or int64 milliseconds).
     pub column: String,
     /// Window length.
     #[serde(deserialize_with = "serde_duration::deserialize")]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub length: Duration,
     /// Window slide; default: the length (tumbling windows).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub slide: Option<Duration>,
     /// How late a record may be; default 0s.
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub watermark: Option<Duration>,
     /// What happens to records older than the watermark: `dead_letter` or `drop` (both count them).
     #[serde(default)]
@@ -274,6 +285,7 @@ pub struct EventTimeConfig {
         default = "default_max_future",
         deserialize_with = "serde_duration::deserialize"
     )]
+    #[schemars(with = "sluice_core::time::DurationText")]
     pub max_future: Duration,
 }
 
@@ -281,7 +293,7 @@ fn default_max_future() -> Duration {
     Duration::from_secs(3600)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LateRecords {
     DeadLetter,
@@ -292,7 +304,7 @@ pub enum LateRecords {
 /// Keyed state: the query reads a table `state` (the previous state, with `schema`); its result
 /// becomes the new state (`mode = "replace"`) or is merged into it (`mode = "upsert"`). A key whose
 /// non-key columns are all NULL is removed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// The key columns.
@@ -302,6 +314,7 @@ pub struct StateConfig {
     /// Keys whose state has not changed for this long get one final emission (with `timed_out` =
     /// true) and are dropped (Spark's `mapWithState` timeout).
     #[serde(default, deserialize_with = "serde_duration::option::deserialize")]
+    #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub timeout: Option<Duration>,
     /// What the job emits each batch: `all` keys (Spark's updateStateByKey) or only `updated` ones.
     #[serde(default)]
@@ -314,7 +327,7 @@ pub struct StateConfig {
     pub mode: StateMode,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateMode {
     #[default]
@@ -322,7 +335,7 @@ pub enum StateMode {
     Upsert,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateEmit {
     #[default]

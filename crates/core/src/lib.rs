@@ -17,7 +17,10 @@ pub mod time;
 pub use arrow;
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{ConfigError, Error, Result};
-pub use registry::{BuildContext, Registry, SinkFactory, SourceFactory};
+pub use registry::{
+    BuildContext, Component, Registry, SinkConnector, SinkFactory, SourceConnector, SourceFactory,
+};
+pub use schemars::{self, JsonSchema};
 pub use secret::Secret;
 pub use sink::{Sink, SinkBatch};
 pub use source::{

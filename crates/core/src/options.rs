@@ -180,6 +180,22 @@ pub(crate) fn unexpected(v: &Value) -> serde::de::Unexpected<'_> {
     }
 }
 
+/// The JSON Schema of a size option (`#[schemars(with = "sluice_core::options::SizeText")]` on a
+/// `bytesize::ByteSize` field): bytes as an integer, or a string such as `64MiB`.
+pub struct SizeText;
+
+impl schemars::JsonSchema for SizeText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "integer"],
+            "description": "A size: bytes as an integer, or a number and a unit, e.g. `512MiB`, `64 MB`."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

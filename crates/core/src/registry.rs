@@ -1,9 +1,12 @@
-//! The connector registry: type name → factory. The `sluice` binary registers the built-in and
-//! external connectors; the engine only looks names up here.
+//! The connector contract and registry: a connector declares its options as a type and builds a
+//! source or sink from them; the registry maps a `type = "…"` name to it. The `sluice` binary
+//! registers the connectors it ships; the engine only looks names up here.
 
 use crate::error::ConfigError;
 use crate::sink::Sink;
 use crate::source::BuiltSource;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,17 +43,80 @@ impl BuildContext {
     }
 }
 
+/// Where a component sits in the config: its key path (`sources.lines`), for errors, and its name
+/// (`lines`), for logs, dead letters and the names of what it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Component {
+    pub path: String,
+    pub name: String,
+}
+
+impl Component {
+    pub fn new(path: &str) -> Component {
+        Component {
+            path: path.to_string(),
+            name: crate::options::component_name(path).to_string(),
+        }
+    }
+    /// The key path of one of its options (`sources.lines.port`).
+    pub fn key(&self, option: &str) -> String {
+        crate::error::join_path(&self.path, option)
+    }
+}
+
+/// A source connector: a wire protocol (or a file format) in, Arrow record batches out.
+///
+/// Its options are one type, `Config`: deserialized once, before `build`, with unknown keys
+/// refused with a suggestion; its doc comments are the user documentation (`sluice config schema`
+/// and the key tables in docs/ are generated from them).
+pub trait SourceConnector: Send + Sync + 'static {
+    type Config: DeserializeOwned + JsonSchema;
+    /// Read the options table. The default deserializes `Config`, which should refuse unknown keys
+    /// (`#[serde(deny_unknown_fields)]`); a connector whose options join two tables (the MQTT
+    /// connection keys and the source's own) overrides it.
+    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
+        crate::options::parse(path, options)
+    }
+    /// Build the source named by `at` from its options.
+    fn build(
+        &self,
+        cx: &BuildContext,
+        at: &Component,
+        config: Self::Config,
+    ) -> Result<BuiltSource, ConfigError>;
+}
+
+/// A sink connector: Arrow record batches in, a wire protocol (or files) out. Options as for
+/// [`SourceConnector`].
+pub trait SinkConnector: Send + Sync + 'static {
+    type Config: DeserializeOwned + JsonSchema;
+    /// Read the options table (see [`SourceConnector::parse`]).
+    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
+        crate::options::parse(path, options)
+    }
+    fn build(
+        &self,
+        cx: &BuildContext,
+        at: &Component,
+        config: Self::Config,
+    ) -> Result<Box<dyn Sink>, ConfigError>;
+}
+
+/// A source connector as the registry holds it: options still untyped.
 pub trait SourceFactory: Send + Sync {
-    /// Build the source called `name` from its options (everything but `type`). `path` is the key
-    /// path of the options (`sources.lines`), for error messages.
+    /// Build the source at key path `path` (`sources.lines`) from its options (everything but
+    /// `type`).
     fn build(
         &self,
         cx: &BuildContext,
         path: &str,
         options: serde_json::Value,
     ) -> Result<BuiltSource, ConfigError>;
+    /// The JSON Schema of its options.
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
 }
 
+/// A sink connector as the registry holds it.
 pub trait SinkFactory: Send + Sync {
     fn build(
         &self,
@@ -58,6 +124,41 @@ pub trait SinkFactory: Send + Sync {
         path: &str,
         options: serde_json::Value,
     ) -> Result<Box<dyn Sink>, ConfigError>;
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
+}
+
+struct Typed<C>(C);
+
+impl<C: SourceConnector> SourceFactory for Typed<C> {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<BuiltSource, ConfigError> {
+        let config = self.0.parse(path, options)?;
+        self.0.build(cx, &Component::new(path), config)
+    }
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<C::Config>()
+    }
+}
+
+struct TypedSink<C>(C);
+
+impl<C: SinkConnector> SinkFactory for TypedSink<C> {
+    fn build(
+        &self,
+        cx: &BuildContext,
+        path: &str,
+        options: serde_json::Value,
+    ) -> Result<Box<dyn Sink>, ConfigError> {
+        let config = self.0.parse(path, options)?;
+        self.0.build(cx, &Component::new(path), config)
+    }
+    fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<C::Config>()
+    }
 }
 
 #[derive(Default, Clone)]
@@ -67,12 +168,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn register_source(&mut self, ty: &str, f: impl SourceFactory + 'static) -> &mut Self {
-        self.sources.insert(ty.to_string(), Arc::new(f));
+    pub fn register_source(&mut self, ty: &str, c: impl SourceConnector) -> &mut Self {
+        self.sources.insert(ty.to_string(), Arc::new(Typed(c)));
         self
     }
-    pub fn register_sink(&mut self, ty: &str, f: impl SinkFactory + 'static) -> &mut Self {
-        self.sinks.insert(ty.to_string(), Arc::new(f));
+    pub fn register_sink(&mut self, ty: &str, c: impl SinkConnector) -> &mut Self {
+        self.sinks.insert(ty.to_string(), Arc::new(TypedSink(c)));
         self
     }
     pub fn source(&self, ty: &str) -> Option<&Arc<dyn SourceFactory>> {

@@ -106,6 +106,23 @@ pub mod serde_duration {
     }
 }
 
+/// The JSON Schema of a duration option (`#[schemars(with = "sluice_core::time::DurationText")]`
+/// on a `Duration` field read with [`serde_duration`]): a string such as `100ms`, `5s`, `1m`.
+pub struct DurationText;
+
+impl schemars::JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration: a number and a unit, e.g. `100ms`, `5s`, `1m 30s`, `2h`.",
+            "pattern": "^\\s*[0-9]"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,7 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{self as t, DataType, Field, SchemaRef, TimeUnit};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::{Error, Result};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ fn err(e: impl std::fmt::Display) -> Error {
 }
 
 /// How a datum is framed in a message.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Wire {
     /// The datum alone.

@@ -6,6 +6,7 @@
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::schema::{line_schema, parse_schema};
 use sluice_core::{ConfigError, DeadLetter};
@@ -16,7 +17,7 @@ pub mod partition;
 pub mod payload;
 
 /// How a payload is decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One `line` column holding the payload as text.

@@ -6,12 +6,13 @@ use crate::avro::{DatumDecoder, Wire};
 use crate::{Decoder, Format};
 use arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
 use arrow::datatypes::{DataType, Field, SchemaRef};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::ConfigError;
 use std::sync::Arc;
 
 /// How a message payload is decoded.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
     /// One string column; a payload that is not UTF-8 is a dead letter.
@@ -37,6 +38,16 @@ impl PayloadFormat {
             PayloadFormat::Avro => "avro",
         }
     }
+}
+
+/// The JSON Schema of a `format` option of a source that decodes no Avro (every message source
+/// but Kafka): `text`, `raw`, `json` or `csv`.
+pub fn text_formats_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["text", "raw", "json", "csv"],
+        "default": "text"
+    })
 }
 
 /// A message source's envelope columns follow the payload's: refuse a schema that names one.

@@ -61,6 +61,18 @@ enum Command {
         #[command(subcommand)]
         which: CheckpointCmd,
     },
+    /// The config file's reference, generated from the config types.
+    Config {
+        #[command(subcommand)]
+        which: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the JSON Schema of a config file, for editors (taplo, VS Code's YAML extension):
+    /// every key of `[app]`, `[tables]`, `[jobs]`, and each source's and sink's options by type.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +250,13 @@ fn main() -> ExitCode {
                         ExitCode::from(1)
                     }
                 }
+            }
+            Command::Config {
+                which: ConfigCmd::Schema,
+            } => {
+                let schema = sluice_config::reference::json_schema(&registry());
+                println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+                ExitCode::SUCCESS
             }
             Command::Checkpoint { which } => printed(match which {
                 CheckpointCmd::Inspect { dir } => sluice::inspect::inspect(&dir),
