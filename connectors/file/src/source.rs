@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
     BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Error, Guarantee,
@@ -128,15 +128,26 @@ impl FileSource {
     }
 }
 
+/// A batch's input: the files it reads, by name.
+#[derive(Serialize, Deserialize)]
+pub struct FileRange {
+    pub files: Vec<String>,
+}
+
+/// The files already planned (or skipped at the first start), sorted.
+#[derive(Serialize, Deserialize)]
+pub struct FilePosition {
+    pub seen: Vec<String>,
+}
+
 #[async_trait]
 impl ReplayableSource for FileSource {
-    async fn plan(
-        &mut self,
-        _time: BatchTime,
-        _max_records: Option<u64>,
-    ) -> Result<serde_json::Value> {
+    type Range = FileRange;
+    type Position = FilePosition;
+
+    async fn plan(&mut self, _time: BatchTime, _max_records: Option<u64>) -> Result<FileRange> {
         if !self.started {
-            self.origin().await?;
+            ReplayableSource::origin(self).await?;
         }
         let files = self.list()?;
         let mut new: Vec<String> = files
@@ -148,10 +159,10 @@ impl ReplayableSource for FileSource {
             new.truncate(m);
         }
         self.seen.extend(new.iter().cloned());
-        Ok(serde_json::json!({ "files": new }))
+        Ok(FileRange { files: new })
     }
 
-    async fn origin(&mut self) -> Result<serde_json::Value> {
+    async fn origin(&mut self) -> Result<Option<FilePosition>> {
         self.started = true;
         if !self.cfg.include_existing {
             let files = self.list()?;
@@ -162,33 +173,25 @@ impl ReplayableSource for FileSource {
             );
             self.seen.extend(files.into_iter().map(|(_, n)| n));
         }
-        Ok(self.position())
+        Ok(Some(self.position()))
     }
 
-    fn position(&self) -> serde_json::Value {
-        let mut seen: Vec<&String> = self.seen.iter().collect();
+    fn position(&self) -> FilePosition {
+        let mut seen: Vec<String> = self.seen.iter().cloned().collect();
         seen.sort();
-        serde_json::json!({ "seen": seen })
+        FilePosition { seen }
     }
 
-    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
-        let seen: Vec<String> = serde_json::from_value(position["seen"].clone())
-            .map_err(|e| Error::msg(format!("bad file source position: {e}")))?;
-        self.seen = seen.into_iter().collect();
+    fn restore(&mut self, position: FilePosition) -> Result<()> {
+        self.seen = position.seen.into_iter().collect();
         self.started = true;
         Ok(())
     }
 
-    async fn read(
-        &mut self,
-        range: &serde_json::Value,
-        dead: &DeadLetters,
-    ) -> Result<Vec<RecordBatch>> {
-        let files: Vec<String> = serde_json::from_value(range["files"].clone())
-            .map_err(|e| Error::msg(format!("bad file range: {e}")))?;
+    async fn read(&mut self, range: &FileRange, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        for f in files {
-            let p = self.dir.join(&f);
+        for f in &range.files {
+            let p = self.dir.join(f);
             let cannot =
                 |e: std::io::Error| Error::msg(format!("cannot read {}: {e}", p.display()));
             // Streamed: a chunk of lines at a time is decoded, never the whole file as text.

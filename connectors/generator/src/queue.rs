@@ -57,20 +57,26 @@ struct Queue {
     next: usize,
 }
 
+/// A batch's input: the index of its list of records.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct QueueRange {
+    pub index: usize,
+}
+
 #[async_trait]
 impl ReplayableSource for Queue {
-    async fn plan(&mut self, _time: BatchTime, _max: Option<u64>) -> Result<serde_json::Value> {
-        let i = self.next;
+    type Range = QueueRange;
+    /// None: a queue starts from its first batch again after a restart.
+    type Position = ();
+
+    async fn plan(&mut self, _time: BatchTime, _max: Option<u64>) -> Result<QueueRange> {
+        let index = self.next;
         self.next += 1;
-        Ok(serde_json::json!({ "index": i }))
+        Ok(QueueRange { index })
     }
 
-    async fn read(
-        &mut self,
-        range: &serde_json::Value,
-        dead: &DeadLetters,
-    ) -> Result<Vec<RecordBatch>> {
-        let i = range["index"].as_u64().unwrap_or(u64::MAX) as usize;
+    async fn read(&mut self, range: &QueueRange, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+        let i = range.index;
         let n = self.cfg.batches.len();
         let records = match (self.cfg.batches.get(i), self.cfg.repeat && n > 0) {
             (Some(b), _) => b,
@@ -84,5 +90,11 @@ impl ReplayableSource for Queue {
         } else {
             Vec::new()
         })
+    }
+
+    fn position(&self) {}
+
+    fn restore(&mut self, _position: ()) -> Result<()> {
+        Ok(())
     }
 }

@@ -13,6 +13,5 @@ mod sink;
 mod source;
 
 pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
-pub use replay::{replay_ranges, GroupOffsets};
 pub use sink::KafkaSinkConnector;
 pub use source::{KafkaSourceConnector, PartRange};

@@ -1,12 +1,15 @@
-//! Backfills: resolve a replay's `--from` / `--to` into exact offset ranges per partition (so the
-//! run is bounded and its progress measurable), and read a group's committed offsets to follow it.
+//! Bounded runs of the `kafka` source: `--until-caught-up` stops at the partitions' ends as of the
+//! start; a replay's `--from` / `--to` are resolved into exact offset ranges per partition (so the
+//! run is bounded and its progress measurable), followed through the replay group's committed
+//! offsets.
 
 use crate::config::{KafkaSourceConfig, Start, Until};
-use crate::source::PartRange;
+use crate::source::{KafkaSourceConnector, PartRange};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::{Bounded, ReplayOf, ReplayProgress};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -88,9 +91,78 @@ fn point(s: &str, what: &str) -> Result<Point, String> {
     }
 }
 
+impl Bounded for KafkaSourceConnector {
+    fn until_caught_up(&self, options: &mut serde_json::Value) -> Result<(), String> {
+        if options.get("until").is_none() {
+            options["until"] = "end".into();
+        }
+        Ok(())
+    }
+
+    fn replay(
+        &self,
+        of: &ReplayOf<'_>,
+        options: &mut serde_json::Value,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<Box<dyn ReplayProgress>, String> {
+        let ranges = replay_ranges(options, from, to)?;
+        let mut start: serde_json::Map<String, serde_json::Value> = Default::default();
+        let mut until: serde_json::Map<String, serde_json::Value> = Default::default();
+        for r in &ranges {
+            start
+                .entry(r.topic.clone())
+                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.from.into();
+            until
+                .entry(r.topic.clone())
+                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.until.into();
+        }
+        let group = format!("sluice-{}-{}-{}", of.app, of.source, of.scope);
+        options["start_offsets"] = start.into();
+        options["until_offsets"] = until.into();
+        // Partitions that appear during the replay contribute nothing.
+        options["start"] = "latest".into();
+        options["until"] = "end".into();
+        options["group_id"] = group.clone().into();
+        Ok(Box::new(Progress {
+            offsets: GroupOffsets::new(options, &group)?,
+            ranges,
+        }))
+    }
+}
+
+/// A replay's ranges and its group's committed offsets.
+struct Progress {
+    offsets: GroupOffsets,
+    ranges: Vec<PartRange>,
+}
+
+impl ReplayProgress for Progress {
+    fn parts(&self) -> Vec<(String, u64)> {
+        self.ranges
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}/{}", r.topic, r.partition),
+                    (r.until - r.from) as u64,
+                )
+            })
+            .collect()
+    }
+
+    fn done(&self) -> Vec<u64> {
+        let at = self.offsets.committed(&self.ranges);
+        self.ranges
+            .iter()
+            .zip(at)
+            .map(|(r, at)| (at.min(r.until) - r.from).max(0) as u64)
+            .collect()
+    }
+}
+
 /// The exact ranges a replay of source options `options` reads: every partition of its topics
 /// from `from` up to `to` (default: the end now). Blocking; call off the async workers.
-pub fn replay_ranges(
+fn replay_ranges(
     options: &serde_json::Value,
     from: &str,
     to: Option<&str>,
@@ -160,12 +232,12 @@ pub fn replay_ranges(
 }
 
 /// Follows a consumer group's committed offsets (a replay commits after each batch).
-pub struct GroupOffsets {
+struct GroupOffsets {
     consumer: BaseConsumer,
 }
 
 impl GroupOffsets {
-    pub fn new(options: &serde_json::Value, group: &str) -> Result<GroupOffsets, String> {
+    fn new(options: &serde_json::Value, group: &str) -> Result<GroupOffsets, String> {
         let cfg: KafkaSourceConfig =
             serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
         Ok(GroupOffsets {
@@ -174,7 +246,7 @@ impl GroupOffsets {
     }
 
     /// The committed offset of each range's partition (its `from` where none yet). Blocking.
-    pub fn committed(&self, ranges: &[PartRange]) -> Vec<i64> {
+    fn committed(&self, ranges: &[PartRange]) -> Vec<i64> {
         let mut tpl = TopicPartitionList::new();
         for r in ranges {
             tpl.add_partition(&r.topic, r.partition);

@@ -50,6 +50,9 @@ pub struct KafkaSourceConnector;
 
 impl SourceConnector for KafkaSourceConnector {
     type Config = KafkaSourceConfig;
+    fn bounded(&self) -> Option<&dyn sluice_core::Bounded> {
+        Some(self)
+    }
     fn build(
         &self,
         cx: &BuildContext,
@@ -324,7 +327,7 @@ struct Scale {
 /// claimed for in the plan log.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-enum Planned {
+pub enum Planned {
     Ranges(Vec<PartRange>),
     Claimed { batch: i64, ranges: Vec<PartRange> },
 }
@@ -1084,13 +1087,15 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     }
 }
 
+/// Where the source stands: the next offset of each partition, by topic and partition number.
+pub type Offsets = BTreeMap<String, BTreeMap<String, i64>>;
+
 #[async_trait]
 impl ReplayableSource for KafkaSource {
-    async fn plan(
-        &mut self,
-        time: BatchTime,
-        max_records: Option<u64>,
-    ) -> Result<serde_json::Value> {
+    type Range = Planned;
+    type Position = Offsets;
+
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<Planned> {
         let due = self.refresh().await?;
         if self.scale.is_some() {
             self.sync_group().await?;
@@ -1101,7 +1106,7 @@ impl ReplayableSource for KafkaSource {
             .max_rate_per_partition
             .map(|r| ((r as f64) * self.interval.as_secs_f64()).max(1.0) as usize);
         let Some(f) = &self.fetcher else {
-            return Ok(serde_json::json!([]));
+            return Ok(Planned::Ranges(Vec::new()));
         };
         let buffers = f.shared.buffers.lock().expect("poisoned");
         // What each partition has ready — its records from `next` up to its end, as a range of
@@ -1156,27 +1161,21 @@ impl ReplayableSource for KafkaSource {
             },
             None => Planned::Ranges(ranges),
         };
-        Ok(serde_json::to_value(planned).expect("plain struct"))
+        Ok(planned)
     }
 
-    async fn read(
-        &mut self,
-        range: &serde_json::Value,
-        dead: &DeadLetters,
-    ) -> Result<Vec<RecordBatch>> {
-        let planned: Planned = serde_json::from_value(range.clone())
-            .map_err(|e| self.fail(format!("bad offset ranges {range} in a batch plan: {e}")))?;
-        let ranges = match planned {
+    async fn read(&mut self, range: &Planned, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+        let ranges = match range {
             Planned::Ranges(r) => r,
             Planned::Claimed { batch, ranges } => {
-                if !ranges.is_empty() && !self.claim(batch, &ranges).await? {
+                if !ranges.is_empty() && !self.claim(*batch, ranges).await? {
                     return Ok(Vec::new());
                 }
                 ranges
             }
         };
         let mut out = Vec::new();
-        for r in &ranges {
+        for r in ranges {
             self.gather(r).await?;
             let recs = self.fetcher.as_ref().expect("gathered").shared.take(
                 &r.topic,
@@ -1191,12 +1190,10 @@ impl ReplayableSource for KafkaSource {
         Ok(out)
     }
 
-    async fn commit(&mut self, range: &serde_json::Value) -> Result<()> {
-        let planned: Planned = serde_json::from_value(range.clone())
-            .map_err(|e| self.fail(format!("bad offset ranges {range}: {e}")))?;
-        let (batch, ranges) = match planned {
+    async fn commit(&mut self, range: &Planned) -> Result<()> {
+        let (batch, ranges) = match range {
             Planned::Ranges(r) => (None, r),
-            Planned::Claimed { batch, ranges } => (Some(batch), ranges),
+            Planned::Claimed { batch, ranges } => (Some(*batch), ranges),
         };
         if let (Some(b), Some(scale)) = (batch, self.scale.as_mut()) {
             if scale.void.remove(&b) {
@@ -1208,7 +1205,7 @@ impl ReplayableSource for KafkaSource {
         let members = self.scale.as_ref().and_then(|s| s.members.as_ref());
         let owned = members.map(Membership::owned);
         let mut tpl = TopicPartitionList::new();
-        for r in &ranges {
+        for r in ranges {
             if owned
                 .as_ref()
                 .is_some_and(|o| !o.contains(&(r.topic.clone(), r.partition)))
@@ -1236,14 +1233,14 @@ impl ReplayableSource for KafkaSource {
         self.decoder.project(columns);
     }
 
-    async fn origin(&mut self) -> Result<serde_json::Value> {
+    async fn origin(&mut self) -> Result<Option<Offsets>> {
         if self.scale.is_some() {
             // The group's plan log says where each partition goes on.
-            return Ok(serde_json::Value::Null);
+            return Ok(None);
         }
         self.refresh().await?;
         self.fixed = true;
-        Ok(self.position())
+        Ok(Some(ReplayableSource::position(self)))
     }
 
     async fn prepare(&mut self) -> Result<()> {
@@ -1285,8 +1282,8 @@ impl ReplayableSource for KafkaSource {
         })
     }
 
-    fn position(&self) -> serde_json::Value {
-        let mut m: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    fn position(&self) -> Offsets {
+        let mut m = Offsets::new();
         for (tp, n) in &self.restored {
             m.entry(tp.0.clone())
                 .or_default()
@@ -1299,18 +1296,15 @@ impl ReplayableSource for KafkaSource {
                     .insert(tp.1.to_string(), n);
             }
         }
-        serde_json::to_value(m).expect("plain map")
+        m
     }
 
-    fn restore(&mut self, position: &serde_json::Value) -> Result<()> {
-        let m: BTreeMap<String, BTreeMap<String, i64>> =
-            serde_json::from_value(position.clone())
-                .map_err(|e| self.fail(format!("unreadable position {position}: {e}")))?;
-        for (topic, parts) in m {
+    fn restore(&mut self, position: Offsets) -> Result<()> {
+        for (topic, parts) in position {
             for (p, n) in parts {
                 let p: i32 = p
                     .parse()
-                    .map_err(|_| self.fail(format!("bad partition `{p}` in {position}")))?;
+                    .map_err(|_| self.fail(format!("bad partition `{p}` in topic `{topic}`")))?;
                 self.restored.insert((topic.clone(), p), n);
             }
         }

@@ -3,6 +3,7 @@
 //!
 //! Connectors depend on this crate (and `sluice-formats`) only; the engine never names a connector.
 
+pub mod bounded;
 pub mod dead_letter;
 pub mod error;
 pub mod fs;
@@ -15,6 +16,7 @@ pub mod source;
 pub mod time;
 
 pub use arrow;
+pub use bounded::{Bounded, ReplayOf, ReplayProgress};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{ConfigError, Error, Result};
 pub use registry::{
@@ -24,7 +26,7 @@ pub use schemars::{self, JsonSchema};
 pub use secret::Secret;
 pub use sink::{Sink, SinkBatch};
 pub use source::{
-    BlockWriter, BuiltSource, Guarantee, Receiver, ReceiverStatus, ReplayableSource, SourceRuntime,
-    WhenDurable,
+    AnyReplayable, BlockWriter, BuiltSource, Guarantee, Receiver, ReceiverStatus, ReplayableSource,
+    SourceRuntime, WhenDurable,
 };
 pub use time::BatchTime;

@@ -2,6 +2,7 @@
 //! source or sink from them; the registry maps a `type = "…"` name to it. The `sluice` binary
 //! registers the connectors it ships; the engine only looks names up here.
 
+use crate::bounded::Bounded;
 use crate::error::ConfigError;
 use crate::sink::Sink;
 use crate::source::BuiltSource;
@@ -84,6 +85,10 @@ pub trait SourceConnector: Send + Sync + 'static {
         at: &Component,
         config: Self::Config,
     ) -> Result<BuiltSource, ConfigError>;
+    /// Whether its input can be bounded (`--until-caught-up`, `sluice replay`), and how.
+    fn bounded(&self) -> Option<&dyn Bounded> {
+        None
+    }
 }
 
 /// A sink connector: Arrow record batches in, a wire protocol (or files) out. Options as for
@@ -114,6 +119,8 @@ pub trait SourceFactory: Send + Sync {
     ) -> Result<BuiltSource, ConfigError>;
     /// The JSON Schema of its options.
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
+    /// See [`SourceConnector::bounded`].
+    fn bounded(&self) -> Option<&dyn Bounded>;
 }
 
 /// A sink connector as the registry holds it.
@@ -141,6 +148,9 @@ impl<C: SourceConnector> SourceFactory for Typed<C> {
     }
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
         generator.subschema_for::<C::Config>()
+    }
+    fn bounded(&self) -> Option<&dyn Bounded> {
+        self.0.bounded()
     }
 }
 

@@ -12,6 +12,9 @@ use crate::time::BatchTime;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use std::fmt;
 
 /// What a source can promise about delivery (see the reliability table in the design).
@@ -105,23 +108,23 @@ pub trait Receiver: Send {
 }
 
 /// A pull source whose input per batch is a recorded, re-readable range.
+///
+/// Its range and position are its own types; the engine stores them (as JSON) in the batch plan
+/// and the checkpoint, and gives them back typed. Keep their serialized form stable: a checkpoint
+/// written by an older build is read with it.
 #[async_trait]
-pub trait ReplayableSource: Send {
+pub trait ReplayableSource: Send + 'static {
+    /// The input of one batch (e.g. offset ranges per partition, a list of files).
+    type Range: Serialize + DeserializeOwned + Send + Sync;
+    /// Where the source stands (e.g. the next offsets, the files already planned).
+    type Position: Serialize + DeserializeOwned + Send + Sync;
     /// Decide the input of the batch ending at `time` (at most `max_records` if set). The returned
     /// range is recorded in the batch plan; it must be re-readable by [`ReplayableSource::read`].
-    async fn plan(
-        &mut self,
-        time: BatchTime,
-        max_records: Option<u64>,
-    ) -> Result<serde_json::Value>;
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<Self::Range>;
     /// Read exactly the records of a planned range.
-    async fn read(
-        &mut self,
-        range: &serde_json::Value,
-        dead: &DeadLetters,
-    ) -> Result<Vec<RecordBatch>>;
+    async fn read(&mut self, range: &Self::Range, dead: &DeadLetters) -> Result<Vec<RecordBatch>>;
     /// The batch that consumed `range` is committed: positions before it will never be read again.
-    async fn commit(&mut self, _range: &serde_json::Value) -> Result<()> {
+    async fn commit(&mut self, _range: &Self::Range) -> Result<()> {
         Ok(())
     }
     /// Only these columns (by name) are read by the jobs: the source may leave the others null
@@ -129,13 +132,13 @@ pub trait ReplayableSource: Send {
     fn project(&mut self, _columns: &std::collections::BTreeSet<String>) {}
     /// Called once when the gateway starts and finds no position of this source in the
     /// checkpoint (a first start, or no checkpoint): fix where its input begins — the files that
-    /// already exist, each partition's offset — and return that position, in the form
-    /// [`ReplayableSource::position`] returns. The engine records it durably before any batch, and
-    /// a restart that finds no batch plan yet gives it back through [`ReplayableSource::restore`]
-    /// instead of calling this again, so input that arrives after the first start is never
-    /// skipped, whenever the first batch is planned. Null: the source has no such origin.
-    async fn origin(&mut self) -> Result<serde_json::Value> {
-        Ok(serde_json::Value::Null)
+    /// already exist, each partition's offset — and return that position. The engine records it
+    /// durably before any batch, and a restart that finds no batch plan yet gives it back through
+    /// [`ReplayableSource::restore`] instead of calling this again, so input that arrives after
+    /// the first start is never skipped, whenever the first batch is planned. None: the source
+    /// has no such origin.
+    async fn origin(&mut self) -> Result<Option<Self::Position>> {
+        Ok(None)
     }
     /// Called once before the first batch is planned (after any re-runs of batches planned
     /// before a restart): connect and start reading ahead, so the first batch has input.
@@ -147,21 +150,87 @@ pub trait ReplayableSource: Send {
     fn exhausted(&self) -> bool {
         false
     }
-    /// Where the source stands after its last [`ReplayableSource::plan`] (e.g. the files already
-    /// planned, the next offsets). Recorded with every batch plan.
-    fn position(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    /// Where the source stands after its last [`ReplayableSource::plan`]. Recorded with every
+    /// batch plan.
+    fn position(&self) -> Self::Position;
+    /// After a restart: continue from a position [`ReplayableSource::position`] (or
+    /// [`ReplayableSource::origin`]) returned, so the next plan starts right after the last
+    /// recorded one.
+    fn restore(&mut self, position: Self::Position) -> Result<()>;
+}
+
+/// A [`ReplayableSource`] as the engine holds it: ranges and positions in their stored (JSON)
+/// form. Every `ReplayableSource` is one.
+#[async_trait]
+pub trait AnyReplayable: Send {
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<Value>;
+    async fn read(&mut self, range: &Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>>;
+    async fn commit(&mut self, range: &Value) -> Result<()>;
+    fn project(&mut self, columns: &std::collections::BTreeSet<String>);
+    /// Null: no origin.
+    async fn origin(&mut self) -> Result<Value>;
+    async fn prepare(&mut self) -> Result<()>;
+    fn exhausted(&self) -> bool;
+    fn position(&self) -> Value;
+    fn restore(&mut self, position: &Value) -> Result<()>;
+}
+
+fn stored<T: Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("a range or position serializes to JSON")
+}
+
+fn typed<T: DeserializeOwned>(what: &str, v: &Value) -> Result<T> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| crate::Error::msg(format!("unreadable {what} {v} in the checkpoint: {e}")))
+}
+
+#[async_trait]
+impl<S: ReplayableSource> AnyReplayable for S {
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<Value> {
+        Ok(stored(
+            ReplayableSource::plan(self, time, max_records).await?,
+        ))
     }
-    /// After a restart: continue from a position [`ReplayableSource::position`] returned, so the
-    /// next plan starts right after the last recorded one.
-    fn restore(&mut self, _position: &serde_json::Value) -> Result<()> {
-        Ok(())
+    async fn read(&mut self, range: &Value, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
+        let range: S::Range = typed("range", range)?;
+        ReplayableSource::read(self, &range, dead).await
+    }
+    async fn commit(&mut self, range: &Value) -> Result<()> {
+        let range: S::Range = typed("range", range)?;
+        ReplayableSource::commit(self, &range).await
+    }
+    fn project(&mut self, columns: &std::collections::BTreeSet<String>) {
+        ReplayableSource::project(self, columns)
+    }
+    async fn origin(&mut self) -> Result<Value> {
+        Ok(ReplayableSource::origin(self)
+            .await?
+            .map_or(Value::Null, stored))
+    }
+    async fn prepare(&mut self) -> Result<()> {
+        ReplayableSource::prepare(self).await
+    }
+    fn exhausted(&self) -> bool {
+        ReplayableSource::exhausted(self)
+    }
+    fn position(&self) -> Value {
+        stored(ReplayableSource::position(self))
+    }
+    fn restore(&mut self, position: &Value) -> Result<()> {
+        let position: S::Position = typed("position", position)?;
+        ReplayableSource::restore(self, position)
     }
 }
 
 pub enum SourceRuntime {
     Receiver(Box<dyn Receiver>),
-    Replayable(Box<dyn ReplayableSource>),
+    Replayable(Box<dyn AnyReplayable>),
+}
+
+impl SourceRuntime {
+    pub fn replayable(source: impl ReplayableSource) -> SourceRuntime {
+        SourceRuntime::Replayable(Box::new(source))
+    }
 }
 
 /// What a source factory returns: the schema of the records, the delivery promise and the runtime.

@@ -13,7 +13,7 @@ use crate::state::StateWrite;
 use sluice_config::{LateRecords, MissedBatches, WalSync};
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::{
-    BatchTime, DeadLetter, DeadLetters, Error, ReplayableSource, Result, SinkBatch, SourceRuntime,
+    AnyReplayable, BatchTime, DeadLetter, DeadLetters, Error, Result, SinkBatch, SourceRuntime,
 };
 use sluice_wal::{ipc, Changes, Log, Store, SyncPolicy};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -82,7 +82,7 @@ pub struct BatchStat {
 
 enum Input {
     Receiver(Arc<ReceiverBlocks>),
-    Replayable(Box<dyn ReplayableSource>),
+    Replayable(Box<dyn AnyReplayable>),
 }
 
 struct SourceRun {
@@ -203,7 +203,7 @@ impl Pipeline {
                     Input::Receiver(blocks)
                 }
                 SourceRuntime::Replayable(mut r) => {
-                    let resume = |r: &mut Box<dyn ReplayableSource>, position| {
+                    let resume = |r: &mut Box<dyn AnyReplayable>, position| {
                         r.restore(position).map_err(|e| {
                             Error::msg(format!(
                                 "source `{}` cannot resume from the checkpoint: {e}",

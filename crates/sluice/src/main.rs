@@ -28,12 +28,12 @@ enum Command {
         /// Stop after this many batches.
         #[arg(long)]
         batches: Option<u64>,
-        /// A bounded run (backfills): every Kafka source stops at the ends its partitions have
-        /// when it starts, and the gateway exits once they are processed.
+        /// A bounded run (backfills): every source stops at the ends its input has when it
+        /// starts (Kafka: its partitions' ends), and the gateway exits once they are processed.
         #[arg(long)]
         until_caught_up: bool,
     },
-    /// Reprocess a range of the Kafka input through the same jobs and sinks, into a checkpoint
+    /// Reprocess a range of the input (Kafka's) through the same jobs and sinks, into a checkpoint
     /// of its own, with progress per partition; exits 0 when done.
     Replay {
         config: PathBuf,
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
                     Ok(c) => c,
                 };
                 if until_caught_up {
-                    if let Err(e) = sluice::replay::until_caught_up(&mut cfg) {
+                    if let Err(e) = sluice::replay::until_caught_up(&mut cfg, &reg) {
                         eprintln!("error: {}: {e}", config.display());
                         return ExitCode::from(2);
                     }
@@ -200,7 +200,7 @@ fn main() -> ExitCode {
                     Err(d) => return report(&d),
                     Ok(c) => c,
                 };
-                let replay = match sluice::replay::prepare(&mut cfg, &from, to.as_deref(), checkpoint).await {
+                let replay = match sluice::replay::prepare(&mut cfg, &reg, &from, to.as_deref(), checkpoint).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("error: {}: {e}", config.display());

@@ -1,88 +1,84 @@
-//! `sluice replay`: reprocess a range of a config's Kafka input through the same jobs and sinks,
-//! into a checkpoint of its own, with a progress bar per partition; and the bounded-run change
-//! `sluice run --until-caught-up` makes to a config.
+//! `sluice replay`: reprocess a range of a config's input through the same jobs and sinks, into a
+//! checkpoint of its own, with a progress bar per part of the range; and the change `sluice run
+//! --until-caught-up` makes to a config. Each source's connector bounds its own options
+//! ([`sluice_core::Bounded`]); this module names no connector.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sluice_config::AppConfig;
-use sluice_kafka::{GroupOffsets, PartRange};
+use sluice_core::{Bounded, Registry, ReplayOf, ReplayProgress};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Every source must be bounded: each `kafka` source stops at its partitions' ends as they are
-/// when it starts.
-pub fn until_caught_up(cfg: &mut AppConfig) -> Result<(), String> {
+/// The bounding side of a source's connector, or why it has none.
+fn bounded<'a>(
+    registry: &'a Registry,
+    source: &str,
+    kind: &str,
+    command: &str,
+) -> Result<&'a dyn Bounded, String> {
+    let bounded = registry.source(kind).and_then(|f| f.bounded());
+    let can: Vec<String> = registry
+        .source_types()
+        .into_iter()
+        .filter(|t| registry.source(t).and_then(|f| f.bounded()).is_some())
+        .collect();
+    bounded.ok_or_else(|| {
+        format!(
+            "{command} needs every source to be bounded; source `{source}` ({kind}) is not (the types that can be: {})",
+            can.join(", ")
+        )
+    })
+}
+
+/// Every source must be bounded: each stops at the ends its input has when it starts.
+pub fn until_caught_up(cfg: &mut AppConfig, registry: &Registry) -> Result<(), String> {
     for s in &mut cfg.sources {
-        if s.kind != "kafka" {
-            return Err(format!(
-                "--until-caught-up needs every source to be bounded; source `{}` ({}) is not (only kafka sources are)",
-                s.name, s.kind
-            ));
-        }
-        if s.options.get("until").is_none() {
-            s.options["until"] = "end".into();
-        }
+        bounded(registry, &s.name, &s.kind, "--until-caught-up")?
+            .until_caught_up(&mut s.options)
+            .map_err(|e| format!("source `{}`: {e}", s.name))?;
     }
     Ok(())
 }
 
-/// What a replay changes in the config, and how to follow it.
+/// What a replay reads, and how to follow it.
 pub struct Replay {
-    /// (source name, its options, its replay group, its ranges)
-    sources: Vec<(String, serde_json::Value, String, Vec<PartRange>)>,
+    /// (source name, its progress)
+    sources: Vec<(String, Arc<dyn ReplayProgress>)>,
 }
 
-/// Point every kafka source of `cfg` at exactly the ranges `from..to`, with a group and a
-/// checkpoint of their own (`checkpoint`, default `<checkpoint_dir>-replay-<time>`).
+/// Point every source of `cfg` at exactly its input `from..to`, with a checkpoint of its own
+/// (`checkpoint`, default `<checkpoint_dir>-replay-<time>`) and an output identity of its own.
 pub async fn prepare(
     cfg: &mut AppConfig,
+    registry: &Registry,
     from: &str,
     to: Option<&str>,
     checkpoint: Option<String>,
 ) -> Result<Replay, String> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string();
+    let scope = format!("replay-{stamp}");
     let mut sources = Vec::new();
     for s in &mut cfg.sources {
-        if s.kind != "kafka" {
-            return Err(format!(
-                "replay reprocesses Kafka input; source `{}` is a {} source (remove it or use a config with kafka sources only)",
-                s.name, s.kind
-            ));
-        }
-        let options = s.options.clone();
-        let (f, t) = (from.to_string(), to.map(str::to_string));
-        let ranges = tokio::task::spawn_blocking(move || {
-            sluice_kafka::replay_ranges(&options, &f, t.as_deref())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("source `{}`: {e}", s.name))?;
-        let mut start: serde_json::Map<String, serde_json::Value> = Default::default();
-        let mut until: serde_json::Map<String, serde_json::Value> = Default::default();
-        for r in &ranges {
-            start
-                .entry(r.topic.clone())
-                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.from.into();
-            until
-                .entry(r.topic.clone())
-                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.until.into();
-        }
-        let group = format!("sluice-{}-{}-replay-{stamp}", cfg.app.name, s.name);
-        let o = &mut s.options;
-        o["start_offsets"] = start.into();
-        o["until_offsets"] = until.into();
-        // Partitions that appear during the replay contribute nothing.
-        o["start"] = "latest".into();
-        o["until"] = "end".into();
-        o["group_id"] = group.clone().into();
-        sources.push((s.name.clone(), s.options.clone(), group, ranges));
+        let connector = bounded(registry, &s.name, &s.kind, "replay")?;
+        let of = ReplayOf {
+            app: &cfg.app.name,
+            source: &s.name,
+            scope: &scope,
+        };
+        // The connector may ask its peer where `from` and `to` are: off the async workers.
+        let progress =
+            tokio::task::block_in_place(|| connector.replay(&of, &mut s.options, from, to))
+                .map_err(|e| format!("source `{}`: {e}", s.name))?;
+        sources.push((s.name.clone(), Arc::from(progress)));
     }
     if sources.is_empty() {
-        return Err("replay needs at least one kafka source".into());
+        return Err("replay needs at least one source".into());
     }
     // A replay is one gateway reading exact ranges, never a share of a group; its output has an
     // identity of its own (folders, staging, transactional id and markers), so the live gateway's
     // is never overwritten, fenced or taken over.
     cfg.app.scale_out = false;
-    cfg.app.replay_scope = Some(format!("replay-{stamp}"));
+    cfg.app.replay_scope = Some(scope);
     cfg.app.checkpoint_dir = Some(checkpoint.unwrap_or_else(|| {
         format!(
             "{}-replay-{stamp}",
@@ -96,13 +92,13 @@ impl Replay {
     pub fn total(&self) -> u64 {
         self.sources
             .iter()
-            .flat_map(|s| &s.3)
-            .map(|r| (r.until - r.from) as u64)
+            .flat_map(|(_, p)| p.parts())
+            .map(|(_, n)| n)
             .sum()
     }
 
-    /// Show a bar per partition (records done of its range, percent, rate, ETA), updated from the
-    /// replay group's committed offsets, until `done` resolves.
+    /// Show a bar per part (records done of its range, percent, rate, ETA), updated from the
+    /// sources' progress, until `done` resolves.
     pub async fn follow(&self, done: tokio::sync::watch::Receiver<bool>) {
         let multi = MultiProgress::new();
         let style = ProgressStyle::with_template(
@@ -111,27 +107,25 @@ impl Replay {
         .expect("a valid template")
         .progress_chars("=> ");
         let mut followed = Vec::new();
-        for (name, options, group, ranges) in &self.sources {
-            let Ok(offsets) = GroupOffsets::new(options, group) else {
-                continue;
-            };
-            let bars: Vec<ProgressBar> = ranges
-                .iter()
-                .map(|r| {
-                    let b = multi.add(ProgressBar::new((r.until - r.from) as u64));
+        for (name, progress) in &self.sources {
+            let bars: Vec<ProgressBar> = progress
+                .parts()
+                .into_iter()
+                .map(|(label, records)| {
+                    let b = multi.add(ProgressBar::new(records));
                     b.set_style(style.clone());
-                    b.set_prefix(format!("{name} {}/{}", r.topic, r.partition));
+                    b.set_prefix(format!("{name} {label}"));
                     b
                 })
                 .collect();
-            followed.push((std::sync::Arc::new(offsets), ranges.clone(), bars));
+            followed.push((progress.clone(), bars));
         }
         loop {
-            for (offsets, ranges, bars) in &followed {
-                let (o, r) = (offsets.clone(), ranges.clone());
-                if let Ok(at) = tokio::task::spawn_blocking(move || o.committed(&r)).await {
-                    for ((bar, r), at) in bars.iter().zip(ranges).zip(at) {
-                        bar.set_position((at.min(r.until) - r.from).max(0) as u64);
+            for (progress, bars) in &followed {
+                let p = progress.clone();
+                if let Ok(at) = tokio::task::spawn_blocking(move || p.done()).await {
+                    for (bar, at) in bars.iter().zip(at) {
+                        bar.set_position(at);
                     }
                 }
             }
@@ -141,7 +135,7 @@ impl Replay {
             let mut d = done.clone();
             let _ = tokio::time::timeout(Duration::from_millis(500), d.changed()).await;
         }
-        for (_, _, bars) in &followed {
+        for (_, bars) in &followed {
             for b in bars {
                 b.finish();
             }
