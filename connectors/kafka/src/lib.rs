@@ -8,10 +8,12 @@ mod context;
 mod fetch;
 mod group;
 mod planlog;
+mod ranges;
 mod replay;
 mod sink;
 mod source;
 
 pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
+pub use ranges::PartRange;
 pub use sink::KafkaSinkConnector;
-pub use source::{KafkaSourceConnector, PartRange};
+pub use source::KafkaSourceConnector;

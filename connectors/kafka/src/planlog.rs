@@ -13,7 +13,7 @@
 //! So every offset is in exactly one valid entry, run by exactly one gateway.
 
 use crate::context::Ctx;
-use crate::source::PartRange;
+use crate::ranges::PartRange;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

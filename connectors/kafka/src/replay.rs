@@ -4,12 +4,12 @@
 //! offsets.
 
 use crate::config::{KafkaSourceConfig, Start, Until};
-use crate::source::{KafkaSourceConnector, PartRange};
+use crate::ranges::PartRange;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sluice_core::{Bounded, ReplayOf, ReplayProgress};
+use sluice_core::{ReplayOf, ReplayProgress};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -91,44 +91,44 @@ fn point(s: &str, what: &str) -> Result<Point, String> {
     }
 }
 
-impl Bounded for KafkaSourceConnector {
-    fn until_caught_up(&self, options: &mut serde_json::Value) -> Result<(), String> {
-        if options.get("until").is_none() {
-            options["until"] = "end".into();
-        }
-        Ok(())
-    }
-
-    fn replay(
-        &self,
-        of: &ReplayOf<'_>,
-        options: &mut serde_json::Value,
-        from: &str,
-        to: Option<&str>,
-    ) -> Result<Box<dyn ReplayProgress>, String> {
-        let ranges = replay_ranges(options, from, to)?;
-        let mut start: serde_json::Map<String, serde_json::Value> = Default::default();
-        let mut until: serde_json::Map<String, serde_json::Value> = Default::default();
-        for r in &ranges {
-            start
-                .entry(r.topic.clone())
-                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.from.into();
-            until
-                .entry(r.topic.clone())
-                .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.until.into();
-        }
-        let group = format!("sluice-{}-{}-{}", of.app, of.source, of.scope);
-        options["start_offsets"] = start.into();
-        options["until_offsets"] = until.into();
-        // Partitions that appear during the replay contribute nothing.
-        options["start"] = "latest".into();
+/// `--until-caught-up`: stop at the partitions' ends as of the start (unless `until` says
+/// otherwise).
+pub(crate) fn until_caught_up(options: &mut serde_json::Value) {
+    if options.get("until").is_none() {
         options["until"] = "end".into();
-        options["group_id"] = group.clone().into();
-        Ok(Box::new(Progress {
-            offsets: GroupOffsets::new(options, &group)?,
-            ranges,
-        }))
     }
+}
+
+/// `sluice replay`: read exactly the offsets from `from` to `to`, in a consumer group of the
+/// replay's own.
+pub(crate) fn replay(
+    of: &ReplayOf<'_>,
+    options: &mut serde_json::Value,
+    from: &str,
+    to: Option<&str>,
+) -> Result<Box<dyn ReplayProgress>, String> {
+    let ranges = replay_ranges(options, from, to)?;
+    let mut start: serde_json::Map<String, serde_json::Value> = Default::default();
+    let mut until: serde_json::Map<String, serde_json::Value> = Default::default();
+    for r in &ranges {
+        start
+            .entry(r.topic.clone())
+            .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.from.into();
+        until
+            .entry(r.topic.clone())
+            .or_insert_with(|| serde_json::json!({}))[r.partition.to_string()] = r.until.into();
+    }
+    let group = format!("sluice-{}-{}-{}", of.app, of.source, of.scope);
+    options["start_offsets"] = start.into();
+    options["until_offsets"] = until.into();
+    // Partitions that appear during the replay contribute nothing.
+    options["start"] = "latest".into();
+    options["until"] = "end".into();
+    options["group_id"] = group.clone().into();
+    Ok(Box::new(Progress {
+        offsets: GroupOffsets::new(options, &group)?,
+        ranges,
+    }))
 }
 
 /// A replay's ranges and its group's committed offsets.

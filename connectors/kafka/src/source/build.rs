@@ -1,0 +1,250 @@
+//! Building a `kafka` source from its options: the schema (payload and envelope columns) and the
+//! source's first state.
+
+use super::*;
+
+/// Envelope columns, after the value's.
+pub(super) const ENVELOPE: &[&str] = &[
+    "key",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "timestamp_type",
+    "headers",
+];
+
+pub struct KafkaSourceConnector;
+
+impl sluice_core::Bounded for KafkaSourceConnector {
+    fn until_caught_up(&self, options: &mut serde_json::Value) -> std::result::Result<(), String> {
+        crate::replay::until_caught_up(options);
+        Ok(())
+    }
+
+    fn replay(
+        &self,
+        of: &sluice_core::ReplayOf<'_>,
+        options: &mut serde_json::Value,
+        from: &str,
+        to: Option<&str>,
+    ) -> std::result::Result<Box<dyn sluice_core::ReplayProgress>, String> {
+        crate::replay::replay(of, options, from, to)
+    }
+}
+
+impl SourceConnector for KafkaSourceConnector {
+    type Config = KafkaSourceConfig;
+    fn bounded(&self) -> Option<&dyn sluice_core::Bounded> {
+        Some(self)
+    }
+    fn build(
+        &self,
+        cx: &BuildContext,
+        at: &Component,
+        cfg: KafkaSourceConfig,
+    ) -> std::result::Result<BuiltSource, ConfigError> {
+        let path = at.path.as_str();
+        let name = at.name.clone();
+        let ways = [
+            !cfg.topics.is_empty(),
+            cfg.topic_pattern.is_some(),
+            !cfg.assign.is_empty(),
+        ];
+        if ways.iter().filter(|w| **w).count() != 1 {
+            return Err(ConfigError::new(
+                format!("{path}.topics"),
+                "exactly one of `topics`, `topic_pattern` and `assign`",
+                match ways.iter().filter(|w| **w).count() {
+                    0 => "none of them".to_string(),
+                    _ => "more than one".to_string(),
+                },
+            ));
+        }
+        let pattern = cfg
+            .topic_pattern
+            .as_deref()
+            .map(|p| {
+                regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.topic_pattern"),
+                        "a regular expression",
+                        format!("\"{p}\" ({e})"),
+                    )
+                })
+            })
+            .transpose()?;
+        if cx.scale_out {
+            if !cfg.assign.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.assign"),
+                    "`topics` or `topic_pattern` with app.scale_out (the group divides the partitions)",
+                    "explicit partitions",
+                ));
+            }
+            if cfg.until.is_some() || !cfg.until_offsets.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.until"),
+                    "no bounded run with app.scale_out (run backfills with `sluice replay`)",
+                    "a bound",
+                ));
+            }
+        }
+        let start = Start::parse(path, &cfg.start)?;
+        let until = cfg
+            .until
+            .as_deref()
+            .map(|u| Until::parse(path, u))
+            .transpose()?;
+        for (key, map) in [
+            ("until_offsets", &cfg.until_offsets),
+            ("start_offsets", &cfg.start_offsets),
+        ] {
+            for (topic, parts) in map {
+                for (p, offset) in parts {
+                    if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
+                        return Err(ConfigError::new(
+                            format!("{path}.{key}.{topic}.\"{p}\""),
+                            "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
+                            format!("\"{p}\" = {offset}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (topic, parts) in &cfg.start_offsets {
+            for (p, offset) in parts {
+                if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
+                    return Err(ConfigError::new(
+                        format!("{path}.start_offsets.{topic}.\"{p}\""),
+                        "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
+                        format!("\"{p}\" = {offset}"),
+                    ));
+                }
+            }
+        }
+        if cfg.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.bootstrap_servers"),
+                "host:port of at least one broker",
+                "an empty string",
+            ));
+        }
+        if cfg.max_rate_per_partition == Some(0) {
+            return Err(ConfigError::new(
+                format!("{path}.max_rate_per_partition"),
+                "at least 1 record per second",
+                "0",
+            ));
+        }
+        check_properties(path, &cfg.properties)?;
+        let decoder = match (&cfg.format, &cfg.avro_schema, &cfg.avro_schema_file) {
+            (PayloadFormat::Avro, Some(_), Some(_)) | (PayloadFormat::Avro, None, None) => {
+                return Err(ConfigError::new(
+                    format!("{path}.avro_schema"),
+                    "one of `avro_schema` (the writer schema as JSON) and `avro_schema_file` with format = \"avro\"",
+                    if cfg.avro_schema.is_some() { "both" } else { "neither" },
+                ))
+            }
+            (PayloadFormat::Avro, _, _) if cfg.schema.is_some() => {
+                return Err(ConfigError::new(
+                    format!("{path}.schema"),
+                    "no `schema` with format = \"avro\" (the columns are the Avro schema's fields)",
+                    "a schema",
+                ))
+            }
+            (PayloadFormat::Avro, Some(text), None) => {
+                PayloadDecoder::avro(path, "avro_schema", text, cfg.avro_wire)?
+            }
+            (PayloadFormat::Avro, None, Some(file)) => {
+                let p = cx.resolve(file);
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.avro_schema_file"),
+                        "a readable file holding an Avro schema",
+                        format!("{} ({e})", p.display()),
+                    )
+                })?;
+                PayloadDecoder::avro(path, "avro_schema_file", &text, cfg.avro_wire)?
+            }
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.format"),
+                    "format = \"avro\" with `avro_schema` / `avro_schema_file`",
+                    format!("\"{}\"", cfg.format.name()),
+                ))
+            }
+            _ => PayloadDecoder::new(
+                path,
+                "value",
+                cfg.format,
+                cfg.schema.as_deref(),
+                cfg.delimiter,
+            )?,
+        };
+        let mut fields = decoder.fields();
+        if cfg.envelope {
+            check_envelope(path, &fields, ENVELOPE)?;
+            fields.extend(envelope_fields());
+        }
+        let group_id = cfg
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}-{name}", cx.app_name));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let scale = cx.scale_out.then(|| Scale {
+            instance: cx.instance.clone(),
+            plan_topic: cfg
+                .plan_topic
+                .clone()
+                .unwrap_or_else(|| format!("{group_id}.plans")),
+            members: None,
+            log: None,
+            adopted: BTreeSet::new(),
+            void: BTreeSet::new(),
+        });
+        Ok(BuiltSource {
+            schema: schema.clone(),
+            guarantee: Guarantee::Replayable,
+            runtime: SourceRuntime::Replayable(Box::new(KafkaSource {
+                schema,
+                name,
+                start,
+                until,
+                pattern,
+                interval: cx.batch_interval,
+                decoder,
+                group_id,
+                fetcher: None,
+                parts: BTreeMap::new(),
+                restored: BTreeMap::new(),
+                fixed: false,
+                refreshed: None,
+                scale,
+                cfg,
+            })),
+            caveat: None,
+        })
+    }
+}
+
+pub(super) fn envelope_fields() -> Vec<Field> {
+    vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("timestamp_type", DataType::Utf8, false),
+        Field::new("headers", headers_type(), false),
+    ]
+}
+
+fn headers_type() -> DataType {
+    let map = MapBuilder::new(None, StringBuilder::new(), BinaryBuilder::new()).finish();
+    map.data_type().clone()
+}
