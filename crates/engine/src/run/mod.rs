@@ -1,0 +1,408 @@
+//! The batch loop: the clock, planning and running batches, committing them, recovery, graceful stop.
+//!
+//! With a checkpoint directory, batch `t` goes through three steps: its plan (the exact input of
+//! every source) is written durably; the jobs run and the sinks write (deterministic names, so a
+//! re-run overwrites); then one atomic commit records the batch as done with the new state and
+//! window contents. A restart re-runs every planned batch that has no commit, from its plan.
+
+mod commit;
+mod inputs;
+mod jobs;
+mod recovery;
+
+use inputs::{adapt_rates, receivers_healthy, SourceRun};
+use recovery::{poisoned, OpenCheckpoint};
+
+use crate::blocks::{BlockRange, ReceiverBlocks};
+use crate::build::Pipeline;
+use crate::checkpoint::{self as ck, Done, Plan, SourcePlan};
+use crate::rate::{PidEstimator, RateLimit};
+use crate::state::StateWrite;
+use sluice_config::{LateRecords, MissedBatches, WalSync};
+use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::{
+    AnyReplayable, BatchTime, DeadLetter, DeadLetters, Error, Result, SinkBatch, SourceRuntime,
+};
+use sluice_wal::{ipc, Changes, Log, Store, SyncPolicy};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Records a receiver may hold before `store` waits (backpressure).
+const RECEIVER_CAPACITY: usize = 4_000_000;
+
+/// Asks a running pipeline to stop gracefully (Ctrl-C, SIGTERM, or a library user).
+#[derive(Clone)]
+pub struct Shutdown(watch::Sender<bool>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown(watch::channel(false).0)
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    /// Stop gracefully after this long.
+    pub duration: Option<Duration>,
+    /// Stop after this many batches (re-runs of unfinished batches after a restart included).
+    pub max_batches: Option<u64>,
+    /// Run batches back to back from this time, without waiting for the clock (tests, backfills).
+    pub manual_clock: Option<BatchTime>,
+    pub shutdown: Shutdown,
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub batches: u64,
+    /// Batches re-run from their plan after a restart.
+    pub rerun: u64,
+    pub input_records: u64,
+    pub dead_letters: u64,
+    pub late_records: u64,
+    /// Each batch in order.
+    pub stats: Vec<BatchStat>,
+}
+
+/// One batch's figures.
+#[derive(Debug, Clone)]
+pub struct BatchStat {
+    pub time: BatchTime,
+    /// Records read from all sources.
+    pub records: u64,
+    /// From the start of the batch to its commit.
+    pub processing: Duration,
+    /// When its output was written.
+    pub finished: Instant,
+}
+
+impl Pipeline {
+    /// Run until stopped (shutdown, duration or batch count), then drain and close the sinks.
+    pub async fn run(mut self, opts: RunOptions) -> Result<RunSummary> {
+        let interval = self.app.batch_interval;
+        let mut stop_rx = opts.shutdown.subscribe();
+        let mut durable = self.open_checkpoint()?;
+        for (name, s) in &mut self.sinks {
+            s.open()
+                .await
+                .map_err(|e| Error::msg(format!("sink `{name}`: {e}")))?;
+        }
+        let plans: Vec<Plan> = match &durable {
+            Some(d) => d
+                .store
+                .scan("plan/")?
+                .into_iter()
+                .map(|(k, v)| {
+                    serde_json::from_slice(&v)
+                        .map_err(|e| Error::msg(format!("unreadable batch plan {k}: {e}")))
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        if let Some(d) = durable.as_mut() {
+            d.plans = plans.iter().map(|p| p.time).collect();
+        }
+        let last_done: Option<Done> = match &durable {
+            Some(d) => d.store.get_json("last")?,
+            None => None,
+        };
+        let pending: Vec<Plan> = plans
+            .iter()
+            .filter(|p| last_done.as_ref().is_none_or(|d| p.time > d.time))
+            .cloned()
+            .collect();
+        let newest = plans.last().cloned();
+        if let (Some(d), Some(last)) = (&mut durable, &last_done) {
+            self.restore_jobs(d)?;
+            tracing::info!(
+                last_committed = last.time,
+                at = %BatchTime(last.time).to_local_string(),
+                unfinished = pending.len(),
+                "resuming from the checkpoint"
+            );
+        }
+
+        let (mut sources, mut receivers) = self.start_sources(&durable, newest.as_ref()).await?;
+
+        let started = Instant::now();
+        let mut summary = RunSummary::default();
+        for s in &self.sources {
+            if let Some(c) = &s.caveat {
+                tracing::warn!(source = %s.name, guarantee = %s.guarantee, "{c}");
+            }
+        }
+        tracing::info!(app = %self.app.name, interval = %sluice_core::time::format_duration(interval), "started");
+        for plan in pending {
+            let t = BatchTime(plan.time);
+            tracing::info!(
+                batch = plan.time,
+                "re-running a batch planned before the restart"
+            );
+            receivers_healthy(&sources)?;
+            self.run_batch(t, Some(plan), &mut sources, &mut durable, &mut summary)
+                .await
+                .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
+            summary.rerun += 1;
+        }
+        // Replayable sources start reading ahead now, so the first batch is not empty.
+        for s in sources.iter_mut() {
+            s.input.prepare().await?;
+        }
+        let resume_at = newest.as_ref().map(|p| BatchTime(p.time).plus(interval));
+        let now_t = BatchTime::now().next_multiple(interval);
+        // The newest batch time already passed: coalesced missed batches run at once, as one.
+        let passed = now_t.minus(interval);
+        let mut t = match (opts.manual_clock, resume_at) {
+            (Some(t0), Some(r)) => t0.max(r),
+            (Some(t0), None) => t0,
+            (None, Some(r)) => match self.app.missed_batches {
+                MissedBatches::CatchUp => r,
+                MissedBatches::Coalesce => r.max(passed),
+            },
+            (None, None) => now_t,
+        };
+        if let (None, Some(r)) = (opts.manual_clock, resume_at) {
+            let missed = (passed.millis() - r.millis()) / interval.as_millis() as i64 + 1;
+            if missed > 1 && self.app.missed_batches == MissedBatches::CatchUp {
+                tracing::info!(missed, "catching up on the batches missed while stopped");
+            } else if missed > 1 {
+                tracing::info!(
+                    missed,
+                    batch = t.millis(),
+                    "the batches missed while stopped run as one"
+                );
+            }
+        }
+        // Input received before a restart is overdue: its batch runs at once, without waiting for
+        // the clock to reach the batch time.
+        let mut overdue = sources
+            .iter()
+            .any(|s| s.receiver.as_ref().is_some_and(|b| b.recovered > 0));
+        let mut exhausted = false;
+        loop {
+            let mut stopping =
+                exhausted || opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
+            if opts.manual_clock.is_none() {
+                let wait = if std::mem::take(&mut overdue) {
+                    0
+                } else {
+                    (t.millis() - BatchTime::now().millis()).max(0) as u64
+                };
+                let deadline = opts.duration.map(|d| started + d);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = stop_rx.changed() => { stopping = true; }
+                }
+                if deadline.is_some_and(|d| Instant::now() + interval >= d) {
+                    stopping = true;
+                }
+            } else if *stop_rx.borrow() {
+                stopping = true;
+            }
+            if stopping {
+                // Stop the receivers first, so the last batch holds everything they received.
+                for b in sources.iter().filter_map(|s| s.receiver.as_ref()) {
+                    b.request_stop();
+                }
+                let timeout = self.app.graceful_stop_timeout.unwrap_or(interval * 10);
+                let all = futures::future::join_all(receivers.drain(..));
+                if tokio::time::timeout(timeout, all).await.is_err() {
+                    tracing::warn!("receivers did not stop within the graceful stop timeout");
+                }
+                // Cloned first: the run's future must not hold a source across an await.
+                let pushed: Vec<Arc<ReceiverBlocks>> =
+                    sources.iter().filter_map(|s| s.receiver.clone()).collect();
+                for b in pushed {
+                    b.flush().await;
+                }
+            }
+            let scheduled = Instant::now();
+            let delay_ms = (BatchTime::now().millis() - t.millis()).max(0) as f64;
+            let before = summary.input_records;
+            receivers_healthy(&sources)?;
+            let per_source = self
+                .run_batch(t, None, &mut sources, &mut durable, &mut summary)
+                .await
+                .map_err(|e| poisoned(e, t, self.checkpoint_path()))?;
+            let took = scheduled.elapsed();
+            if opts.manual_clock.is_none() {
+                adapt_rates(&mut sources, &per_source, took, delay_ms);
+            }
+            if !exhausted && !sources.is_empty() && sources.iter().all(|s| s.input.exhausted()) {
+                tracing::info!("every source has reached the end of its bounded run; stopping");
+                exhausted = true;
+            }
+            tracing::debug!(
+                batch = t.millis(),
+                processing_us = took.as_micros() as u64,
+                delay_ms = delay_ms as u64,
+                records = summary.input_records - before,
+                "batch done"
+            );
+            if took > interval && opts.manual_clock.is_none() {
+                tracing::warn!(
+                    batch = t.millis(),
+                    processing_ms = took.as_millis() as u64,
+                    "batch took longer than the batch interval"
+                );
+            }
+            if stopping {
+                break;
+            }
+            t = t.plus(interval);
+        }
+        for s in self.sinks.values_mut() {
+            s.close().await?;
+        }
+        if let Some(d) = &durable {
+            for log in d.logs.values() {
+                log.close();
+            }
+        }
+        tracing::info!(
+            batches = summary.batches,
+            rerun = summary.rerun,
+            records = summary.input_records,
+            dead_letters = summary.dead_letters,
+            late = summary.late_records,
+            "stopped"
+        );
+        Ok(summary)
+    }
+
+    /// Plan (unless `plan` is given: a re-run), run and commit batch `t`. Returns the records each
+    /// source delivered.
+    async fn run_batch(
+        &mut self,
+        t: BatchTime,
+        plan: Option<Plan>,
+        sources: &mut [SourceRun],
+        durable: &mut Option<OpenCheckpoint>,
+        summary: &mut RunSummary,
+    ) -> Result<HashMap<String, u64>> {
+        let began = Instant::now();
+        let rerun = plan.is_some();
+        let interval = self.app.batch_interval;
+        let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        let skip: Option<ck::Skip> = match (&plan, durable.as_ref()) {
+            (Some(p), Some(d)) => d.store.get_json(&ck::skip_key(p.time))?,
+            _ => None,
+        };
+        let plan = match plan {
+            Some(p) if skip.is_some() => {
+                tracing::warn!(batch = p.time, plan = %serde_json::to_string(&p.sources).unwrap_or_default(), "skipping this batch as the operator asked (sluice checkpoint skip): its input is not processed");
+                p
+            }
+            Some(p) => {
+                for s in sources.iter_mut() {
+                    let batches = match p.sources.get(&s.name) {
+                        Some(sp) => s.input.read(&sp.range, &self.dead).await?,
+                        None => Vec::new(),
+                    };
+                    streams.insert(s.name.clone(), batches);
+                }
+                p
+            }
+            None => {
+                let mut plan = Plan {
+                    time: t.millis(),
+                    sources: BTreeMap::new(),
+                };
+                for s in sources.iter_mut() {
+                    let max = s
+                        .rate
+                        .current()
+                        .map(|rate| (rate * interval.as_secs_f64()).max(1.0) as u64);
+                    let range = s.input.plan(t, max).await?;
+                    let sp = SourcePlan {
+                        range,
+                        position: s.input.position(),
+                        rate: s.rate.current().map(|r| r as u64),
+                    };
+                    plan.sources.insert(s.name.clone(), sp);
+                }
+                if let Some(d) = durable.as_mut() {
+                    let mut c = Changes::default();
+                    c.put_json(&ck::plan_key(t.millis()), &plan);
+                    if !d.fingerprint_written {
+                        c.put_json("meta/fingerprint", &self.fingerprint());
+                        d.fingerprint_written = true;
+                    }
+                    d.store.write(c)?;
+                    d.plans.push_back(t.millis());
+                }
+                for s in sources.iter_mut() {
+                    let range = &plan.sources[&s.name].range;
+                    streams.insert(s.name.clone(), s.input.read(range, &self.dead).await?);
+                }
+                plan
+            }
+        };
+        let mut per_source = HashMap::new();
+        let mut records = 0;
+        for (name, b) in &streams {
+            let n = b.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            per_source.insert(name.clone(), n);
+            records += n;
+        }
+        summary.input_records += records;
+
+        let ran = if skip.is_some() {
+            vec![false; self.jobs.len()]
+        } else {
+            self.run_jobs(t, streams, rerun, summary).await?
+        };
+        if durable.is_none() {
+            // Nothing to delete from a checkpoint: forget what the windows dropped.
+            for job in &mut self.jobs {
+                if let Some(w) = &mut job.window {
+                    w.evicted.clear();
+                }
+            }
+        }
+        if let Some(d) = durable.as_mut() {
+            let done = Done {
+                time: t.millis(),
+                records,
+                processing_ms: began.elapsed().as_millis() as u64,
+                committed_at: sluice_core::time::now_ms(),
+                rerun,
+                skipped: skip.is_some(),
+            };
+            let committing = Instant::now();
+            self.commit(d, &done, &ran, skip)?;
+            tracing::debug!(
+                batch = t.millis(),
+                commit_us = committing.elapsed().as_micros() as u64,
+                "batch committed"
+            );
+        }
+        for s in sources.iter_mut() {
+            let Some(sp) = plan.sources.get(&s.name) else {
+                continue;
+            };
+            s.input.commit(&sp.range).await?;
+        }
+        let finished = Instant::now();
+        summary.stats.push(BatchStat {
+            time: t,
+            records,
+            processing: finished - began,
+            finished,
+        });
+        summary.batches += 1;
+        Ok(per_source)
+    }
+}
