@@ -114,6 +114,45 @@ impl ReplayableSource for Received {
 }
 
 impl Pipeline {
+    /// Plan batch `t`: each source's range (within its rate) and position, written durably
+    /// before anything is read.
+    pub(super) async fn plan_batch(
+        &mut self,
+        t: BatchTime,
+        sources: &mut [SourceRun],
+        durable: &mut Option<OpenCheckpoint>,
+    ) -> Result<Plan> {
+        let interval = self.app.batch_interval;
+        let mut plan = Plan {
+            time: t.millis(),
+            sources: BTreeMap::new(),
+        };
+        for s in sources.iter_mut() {
+            let max = s
+                .rate
+                .current()
+                .map(|rate| (rate * interval.as_secs_f64()).max(1.0) as u64);
+            let range = s.input.plan(t, max).await?;
+            let sp = SourcePlan {
+                range,
+                position: s.input.position(),
+                rate: s.rate.current().map(|r| r as u64),
+            };
+            plan.sources.insert(s.name.clone(), sp);
+        }
+        if let Some(d) = durable.as_mut() {
+            let mut c = Changes::default();
+            c.put_json(&ck::plan_key(t.millis()), &plan);
+            if !d.fingerprint_written {
+                c.put_json("meta/fingerprint", &self.fingerprint());
+                d.fingerprint_written = true;
+            }
+            d.store.write(c)?;
+            d.plans.push_back(t.millis());
+        }
+        Ok(plan)
+    }
+
     /// Make each source's input: receivers start their tasks (writing blocks to the write-ahead
     /// log, if any, from where it stands), replayable sources resume from the newest plan, the
     /// origin kept at the first start, or fix that origin now.
@@ -122,61 +161,24 @@ impl Pipeline {
         durable: &Option<OpenCheckpoint>,
         newest: Option<&Plan>,
     ) -> Result<(Vec<SourceRun>, Vec<tokio::task::JoinHandle<()>>)> {
-        let interval = self.app.batch_interval;
-        let bp = self.app.backpressure.clone();
         let mut sources: Vec<SourceRun> = Vec::new();
         let mut receivers = Vec::new();
-        for s in &mut self.sources {
-            let cap = bp
-                .source_max_rate
-                .get(&s.name)
-                .copied()
-                .or(bp.max_rate)
-                .map(|r| r as f64);
-            let first = if bp.enabled {
-                bp.initial_rate.map(|r| r as f64).or(cap)
-            } else {
-                cap
-            };
-            let rate = RateLimit::new(first);
-            let pid = bp
-                .enabled
-                .then(|| PidEstimator::new(interval, bp.min_rate as f64));
-            let planned = newest.and_then(|p| p.sources.get(&s.name));
-            let (input, receiver): (Box<dyn AnyReplayable>, _) = match s
+        for i in 0..self.sources.len() {
+            let name = self.sources[i].name.clone();
+            let (rate, cap, pid) = self.rate_of(&name);
+            let planned = newest.and_then(|p| p.sources.get(&name));
+            let runtime = self.sources[i]
                 .runtime
                 .take()
-                .expect("a pipeline runs once")
-            {
+                .expect("a pipeline runs once");
+            let (input, receiver): (Box<dyn AnyReplayable>, _) = match runtime {
                 SourceRuntime::Receiver(r) => {
-                    let mut blocks = ReceiverBlocks::new(
-                        &s.name,
-                        RECEIVER_CAPACITY,
-                        self.app.receiver_buffer.as_u64() as usize,
-                        self.dead.clone(),
-                        rate.clone(),
-                    );
-                    if let Some(d) = &durable {
-                        let log = d.logs[&s.name].clone();
-                        let cursor = planned
-                            .map(|p| block_range(&p.range).map(|r| r.end()))
-                            .transpose()?;
-                        let resume = log_resume(&log);
-                        blocks = blocks.with_log(log, cursor, resume)?;
-                    }
-                    let blocks = Arc::new(blocks);
-                    let writer: Arc<dyn sluice_core::BlockWriter> = blocks.clone();
-                    let name = s.name.clone();
-                    let failed = blocks.clone();
-                    receivers.push(tokio::spawn(async move {
-                        if let Err(e) = r.run(writer).await {
-                            // Fatal for the gateway (e.g. refused credentials): the next batch
-                            // reports it and the run ends with this error.
-                            tracing::error!(receiver = %name, error = %e, "receiver stopped with an error");
-                            failed.fail(e);
-                        }
-                    }));
-                    let log = durable.as_ref().map(|d| d.logs[&s.name].clone());
+                    let log = durable.as_ref().map(|d| d.logs[&name].clone());
+                    let cursor = planned
+                        .map(|p| block_range(&p.range).map(|r| r.end()))
+                        .transpose()?;
+                    let blocks = self.blocks_for(&name, &rate, log.clone(), cursor)?;
+                    receivers.push(spawn_receiver(&name, r, blocks.clone()));
                     let input = Box::new(Received {
                         blocks: blocks.clone(),
                         log,
@@ -185,44 +187,12 @@ impl Pipeline {
                     (input, Some(blocks))
                 }
                 SourceRuntime::Replayable(mut r) => {
-                    let resume = |r: &mut Box<dyn AnyReplayable>, position| {
-                        r.restore(position).map_err(|e| {
-                            Error::msg(format!(
-                                "source `{}` cannot resume from the checkpoint: {e}",
-                                s.name
-                            ))
-                        })
-                    };
-                    if let Some(p) = planned {
-                        resume(&mut r, &p.position)?;
-                    } else {
-                        let kept: Option<serde_json::Value> = match &durable {
-                            Some(d) => d.store.get_json(&ck::origin_key(&s.name))?,
-                            None => None,
-                        };
-                        match kept {
-                            Some(origin) => {
-                                tracing::info!(source = %s.name, "continuing from the origin fixed at the first start");
-                                resume(&mut r, &origin)?;
-                            }
-                            None => {
-                                let origin = r
-                                    .origin()
-                                    .await
-                                    .map_err(|e| Error::msg(format!("source `{}`: {e}", s.name)))?;
-                                if let Some(d) = durable.as_ref().filter(|_| !origin.is_null()) {
-                                    let mut c = Changes::default();
-                                    c.put_json(&ck::origin_key(&s.name), &origin);
-                                    d.store.write(c)?;
-                                }
-                            }
-                        }
-                    }
+                    resume(&name, &mut r, durable, planned).await?;
                     (r, None)
                 }
             };
             sources.push(SourceRun {
-                name: s.name.clone(),
+                name,
                 input,
                 receiver,
                 rate,
@@ -230,7 +200,141 @@ impl Pipeline {
                 pid,
             });
         }
-
         Ok((sources, receivers))
     }
+
+    /// A source's rate limit (its cap: `backpressure.source_max_rate` or `max_rate`), and with
+    /// backpressure its estimator.
+    fn rate_of(&self, source: &str) -> (RateLimit, Option<f64>, Option<PidEstimator>) {
+        let bp = &self.app.backpressure;
+        let cap = bp
+            .source_max_rate
+            .get(source)
+            .copied()
+            .or(bp.max_rate)
+            .map(|r| r as f64);
+        let first = if bp.enabled {
+            bp.initial_rate.map(|r| r as f64).or(cap)
+        } else {
+            cap
+        };
+        let pid = bp
+            .enabled
+            .then(|| PidEstimator::new(self.app.batch_interval, bp.min_rate as f64));
+        (RateLimit::new(first), cap, pid)
+    }
+
+    /// A receiver's blocks: in memory, or in its write-ahead log from `cursor` (the end of the
+    /// newest plan's range) on.
+    fn blocks_for(
+        &self,
+        source: &str,
+        rate: &RateLimit,
+        log: Option<Arc<Log>>,
+        cursor: Option<u64>,
+    ) -> Result<Arc<ReceiverBlocks>> {
+        let mut blocks = ReceiverBlocks::new(
+            source,
+            RECEIVER_CAPACITY,
+            self.app.receiver_buffer.as_u64() as usize,
+            self.dead.clone(),
+            rate.clone(),
+        );
+        if let Some(log) = log {
+            let resume = log_resume(&log);
+            blocks = blocks.with_log(log, cursor, resume)?;
+        }
+        Ok(Arc::new(blocks))
+    }
+}
+
+/// Run a receiver's task, writing into `blocks`.
+fn spawn_receiver(
+    name: &str,
+    receiver: Box<dyn sluice_core::Receiver>,
+    blocks: Arc<ReceiverBlocks>,
+) -> tokio::task::JoinHandle<()> {
+    let writer: Arc<dyn sluice_core::BlockWriter> = blocks.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = receiver.run(writer).await {
+            // Fatal for the gateway (e.g. refused credentials): the next batch reports it and
+            // the run ends with this error.
+            tracing::error!(receiver = %name, error = %e, "receiver stopped with an error");
+            blocks.fail(e);
+        }
+    })
+}
+
+/// Where a replayable source goes on: after the newest plan; else from the origin fixed at the
+/// first start; else it fixes that origin now, kept in the checkpoint before any batch.
+async fn resume(
+    name: &str,
+    r: &mut Box<dyn AnyReplayable>,
+    durable: &Option<OpenCheckpoint>,
+    planned: Option<&SourcePlan>,
+) -> Result<()> {
+    let cannot = |e: Error| {
+        Error::msg(format!(
+            "source `{name}` cannot resume from the checkpoint: {e}"
+        ))
+    };
+    if let Some(p) = planned {
+        return r.restore(&p.position).map_err(cannot);
+    }
+    let kept: Option<serde_json::Value> = match durable {
+        Some(d) => d.store.get_json(&ck::origin_key(name))?,
+        None => None,
+    };
+    if let Some(origin) = kept {
+        tracing::info!(source = %name, "continuing from the origin fixed at the first start");
+        return r.restore(&origin).map_err(cannot);
+    }
+    let origin = r
+        .origin()
+        .await
+        .map_err(|e| Error::msg(format!("source `{name}`: {e}")))?;
+    if let Some(d) = durable.as_ref().filter(|_| !origin.is_null()) {
+        let mut c = Changes::default();
+        c.put_json(&ck::origin_key(name), &origin);
+        d.store.write(c)?;
+    }
+    Ok(())
+}
+
+/// A graceful stop: the receivers stop reading (within `timeout`) and what they hold is flushed,
+/// so the last batch takes everything they received. (It takes the receivers' blocks, not the
+/// sources: the run's future must hold no source across an await.)
+pub(super) async fn stop_receivers(
+    blocks: Vec<Arc<ReceiverBlocks>>,
+    receivers: &mut Vec<tokio::task::JoinHandle<()>>,
+    timeout: Duration,
+) {
+    for b in &blocks {
+        b.request_stop();
+    }
+    let all = futures::future::join_all(receivers.drain(..));
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        tracing::warn!("receivers did not stop within the graceful stop timeout");
+    }
+    for b in blocks {
+        b.flush().await;
+    }
+}
+
+/// Read each source's planned range (a source the plan does not name: nothing).
+pub(super) async fn read_inputs(
+    plan: &Plan,
+    sources: &mut [SourceRun],
+    dead: &DeadLetters,
+) -> Result<HashMap<String, Vec<RecordBatch>>> {
+    let mut streams = HashMap::new();
+    for s in sources.iter_mut() {
+        let batches = match plan.sources.get(&s.name) {
+            Some(sp) => s.input.read(&sp.range, dead).await?,
+            None => Vec::new(),
+        };
+        streams.insert(s.name.clone(), batches);
+    }
+    Ok(streams)
 }

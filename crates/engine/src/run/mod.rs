@@ -10,7 +10,7 @@ mod inputs;
 mod jobs;
 mod recovery;
 
-use inputs::{adapt_rates, receivers_healthy, SourceRun};
+use inputs::{adapt_rates, read_inputs, receivers_healthy, stop_receivers, SourceRun};
 use recovery::{poisoned, OpenCheckpoint};
 
 use crate::blocks::{BlockRange, ReceiverBlocks};
@@ -99,40 +99,7 @@ impl Pipeline {
                 .await
                 .map_err(|e| Error::msg(format!("sink `{name}`: {e}")))?;
         }
-        let plans: Vec<Plan> = match &durable {
-            Some(d) => d
-                .store
-                .scan("plan/")?
-                .into_iter()
-                .map(|(k, v)| {
-                    serde_json::from_slice(&v)
-                        .map_err(|e| Error::msg(format!("unreadable batch plan {k}: {e}")))
-                })
-                .collect::<Result<_>>()?,
-            None => Vec::new(),
-        };
-        if let Some(d) = durable.as_mut() {
-            d.plans = plans.iter().map(|p| p.time).collect();
-        }
-        let last_done: Option<Done> = match &durable {
-            Some(d) => d.store.get_json("last")?,
-            None => None,
-        };
-        let pending: Vec<Plan> = plans
-            .iter()
-            .filter(|p| last_done.as_ref().is_none_or(|d| p.time > d.time))
-            .cloned()
-            .collect();
-        let newest = plans.last().cloned();
-        if let (Some(d), Some(last)) = (&mut durable, &last_done) {
-            self.restore_jobs(d)?;
-            tracing::info!(
-                last_committed = last.time,
-                at = %BatchTime(last.time).to_local_string(),
-                unfinished = pending.len(),
-                "resuming from the checkpoint"
-            );
-        }
+        let (pending, newest) = self.unfinished_plans(&mut durable)?;
 
         let (mut sources, mut receivers) = self.start_sources(&durable, newest.as_ref()).await?;
 
@@ -160,31 +127,7 @@ impl Pipeline {
         for s in sources.iter_mut() {
             s.input.prepare().await?;
         }
-        let resume_at = newest.as_ref().map(|p| BatchTime(p.time).plus(interval));
-        let now_t = BatchTime::now().next_multiple(interval);
-        // The newest batch time already passed: coalesced missed batches run at once, as one.
-        let passed = now_t.minus(interval);
-        let mut t = match (opts.manual_clock, resume_at) {
-            (Some(t0), Some(r)) => t0.max(r),
-            (Some(t0), None) => t0,
-            (None, Some(r)) => match self.app.missed_batches {
-                MissedBatches::CatchUp => r,
-                MissedBatches::Coalesce => r.max(passed),
-            },
-            (None, None) => now_t,
-        };
-        if let (None, Some(r)) = (opts.manual_clock, resume_at) {
-            let missed = (passed.millis() - r.millis()) / interval.as_millis() as i64 + 1;
-            if missed > 1 && self.app.missed_batches == MissedBatches::CatchUp {
-                tracing::info!(missed, "catching up on the batches missed while stopped");
-            } else if missed > 1 {
-                tracing::info!(
-                    missed,
-                    batch = t.millis(),
-                    "the batches missed while stopped run as one"
-                );
-            }
-        }
+        let mut t = self.first_batch_time(opts.manual_clock, newest.as_ref());
         // Input received before a restart is overdue: its batch runs at once, without waiting for
         // the clock to reach the batch time.
         let mut overdue = sources
@@ -212,21 +155,9 @@ impl Pipeline {
                 stopping = true;
             }
             if stopping {
-                // Stop the receivers first, so the last batch holds everything they received.
-                for b in sources.iter().filter_map(|s| s.receiver.as_ref()) {
-                    b.request_stop();
-                }
+                let blocks = sources.iter().filter_map(|s| s.receiver.clone()).collect();
                 let timeout = self.app.graceful_stop_timeout.unwrap_or(interval * 10);
-                let all = futures::future::join_all(receivers.drain(..));
-                if tokio::time::timeout(timeout, all).await.is_err() {
-                    tracing::warn!("receivers did not stop within the graceful stop timeout");
-                }
-                // Cloned first: the run's future must not hold a source across an await.
-                let pushed: Vec<Arc<ReceiverBlocks>> =
-                    sources.iter().filter_map(|s| s.receiver.clone()).collect();
-                for b in pushed {
-                    b.flush().await;
-                }
+                stop_receivers(blocks, &mut receivers, timeout).await;
             }
             let scheduled = Instant::now();
             let delay_ms = (BatchTime::now().millis() - t.millis()).max(0) as f64;
@@ -282,6 +213,43 @@ impl Pipeline {
         Ok(summary)
     }
 
+    /// The first new batch's time: the next multiple of the interval, or after a restart the
+    /// one after the newest plan — with the batches missed while stopped run one by one
+    /// (`catch_up`) or as one (`coalesce`).
+    fn first_batch_time(
+        &self,
+        manual_clock: Option<BatchTime>,
+        newest: Option<&Plan>,
+    ) -> BatchTime {
+        let interval = self.app.batch_interval;
+        let resume_at = newest.map(|p| BatchTime(p.time).plus(interval));
+        let now_t = BatchTime::now().next_multiple(interval);
+        // The newest batch time already passed: coalesced missed batches run at once, as one.
+        let passed = now_t.minus(interval);
+        let t = match (manual_clock, resume_at) {
+            (Some(t0), Some(r)) => t0.max(r),
+            (Some(t0), None) => t0,
+            (None, Some(r)) => match self.app.missed_batches {
+                MissedBatches::CatchUp => r,
+                MissedBatches::Coalesce => r.max(passed),
+            },
+            (None, None) => now_t,
+        };
+        if let (None, Some(r)) = (manual_clock, resume_at) {
+            let missed = (passed.millis() - r.millis()) / interval.as_millis() as i64 + 1;
+            if missed > 1 && self.app.missed_batches == MissedBatches::CatchUp {
+                tracing::info!(missed, "catching up on the batches missed while stopped");
+            } else if missed > 1 {
+                tracing::info!(
+                    missed,
+                    batch = t.millis(),
+                    "the batches missed while stopped run as one"
+                );
+            }
+        }
+        t
+    }
+
     /// Plan (unless `plan` is given: a re-run), run and commit batch `t`. Returns the records each
     /// source delivered.
     async fn run_batch(
@@ -294,61 +262,19 @@ impl Pipeline {
     ) -> Result<HashMap<String, u64>> {
         let began = Instant::now();
         let rerun = plan.is_some();
-        let interval = self.app.batch_interval;
-        let mut streams: HashMap<String, Vec<RecordBatch>> = HashMap::new();
         let skip: Option<ck::Skip> = match (&plan, durable.as_ref()) {
             (Some(p), Some(d)) => d.store.get_json(&ck::skip_key(p.time))?,
             _ => None,
         };
         let plan = match plan {
-            Some(p) if skip.is_some() => {
-                tracing::warn!(batch = p.time, plan = %serde_json::to_string(&p.sources).unwrap_or_default(), "skipping this batch as the operator asked (sluice checkpoint skip): its input is not processed");
-                p
-            }
-            Some(p) => {
-                for s in sources.iter_mut() {
-                    let batches = match p.sources.get(&s.name) {
-                        Some(sp) => s.input.read(&sp.range, &self.dead).await?,
-                        None => Vec::new(),
-                    };
-                    streams.insert(s.name.clone(), batches);
-                }
-                p
-            }
-            None => {
-                let mut plan = Plan {
-                    time: t.millis(),
-                    sources: BTreeMap::new(),
-                };
-                for s in sources.iter_mut() {
-                    let max = s
-                        .rate
-                        .current()
-                        .map(|rate| (rate * interval.as_secs_f64()).max(1.0) as u64);
-                    let range = s.input.plan(t, max).await?;
-                    let sp = SourcePlan {
-                        range,
-                        position: s.input.position(),
-                        rate: s.rate.current().map(|r| r as u64),
-                    };
-                    plan.sources.insert(s.name.clone(), sp);
-                }
-                if let Some(d) = durable.as_mut() {
-                    let mut c = Changes::default();
-                    c.put_json(&ck::plan_key(t.millis()), &plan);
-                    if !d.fingerprint_written {
-                        c.put_json("meta/fingerprint", &self.fingerprint());
-                        d.fingerprint_written = true;
-                    }
-                    d.store.write(c)?;
-                    d.plans.push_back(t.millis());
-                }
-                for s in sources.iter_mut() {
-                    let range = &plan.sources[&s.name].range;
-                    streams.insert(s.name.clone(), s.input.read(range, &self.dead).await?);
-                }
-                plan
-            }
+            Some(p) => p,
+            None => self.plan_batch(t, sources, durable).await?,
+        };
+        let streams = if skip.is_some() {
+            tracing::warn!(batch = plan.time, plan = %serde_json::to_string(&plan.sources).unwrap_or_default(), "skipping this batch as the operator asked (sluice checkpoint skip): its input is not processed");
+            HashMap::new()
+        } else {
+            read_inputs(&plan, sources, &self.dead).await?
         };
         let mut per_source = HashMap::new();
         let mut records = 0;

@@ -16,6 +16,49 @@ pub(super) struct OpenCheckpoint {
 }
 
 impl Pipeline {
+    /// The batches planned before a restart and never committed (re-run first, in order), and the
+    /// newest plan (where the sources resume); the jobs' state is put back on the way.
+    pub(super) fn unfinished_plans(
+        &mut self,
+        durable: &mut Option<OpenCheckpoint>,
+    ) -> Result<(Vec<Plan>, Option<Plan>)> {
+        let plans: Vec<Plan> = match durable {
+            Some(d) => d
+                .store
+                .scan("plan/")?
+                .into_iter()
+                .map(|(k, v)| {
+                    serde_json::from_slice(&v)
+                        .map_err(|e| Error::msg(format!("unreadable batch plan {k}: {e}")))
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        if let Some(d) = durable.as_mut() {
+            d.plans = plans.iter().map(|p| p.time).collect();
+        }
+        let last_done: Option<Done> = match durable {
+            Some(d) => d.store.get_json("last")?,
+            None => None,
+        };
+        let pending: Vec<Plan> = plans
+            .iter()
+            .filter(|p| last_done.as_ref().is_none_or(|d| p.time > d.time))
+            .cloned()
+            .collect();
+        let newest = plans.last().cloned();
+        if let (Some(d), Some(last)) = (durable.as_mut(), &last_done) {
+            self.restore_jobs(d)?;
+            tracing::info!(
+                last_committed = last.time,
+                at = %BatchTime(last.time).to_local_string(),
+                unfinished = pending.len(),
+                "resuming from the checkpoint"
+            );
+        }
+        Ok((pending, newest))
+    }
+
     pub(super) fn checkpoint_path(&self) -> Option<PathBuf> {
         self.app
             .checkpoint_dir
