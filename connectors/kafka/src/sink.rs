@@ -319,15 +319,11 @@ impl KafkaSink {
 
     /// One value per row from the columns that are not special.
     fn serialise(&self, b: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let n = b.num_rows();
-        let encoded = match self.cfg.format {
-            SinkFormat::Text => {
-                let c = cast(b.column(0), &DataType::Utf8)?;
-                let c = c.as_string::<i32>();
-                return Ok((0..n).map(|r| c.value(r).as_bytes().to_vec()).collect());
-            }
-            SinkFormat::Json => sluice_formats::encode_json_lines(std::slice::from_ref(b))?,
-            SinkFormat::Csv => csv_rows(b)?,
+        use sluice_formats::messages;
+        Ok(match self.cfg.format {
+            SinkFormat::Text => messages::column_bytes(b.column(0))?,
+            SinkFormat::Json => messages::json_rows(b)?,
+            SinkFormat::Csv => messages::csv_rows(b)?,
             SinkFormat::Avro => {
                 let enc = sluice_formats::avro::DatumEncoder::new(
                     &b.schema(),
@@ -340,37 +336,10 @@ impl KafkaSink {
                 {
                     tracing::info!(sink = %self.name, schema = %sluice_formats::avro::schema_json(&b.schema()), "kafka: the Avro schema of the values");
                 }
-                return enc.encode(b);
+                enc.encode(b)?
             }
-        };
-        let lines: Vec<Vec<u8>> = encoded
-            .split(|c| *c == b'\n')
-            .take(n)
-            .map(<[u8]>::to_vec)
-            .collect();
-        if lines.len() == n && encoded.iter().filter(|c| **c == b'\n').count() == n {
-            return Ok(lines);
-        }
-        // A CSV value with a line break: encode row by row.
-        (0..n)
-            .map(|r| {
-                let mut v = csv_rows(&b.slice(r, 1))?;
-                if v.last() == Some(&b'\n') {
-                    v.pop();
-                }
-                Ok(v)
-            })
-            .collect()
+        })
     }
-}
-
-fn csv_rows(b: &RecordBatch) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    arrow::csv::WriterBuilder::new()
-        .with_header(false)
-        .build(&mut out)
-        .write(b)?;
-    Ok(out)
 }
 
 /// A string or binary column (others are cast to strings) as bytes.

@@ -5,7 +5,7 @@
 
 use crate::client::{self, Client, Event, Retry};
 use crate::connection::{Options, WithConnection};
-use arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
+use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -202,29 +202,8 @@ fn messages(
         });
     }
     let payloads: Vec<Vec<u8>> = match schema.index_of(payload_column) {
-        Ok(i) => {
-            let col = batch.column(i);
-            match col.data_type() {
-                DataType::Binary => {
-                    let a = col.as_any().downcast_ref::<BinaryArray>().expect("binary");
-                    (0..a.len()).map(|r| a.value(r).to_vec()).collect()
-                }
-                _ => {
-                    let s = arrow::compute::cast(col, &DataType::Utf8)?;
-                    let a = s.as_any().downcast_ref::<StringArray>().expect("utf8");
-                    (0..a.len())
-                        .map(|r| a.value(r).as_bytes().to_vec())
-                        .collect()
-                }
-            }
-        }
-        Err(_) => {
-            let text = sluice_formats::encode_json_lines(std::slice::from_ref(batch))?;
-            text.split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect()
-        }
+        Ok(i) => sluice_formats::messages::column_bytes(batch.column(i))?,
+        Err(_) => sluice_formats::messages::json_rows(batch)?,
     };
     let mut out = Vec::with_capacity(batch.num_rows());
     for (r, payload) in payloads.into_iter().enumerate() {
