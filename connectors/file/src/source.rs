@@ -4,10 +4,12 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::options::Joined;
 use sluice_core::{
     BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Error, Guarantee,
     ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
+use sluice_formats::decoding::LineDecoding;
 use sluice_formats::{Decoder, Format};
 use std::collections::HashSet;
 use tokio::io::AsyncBufReadExt;
@@ -22,18 +24,9 @@ use std::path::PathBuf;
 pub struct FileSourceConfig {
     /// The directory to watch.
     pub path: String,
-    /// `text` (a `line` column per line), `json` (JSON lines) or `csv`, with `schema`.
-    #[serde(default)]
-    pub format: Format,
-    /// Columns for `json` / `csv`.
-    #[serde(default)]
-    pub schema: Option<String>,
     /// CSV: the first line of each file is a header to skip (default false).
     #[serde(default)]
     pub header: bool,
-    /// CSV field delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<char>,
     /// Only files whose name ends with this (e.g. `.json`).
     #[serde(default)]
     pub suffix: Option<String>,
@@ -49,16 +42,16 @@ pub struct FileSourceConfig {
 pub struct FileSourceConnector;
 
 impl SourceConnector for FileSourceConnector {
-    type Config = FileSourceConfig;
+    type Config = Joined<LineDecoding, FileSourceConfig>;
     fn build(
         &self,
         cx: &BuildContext,
         at: &Component,
-        cfg: FileSourceConfig,
+        options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
+        let Joined { shared, own: cfg } = options;
         let path = at.path.as_str();
-        let decoder =
-            Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        let decoder = shared.decoder(at)?;
         if cfg.max_files_per_batch == Some(0) {
             return Err(ConfigError::new(
                 format!("{path}.max_files_per_batch"),

@@ -5,12 +5,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use sluice_core::options::Joined;
 use sluice_core::time::now_ms;
 use sluice_core::{
     BlockWriter, BuildContext, BuiltSource, Component, ConfigError, Guarantee, Receiver,
     ReceiverStatus, Result, SourceConnector, SourceRuntime,
 };
-use sluice_formats::{Decoder, Format};
+use sluice_formats::decoding::LineDecoding;
+use sluice_formats::Decoder;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,12 +61,6 @@ pub struct GeneratorConfig {
     /// Words: words per line (default 10).
     #[serde(default = "default_words")]
     pub words_per_line: u32,
-    /// Decode the generated payloads: `text` (a `line` column) or `json` with `schema`.
-    #[serde(default)]
-    pub format: Format,
-    /// Columns for `json`, e.g. `"device string, temperature double"`.
-    #[serde(default)]
-    pub schema: Option<String>,
 }
 
 fn default_rate() -> u64 {
@@ -92,13 +88,14 @@ fn default_words() -> u32 {
 pub struct GeneratorConnector;
 
 impl SourceConnector for GeneratorConnector {
-    type Config = GeneratorConfig;
+    type Config = Joined<LineDecoding, GeneratorConfig>;
     fn build(
         &self,
         _cx: &BuildContext,
         at: &Component,
-        cfg: GeneratorConfig,
+        options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
+        let Joined { shared, own: cfg } = options;
         let path = at.path.as_str();
         if cfg.rate == 0 {
             return Err(ConfigError::new(
@@ -121,7 +118,7 @@ impl SourceConnector for GeneratorConnector {
                 cfg.anomaly_rate.to_string(),
             ));
         }
-        let decoder = Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), None)?;
+        let decoder = shared.decoder(at)?;
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Unacknowledged,

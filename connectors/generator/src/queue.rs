@@ -4,11 +4,13 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::options::Joined;
 use sluice_core::{
     BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Guarantee,
     ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
-use sluice_formats::{Decoder, Format};
+use sluice_formats::decoding::LineDecoding;
+use sluice_formats::Decoder;
 
 /// `[sources.NAME] type = "queue"`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -19,25 +21,20 @@ pub struct QueueConfig {
     pub batches: Vec<Vec<String>>,
     #[serde(default)]
     pub repeat: bool,
-    /// `text` (a `line` column), `json` or `csv` with `schema`.
-    #[serde(default)]
-    pub format: Format,
-    #[serde(default)]
-    pub schema: Option<String>,
 }
 
 pub struct QueueConnector;
 
 impl SourceConnector for QueueConnector {
-    type Config = QueueConfig;
+    type Config = Joined<LineDecoding, QueueConfig>;
     fn build(
         &self,
         _cx: &BuildContext,
         at: &Component,
-        cfg: QueueConfig,
+        options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
-        let path = at.path.as_str();
-        let decoder = Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), None)?;
+        let Joined { shared, own: cfg } = options;
+        let decoder = shared.decoder(at)?;
         Ok(BuiltSource {
             schema: decoder.schema(),
             guarantee: Guarantee::Replayable,

@@ -6,7 +6,6 @@ use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::ConfigError;
 pub use sluice_formats::avro::Wire;
-use sluice_formats::payload::PayloadFormat;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -50,31 +49,6 @@ pub struct KafkaSourceConfig {
     /// they win over `until`. Partitions in neither are read without end.
     #[serde(default)]
     pub until_offsets: BTreeMap<String, BTreeMap<String, i64>>,
-    /// Value decoding: `text` (a `value` string column), `raw` (a `value` binary column), `json` or
-    /// `csv` with `schema`, or `avro` with `avro_schema` / `avro_schema_file` (one datum per
-    /// record; the columns are the schema's fields). Undecodable records go to the dead-letter
-    /// output with their topic, partition and offset.
-    #[serde(default)]
-    pub format: PayloadFormat,
-    /// For `format = "avro"`: the writer schema, Avro's JSON form, e.g.
-    /// `'{"type": "record", "name": "reading", "fields": [{"name": "seq", "type": "long"}]}'`.
-    #[serde(default)]
-    pub avro_schema: Option<String>,
-    /// For `format = "avro"`: a file holding the writer schema (an `.avsc`), instead of
-    /// `avro_schema`.
-    #[serde(default)]
-    pub avro_schema_file: Option<String>,
-    /// How Avro values are framed: `plain` (default; the datum alone) or `confluent` (a zero byte
-    /// and a 4-byte schema id first, as Confluent's serializers write; the id is not looked up, so
-    /// the schema given must be the one the records were written with).
-    #[serde(default)]
-    pub avro_wire: Wire,
-    /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// CSV field delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<char>,
     /// Add the envelope columns `key` (binary), `topic`, `partition`, `offset`, `timestamp`,
     /// `timestamp_type` and `headers` (a map of string to binary) after the value's (default true).
     #[serde(default = "default_true")]

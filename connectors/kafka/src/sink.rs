@@ -734,7 +734,9 @@ mod tests {
         )]);
         let connector = KafkaSinkConnector;
         let at = Component::new("sinks.out");
-        let config = connector.parse(&at.path, options.clone()).unwrap();
+        let config =
+            <KafkaSinkConfig as sluice_core::options::Options>::parse(&at.path, options.clone())
+                .unwrap();
         let mut first = connector.build(&cx, &at, config).unwrap();
         first.open().await.unwrap();
         assert!(first.idempotent(), "the mock cluster has transactions");

@@ -8,23 +8,6 @@ use sluice_core::ConfigError;
 
 use std::time::Duration;
 
-/// Keys of a source or sink table that belong to the connection (parsed into [`Connection`]).
-pub const KEYS: &[&str] = &[
-    "host",
-    "port",
-    "protocol",
-    "client_id",
-    "username",
-    "password",
-    "keep_alive",
-    "clean_session",
-    "session_expiry",
-    "tls",
-    "connect_timeout",
-    "retry_initial",
-    "retry_max",
-];
-
 /// How sluice connects to the broker (the same keys for the source and the sink).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,20 +60,6 @@ pub struct Connection {
     )]
     #[schemars(with = "sluice_core::time::DurationText")]
     pub connect_timeout: Duration,
-    /// First reconnect delay (default 100ms); doubles up to `retry_max`.
-    #[serde(
-        default = "default_retry_initial",
-        deserialize_with = "serde_duration::deserialize"
-    )]
-    #[schemars(with = "sluice_core::time::DurationText")]
-    pub retry_initial: Duration,
-    /// Longest reconnect delay (default 5s).
-    #[serde(
-        default = "default_retry_max",
-        deserialize_with = "serde_duration::deserialize"
-    )]
-    #[schemars(with = "sluice_core::time::DurationText")]
-    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -128,12 +97,6 @@ fn default_session_expiry() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
-fn default_retry_initial() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_retry_max() -> Duration {
-    Duration::from_secs(5)
-}
 
 /// The error that ends a component whose broker refused it (CONNACK with an error code): retrying
 /// would not help.
@@ -147,44 +110,6 @@ pub fn refused(
         "mqtt {component} `{name}`: {endpoint} refused the connection ({error}); check username, \
          password and client_id"
     ))
-}
-
-/// The options of an MQTT source or sink: the connection's keys beside the component's own (`C`),
-/// in one table.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-pub struct WithConnection<C> {
-    #[serde(flatten)]
-    pub connection: Connection,
-    #[serde(flatten)]
-    pub own: C,
-}
-
-impl<C: serde::de::DeserializeOwned> WithConnection<C> {
-    /// Split the table at [`KEYS`] and read each part on its own, so that each refuses unknown keys
-    /// and every error keeps its key path (serde's `flatten` would lose both).
-    pub fn parse(path: &str, options: serde_json::Value) -> Result<Self, ConfigError> {
-        let (connection, own) = split(options);
-        Ok(WithConnection {
-            own: sluice_core::options::parse(path, own)?,
-            connection: sluice_core::options::parse(path, connection)?,
-        })
-    }
-}
-
-/// Split a component's options into the connection's keys and the rest.
-fn split(options: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
-    let mut conn = serde_json::Map::new();
-    let mut rest = serde_json::Map::new();
-    if let serde_json::Value::Object(m) = options {
-        for (k, v) in m {
-            if KEYS.contains(&k.as_str()) {
-                conn.insert(k, v);
-            } else {
-                rest.insert(k, v);
-            }
-        }
-    }
-    (conn.into(), rest.into())
 }
 
 /// What the broker is called in logs and errors (never with credentials).

@@ -4,12 +4,14 @@
 //! publishes again).
 
 use crate::client::{self, Client, Event, Retry};
-use crate::connection::{Options, WithConnection};
+use crate::connection::{Connection, Options};
 use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use sluice_core::options::Joined;
+use sluice_core::retry::Reconnect;
 use sluice_core::{
     BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
 };
@@ -107,18 +109,19 @@ fn parse_template(path: &str, t: &str) -> Result<Vec<Part>, ConfigError> {
 pub struct MqttSinkConnector;
 
 impl SinkConnector for MqttSinkConnector {
-    type Config = WithConnection<MqttSinkConfig>;
-    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
-        WithConnection::parse(path, options)
-    }
+    type Config = Joined<Joined<Connection, Reconnect>, MqttSinkConfig>;
     fn build(
         &self,
         cx: &BuildContext,
         at: &Component,
         options: Self::Config,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let WithConnection {
-            connection: mut conn,
+        let Joined {
+            shared:
+                Joined {
+                    shared: mut conn,
+                    own: reconnect,
+                },
             own: cfg,
         } = options;
         let path = at.path.as_str();
@@ -139,8 +142,8 @@ impl SinkConnector for MqttSinkConnector {
         Ok(Box::new(MqttSink {
             options: Some(Options::new(&conn, client_id, transport, cfg.inflight)),
             retry: Retry {
-                initial: conn.retry_initial,
-                max: conn.retry_max,
+                initial: reconnect.retry_initial,
+                max: reconnect.retry_max,
                 connect_timeout: conn.connect_timeout,
             },
             endpoint: conn.endpoint(),

@@ -8,7 +8,7 @@
 //! PUBREL, are stored with each WAL block, so this holds across a restart too.
 
 use crate::client::{self, Client, Event, Message, Released, Retry};
-use crate::connection::{Options, Protocol, WithConnection};
+use crate::connection::{Connection, Options, Protocol};
 use crate::redelivery::Remembered;
 use arrow::array::{
     BooleanBuilder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt8Builder,
@@ -20,11 +20,14 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use sluice_core::options::Joined;
+use sluice_core::retry::Reconnect;
 use sluice_core::time::serde_duration;
 use sluice_core::{
     BlockWriter, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, Error, Guarantee,
     Receiver, ReceiverStatus, Result, SourceConnector, SourceRuntime, WhenDurable,
 };
+use sluice_formats::decoding::PayloadDecoding;
 pub use sluice_formats::payload::PayloadFormat;
 use sluice_formats::payload::{check_envelope, PayloadDecoder};
 use std::sync::Arc;
@@ -41,17 +44,6 @@ pub struct MqttSourceConfig {
     /// QoS of the filters given as plain strings (default 1).
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// Payload decoding: `text` (a `payload` string column), `raw` (a `payload` binary column),
-    /// `json` or `csv` (with `schema`). Undecodable payloads go to the dead-letter output.
-    #[serde(default)]
-    #[schemars(schema_with = "sluice_formats::payload::text_formats_schema")]
-    pub format: PayloadFormat,
-    /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// CSV field delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<char>,
     /// Add the envelope columns `topic`, `qos`, `retain`, `received_at` (and with MQTT 5
     /// `content_type`, `user_properties`) after the payload's columns (default true).
     #[serde(default = "default_true")]
@@ -111,19 +103,23 @@ const ENVELOPE: &[&str] = &[
 pub struct MqttSourceConnector;
 
 impl SourceConnector for MqttSourceConnector {
-    type Config = WithConnection<MqttSourceConfig>;
-    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
-        WithConnection::parse(path, options)
-    }
+    type Config = Joined<Joined<Connection, Reconnect>, Joined<PayloadDecoding, MqttSourceConfig>>;
     fn build(
         &self,
         cx: &BuildContext,
         at: &Component,
         options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
-        let WithConnection {
-            connection: conn,
-            own: cfg,
+        let Joined {
+            shared:
+                Joined {
+                    shared: conn,
+                    own: reconnect,
+                },
+            own: Joined {
+                shared: decoding,
+                own: cfg,
+            },
         } = options;
         let path = at.path.as_str();
         let name = at.name.clone();
@@ -170,13 +166,7 @@ impl SourceConnector for MqttSourceConnector {
                 "0",
             ));
         }
-        let decoder = PayloadDecoder::new(
-            path,
-            "payload",
-            cfg.format,
-            cfg.schema.as_deref(),
-            cfg.delimiter,
-        )?;
+        let decoder = decoding.decoder(cx, at, "payload")?;
         let mut fields = decoder.fields();
         if cfg.envelope {
             check_envelope(path, &fields, ENVELOPE)?;
@@ -215,8 +205,8 @@ impl SourceConnector for MqttSourceConnector {
             runtime: SourceRuntime::Receiver(Box::new(MqttReceiver {
                 options: Some(Options::new(&conn, client_id, transport, cfg.inflight)),
                 retry: Retry {
-                    initial: conn.retry_initial,
-                    max: conn.retry_max,
+                    initial: reconnect.retry_initial,
+                    max: reconnect.retry_max,
                     connect_timeout: conn.connect_timeout,
                 },
                 endpoint: conn.endpoint(),

@@ -11,12 +11,15 @@ use backon::BackoffBuilder;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::arrow::record_batch::RecordBatch;
+use sluice_core::options::Joined;
+use sluice_core::retry::Reconnect;
 use sluice_core::time::serde_duration;
 use sluice_core::{
     BlockWriter, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, Guarantee,
     Receiver, ReceiverStatus, Result, SourceConnector, SourceRuntime,
 };
-use sluice_formats::{Decoder, Format};
+use sluice_formats::decoding::LineDecoding;
+use sluice_formats::Decoder;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -30,15 +33,6 @@ pub struct SocketSourceConfig {
     pub host: String,
     /// Its port.
     pub port: u16,
-    /// How each line is decoded: `text` (a `line` column), `json` or `csv` (with `schema`).
-    #[serde(default)]
-    pub format: Format,
-    /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
-    #[serde(default)]
-    pub schema: Option<String>,
-    /// CSV field delimiter (default `,`).
-    #[serde(default)]
-    pub delimiter: Option<char>,
     /// Longest line accepted; a longer one goes to the dead-letter output (default 1 MiB).
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
@@ -54,20 +48,6 @@ pub struct SocketSourceConfig {
     )]
     #[schemars(with = "sluice_core::time::DurationText")]
     pub block_interval: Duration,
-    /// First reconnect delay (default 100ms); doubles up to `retry_max`.
-    #[serde(
-        default = "default_retry_initial",
-        deserialize_with = "serde_duration::deserialize"
-    )]
-    #[schemars(with = "sluice_core::time::DurationText")]
-    pub retry_initial: Duration,
-    /// Longest reconnect delay (default 5s).
-    #[serde(
-        default = "default_retry_max",
-        deserialize_with = "serde_duration::deserialize"
-    )]
-    #[schemars(with = "sluice_core::time::DurationText")]
-    pub retry_max: Duration,
 }
 
 fn default_max_line() -> usize {
@@ -79,26 +59,26 @@ fn default_block_lines() -> usize {
 fn default_block_interval() -> Duration {
     Duration::from_millis(100)
 }
-fn default_retry_initial() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_retry_max() -> Duration {
-    Duration::from_secs(5)
-}
 
 pub struct SocketSourceConnector;
 
 impl SourceConnector for SocketSourceConnector {
-    type Config = SocketSourceConfig;
+    type Config = Joined<LineDecoding, Joined<Reconnect, SocketSourceConfig>>;
     fn build(
         &self,
         _cx: &BuildContext,
         at: &Component,
-        cfg: SocketSourceConfig,
+        options: Self::Config,
     ) -> Result<BuiltSource, ConfigError> {
+        let Joined {
+            shared,
+            own: Joined {
+                shared: reconnect,
+                own: cfg,
+            },
+        } = options;
         let path = at.path.as_str();
-        let decoder =
-            Decoder::for_component(path, cfg.format, cfg.schema.as_deref(), cfg.delimiter)?;
+        let decoder = shared.decoder(at)?;
         if cfg.block_lines == 0 {
             return Err(ConfigError::new(
                 format!("{path}.block_lines"),
@@ -111,6 +91,7 @@ impl SourceConnector for SocketSourceConnector {
             guarantee: Guarantee::Unacknowledged,
             runtime: SourceRuntime::Receiver(Box::new(SocketReceiver {
                 cfg,
+                reconnect,
                 decoder,
                 name: at.name.clone(),
             })),
@@ -121,6 +102,7 @@ impl SourceConnector for SocketSourceConnector {
 
 pub struct SocketReceiver {
     cfg: SocketSourceConfig,
+    reconnect: Reconnect,
     decoder: Decoder,
     name: String,
 }
@@ -141,8 +123,8 @@ impl Pending {
 impl SocketReceiver {
     async fn connect(&self, out: &Arc<dyn BlockWriter>) -> Option<TcpStream> {
         let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.cfg.retry_initial)
-            .with_max_delay(self.cfg.retry_max)
+            .with_min_delay(self.reconnect.retry_initial)
+            .with_max_delay(self.reconnect.retry_max)
             .without_max_times()
             .build();
         let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
@@ -162,7 +144,7 @@ impl SocketReceiver {
                         attempt,
                         error: format!("{addr}: {e}"),
                     });
-                    let delay = backoff.next().unwrap_or(self.cfg.retry_max);
+                    let delay = backoff.next().unwrap_or(self.reconnect.retry_max);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = out.stopped() => return None,

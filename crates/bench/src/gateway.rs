@@ -105,8 +105,6 @@ impl LinePool {
             anomaly_rate: 0.0,
             vocabulary: 10_000,
             words_per_line: 10,
-            format: Default::default(),
-            schema: None,
         });
         let mut text = String::new();
         let mut offsets = vec![0usize];

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fs;
 pub mod options;
 pub mod registry;
+pub mod retry;
 pub mod schema;
 pub mod secret;
 pub mod sink;

@@ -52,21 +52,8 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
     // "unknown field `prot`, expected one of `host`, `port`"  /  "expected `a` or `b`"
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
-        let known = backticked(tail);
         // serde_path_to_error's path already ends with the unknown key.
-        let err = ConfigError::new(
-            path,
-            if known.is_empty() {
-                "no such key".to_string()
-            } else {
-                format!("one of {}", list(&known))
-            },
-            format!("unknown key `{field}`"),
-        );
-        return match suggest(field, &known) {
-            Some(s) => err.with_hint(format!("did you mean `{s}`?")),
-            None => err,
-        };
+        return unknown_key(path, field, &backticked(tail));
     }
     if let Some(rest) = msg.strip_prefix("unknown variant `") {
         let (variant, tail) = rest.split_once('`').unwrap_or((rest, ""));
@@ -113,6 +100,99 @@ fn from_serde_message(path: &str, msg: &str, found: Option<&Value>) -> ConfigErr
             .unwrap_or_else(|| "an invalid value".into()),
     )
     .with_hint(msg.to_string())
+}
+
+/// `field` (at key path `path`, which ends with it) is not one of `known`.
+fn unknown_key(path: &str, field: &str, known: &[String]) -> ConfigError {
+    let err = ConfigError::new(
+        path,
+        if known.is_empty() {
+            "no such key".to_string()
+        } else {
+            format!("one of {}", list(known))
+        },
+        format!("unknown key `{field}`"),
+    );
+    match suggest(field, known) {
+        Some(s) => err.with_hint(format!("did you mean `{s}`?")),
+        None => err,
+    }
+}
+
+/// A component's options, read from its table.
+pub trait Options: Sized {
+    /// Read the options of the component at `path` from `value`, refusing unknown keys with a
+    /// suggestion.
+    fn parse(path: &str, value: Value) -> Result<Self, ConfigError>;
+}
+
+impl<T: DeserializeOwned> Options for T {
+    fn parse(path: &str, value: Value) -> Result<Self, ConfigError> {
+        parse(path, value)
+    }
+}
+
+/// Options written in one table but read as two: keys shared by several connectors (`A`: the
+/// decoding keys, an MQTT connection) beside the component's own (`B`). Each part refuses unknown
+/// keys and keeps its key paths, which serde's `flatten` would not; a misspelt key is matched
+/// against both parts' keys.
+#[derive(Debug, Clone, schemars::JsonSchema)]
+pub struct Joined<A, B> {
+    #[serde(flatten)]
+    pub shared: A,
+    #[serde(flatten)]
+    pub own: B,
+}
+
+/// The top-level keys of `T`'s schema.
+pub fn keys_of<T: schemars::JsonSchema>() -> Vec<String> {
+    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+impl<A, B> Options for Joined<A, B>
+where
+    A: Options + schemars::JsonSchema,
+    B: Options + schemars::JsonSchema,
+{
+    fn parse(path: &str, value: Value) -> Result<Self, ConfigError> {
+        let shared_keys = keys_of::<A>();
+        let (mut shared, mut own) = (serde_json::Map::new(), serde_json::Map::new());
+        if let Value::Object(m) = value {
+            for (k, v) in m {
+                if shared_keys.contains(&k) {
+                    shared.insert(k, v);
+                } else {
+                    own.insert(k, v);
+                }
+            }
+        }
+        let own = B::parse(path, own.into()).map_err(|e| {
+            // A misspelt key lands in the component's own part: suggest among every key.
+            let prefix = format!("{}.", path);
+            let top_level = e
+                .path
+                .strip_prefix(&prefix)
+                .is_some_and(|rel| !rel.contains(['.', '[']));
+            match e.found.strip_prefix("unknown key `") {
+                Some(rest) if top_level => {
+                    let field = rest.trim_end_matches('`');
+                    let mut known = shared_keys.clone();
+                    known.extend(keys_of::<B>());
+                    unknown_key(&e.path, field, &known)
+                }
+                _ => e,
+            }
+        })?;
+        Ok(Joined {
+            shared: A::parse(path, shared.into())?,
+            own,
+        })
+    }
 }
 
 fn humanize_expected(e: &str) -> String {
@@ -201,7 +281,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Deserialize, Debug)]
+    #[derive(Deserialize, Debug, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Opts {
@@ -230,5 +310,42 @@ mod tests {
         let e = parse::<Opts>("s", serde_json::json!({"host": "h"})).unwrap_err();
         assert_eq!(e.path, "s.port");
         assert_eq!(e.found, "nothing");
+    }
+
+    #[derive(Deserialize, Debug, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shared {
+        format: Option<String>,
+    }
+
+    #[test]
+    fn joined_options_split_keep_paths_and_suggest_across_both_parts() {
+        type Both = Joined<Shared, Opts>;
+        let ok = <Both as Options>::parse(
+            "sources.x",
+            serde_json::json!({"host": "h", "port": 1, "format": "json"}),
+        )
+        .unwrap();
+        assert_eq!(ok.shared.format.as_deref(), Some("json"));
+        assert_eq!(ok.own.port, 1);
+        let e = <Both as Options>::parse(
+            "sources.x",
+            serde_json::json!({"host": "h", "port": 1, "fromat": "json"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "sources.x.fromat");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `format`?"));
+        assert!(
+            e.expected.contains("`format`") && e.expected.contains("`port`"),
+            "{}",
+            e.expected
+        );
+        let e = <Both as Options>::parse(
+            "sources.x",
+            serde_json::json!({"host": "h", "port": "x", "format": "json"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "sources.x.port");
     }
 }

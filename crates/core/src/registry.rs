@@ -4,10 +4,10 @@
 
 use crate::bounded::Bounded;
 use crate::error::ConfigError;
+use crate::options::Options;
 use crate::sink::Sink;
 use crate::source::BuiltSource;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,13 +71,9 @@ impl Component {
 /// refused with a suggestion; its doc comments are the user documentation (`sluice config schema`
 /// and the key tables in docs/ are generated from them).
 pub trait SourceConnector: Send + Sync + 'static {
-    type Config: DeserializeOwned + JsonSchema;
-    /// Read the options table. The default deserializes `Config`, which should refuse unknown keys
-    /// (`#[serde(deny_unknown_fields)]`); a connector whose options join two tables (the MQTT
-    /// connection keys and the source's own) overrides it.
-    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
-        crate::options::parse(path, options)
-    }
+    /// A serde type that refuses unknown keys (`#[serde(deny_unknown_fields)]`), or keys shared
+    /// with other connectors beside its own ([`crate::options::Joined`]).
+    type Config: Options + JsonSchema;
     /// Build the source named by `at` from its options.
     fn build(
         &self,
@@ -94,11 +90,8 @@ pub trait SourceConnector: Send + Sync + 'static {
 /// A sink connector: Arrow record batches in, a wire protocol (or files) out. Options as for
 /// [`SourceConnector`].
 pub trait SinkConnector: Send + Sync + 'static {
-    type Config: DeserializeOwned + JsonSchema;
-    /// Read the options table (see [`SourceConnector::parse`]).
-    fn parse(&self, path: &str, options: serde_json::Value) -> Result<Self::Config, ConfigError> {
-        crate::options::parse(path, options)
-    }
+    /// See [`SourceConnector::Config`].
+    type Config: Options + JsonSchema;
     fn build(
         &self,
         cx: &BuildContext,
@@ -143,7 +136,7 @@ impl<C: SourceConnector> SourceFactory for Typed<C> {
         path: &str,
         options: serde_json::Value,
     ) -> Result<BuiltSource, ConfigError> {
-        let config = self.0.parse(path, options)?;
+        let config = C::Config::parse(path, options)?;
         self.0.build(cx, &Component::new(path), config)
     }
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
@@ -163,7 +156,7 @@ impl<C: SinkConnector> SinkFactory for TypedSink<C> {
         path: &str,
         options: serde_json::Value,
     ) -> Result<Box<dyn Sink>, ConfigError> {
-        let config = self.0.parse(path, options)?;
+        let config = C::Config::parse(path, options)?;
         self.0.build(cx, &Component::new(path), config)
     }
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema {

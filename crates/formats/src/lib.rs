@@ -13,6 +13,7 @@ use sluice_core::{ConfigError, DeadLetter};
 use std::sync::Arc;
 
 pub mod avro;
+pub mod decoding;
 pub mod messages;
 pub mod partition;
 pub mod payload;

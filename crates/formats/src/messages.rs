@@ -63,7 +63,9 @@ pub fn column_bytes(column: &ArrayRef) -> Result<Vec<Vec<u8>>, ArrowError> {
         _ => {
             let s = arrow::compute::cast(column, &DataType::Utf8)?;
             let a = s.as_string::<i32>();
-            (0..a.len()).map(|r| a.value(r).as_bytes().to_vec()).collect()
+            (0..a.len())
+                .map(|r| a.value(r).as_bytes().to_vec())
+                .collect()
         }
     })
 }

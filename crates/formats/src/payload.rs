@@ -120,7 +120,7 @@ impl PayloadDecoder {
                     "text, raw, json or csv here",
                     "\"avro\"",
                 )
-                .with_hint("the kafka source decodes Avro (with `avro_schema`)"))
+                .with_hint("Avro payloads are decoded with the writer schema: `avro_schema`"))
             }
             PayloadFormat::Text | PayloadFormat::Raw => {
                 if schema.is_some() {

@@ -34,7 +34,7 @@ impl sluice_core::Bounded for KafkaSourceConnector {
 }
 
 impl SourceConnector for KafkaSourceConnector {
-    type Config = KafkaSourceConfig;
+    type Config = Joined<PayloadDecoding, KafkaSourceConfig>;
     fn bounded(&self) -> Option<&dyn sluice_core::Bounded> {
         Some(self)
     }
@@ -42,8 +42,12 @@ impl SourceConnector for KafkaSourceConnector {
         &self,
         cx: &BuildContext,
         at: &Component,
-        cfg: KafkaSourceConfig,
+        options: Self::Config,
     ) -> std::result::Result<BuiltSource, ConfigError> {
+        let Joined {
+            shared: decoding,
+            own: cfg,
+        } = options;
         let path = at.path.as_str();
         let name = at.name.clone();
         let ways = [
@@ -138,50 +142,7 @@ impl SourceConnector for KafkaSourceConnector {
             ));
         }
         check_properties(path, &cfg.properties)?;
-        let decoder = match (&cfg.format, &cfg.avro_schema, &cfg.avro_schema_file) {
-            (PayloadFormat::Avro, Some(_), Some(_)) | (PayloadFormat::Avro, None, None) => {
-                return Err(ConfigError::new(
-                    format!("{path}.avro_schema"),
-                    "one of `avro_schema` (the writer schema as JSON) and `avro_schema_file` with format = \"avro\"",
-                    if cfg.avro_schema.is_some() { "both" } else { "neither" },
-                ))
-            }
-            (PayloadFormat::Avro, _, _) if cfg.schema.is_some() => {
-                return Err(ConfigError::new(
-                    format!("{path}.schema"),
-                    "no `schema` with format = \"avro\" (the columns are the Avro schema's fields)",
-                    "a schema",
-                ))
-            }
-            (PayloadFormat::Avro, Some(text), None) => {
-                PayloadDecoder::avro(path, "avro_schema", text, cfg.avro_wire)?
-            }
-            (PayloadFormat::Avro, None, Some(file)) => {
-                let p = cx.resolve(file);
-                let text = std::fs::read_to_string(&p).map_err(|e| {
-                    ConfigError::new(
-                        format!("{path}.avro_schema_file"),
-                        "a readable file holding an Avro schema",
-                        format!("{} ({e})", p.display()),
-                    )
-                })?;
-                PayloadDecoder::avro(path, "avro_schema_file", &text, cfg.avro_wire)?
-            }
-            (_, Some(_), _) | (_, _, Some(_)) => {
-                return Err(ConfigError::new(
-                    format!("{path}.format"),
-                    "format = \"avro\" with `avro_schema` / `avro_schema_file`",
-                    format!("\"{}\"", cfg.format.name()),
-                ))
-            }
-            _ => PayloadDecoder::new(
-                path,
-                "value",
-                cfg.format,
-                cfg.schema.as_deref(),
-                cfg.delimiter,
-            )?,
-        };
+        let decoder = decoding.decoder(cx, at, "value")?;
         let mut fields = decoder.fields();
         if cfg.envelope {
             check_envelope(path, &fields, ENVELOPE)?;

@@ -31,11 +31,13 @@ use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::options::Joined;
 use sluice_core::{
     BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetter, DeadLetters, Error,
     Guarantee, ReplayableSource, Result, SourceConnector, SourceRuntime,
 };
-use sluice_formats::payload::{check_envelope, PayloadDecoder, PayloadFormat};
+use sluice_formats::decoding::PayloadDecoding;
+use sluice_formats::payload::{check_envelope, PayloadDecoder};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
