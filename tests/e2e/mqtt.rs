@@ -937,16 +937,11 @@ fn mqtt_avro_payloads_decode_with_the_writer_schema() {
     for (i, p) in payloads.iter().enumerate() {
         let file = tmp.path().join(format!("m{i}.avro"));
         std::fs::write(&file, p).unwrap();
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-            .args(["-t", "avro/x", "-q", "1", "-f"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        sluice_testkit::succeed(
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+                .args(["-t", "avro/x", "-q", "1", "-f"])
+                .arg(&file),
         );
     }
     wait_for("5 rows and 1 dead letter", Duration::from_secs(30), || {

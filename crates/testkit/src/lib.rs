@@ -12,7 +12,7 @@ pub mod s3s_fs;
 pub mod tansu;
 
 pub use mosquitto::Mosquitto;
-pub use process::{kill9, peak_rss_mb, signal, status_mb, terminate, wait_for};
+pub use process::{kill9, peak_rss_mb, signal, status_mb, succeed, terminate, wait_for};
 
 use std::path::PathBuf;
 

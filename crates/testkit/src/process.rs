@@ -12,6 +12,19 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Run `command` to its end; panic with its stderr unless it succeeded.
+pub fn succeed(command: &mut Command) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Send a signal (`TERM`, `KILL`, `STOP`, …) to a child.
 pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
