@@ -9,11 +9,20 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::options::{Joined, Options};
 use sluice_core::{ReplayOf, ReplayProgress};
+use sluice_formats::decoding::PayloadDecoding;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The source's own options (its decoding keys aside), as the source reads them.
+fn source_config(options: &serde_json::Value) -> Result<KafkaSourceConfig, String> {
+    let joined: Joined<PayloadDecoding, KafkaSourceConfig> =
+        Options::parse("", options.clone()).map_err(|e| e.to_string())?;
+    Ok(joined.own)
+}
 
 fn consumer(cfg: &KafkaSourceConfig, group: &str) -> Result<BaseConsumer, String> {
     let mut c = ClientConfig::new();
@@ -167,8 +176,7 @@ fn replay_ranges(
     from: &str,
     to: Option<&str>,
 ) -> Result<Vec<PartRange>, String> {
-    let cfg: KafkaSourceConfig =
-        serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
+    let cfg = source_config(options)?;
     let from = point(from, "--from")?;
     let to = point(to.unwrap_or("now"), "--to")?;
     let c = consumer(&cfg, "sluice-replay-planner")?;
@@ -238,8 +246,7 @@ struct GroupOffsets {
 
 impl GroupOffsets {
     fn new(options: &serde_json::Value, group: &str) -> Result<GroupOffsets, String> {
-        let cfg: KafkaSourceConfig =
-            serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
+        let cfg = source_config(options)?;
         Ok(GroupOffsets {
             consumer: consumer(&cfg, group)?,
         })
