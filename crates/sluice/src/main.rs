@@ -1,8 +1,8 @@
 //! The `sluice` command.
 
 use clap::{Parser, Subcommand};
-use sluice::{registry, RunOptions, Shutdown};
-use std::path::PathBuf;
+use sluice::{registry, Registry, RunOptions, Shutdown};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -135,127 +135,27 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let reg = registry();
         match cli.command {
-            Command::Validate { config, explain } => match sluice::load(&config, &reg).await {
-                Err(d) => report(&d),
-                Ok(p) => {
-                    println!("{}: ok", config.display());
-                    for l in p.describe() {
-                        println!("{l}");
-                    }
-                    if explain {
-                        for (job, plan) in p.explain() {
-                            println!("\njob `{job}`:\n{plan}");
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-            },
+            Command::Validate { config, explain } => validate(&config, explain, &reg).await,
             Command::Run {
                 config,
                 duration,
                 batches,
                 until_caught_up,
-            } => {
-                let mut cfg = match sluice_config::load(&config, &reg) {
-                    Err(d) => return report(&d),
-                    Ok(c) => c,
-                };
-                if until_caught_up {
-                    if let Err(e) = sluice::replay::until_caught_up(&mut cfg, &reg) {
-                        eprintln!("error: {}: {e}", config.display());
-                        return ExitCode::from(2);
-                    }
-                }
-                let pipeline = match sluice::build(cfg, &config, &reg).await {
-                    Err(d) => return report(&d),
-                    Ok(p) => p,
-                };
-                let shutdown = Shutdown::default();
-                spawn_signal_handler(shutdown.clone());
-                let opts = RunOptions {
-                    duration,
-                    max_batches: batches,
-                    manual_clock: None,
-                    shutdown,
-                };
-                match pipeline.run(opts).await {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(sluice_core::Error::Config(e)) => {
-                        eprintln!("error: {}: {e}", config.display());
-                        ExitCode::from(2)
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(1)
-                    }
-                }
-            }
+            } => run(&config, duration, batches, until_caught_up, &reg).await,
             Command::Replay {
                 config,
                 from,
                 to,
                 checkpoint,
-            } => {
-                let mut cfg = match sluice_config::load(&config, &reg) {
-                    Err(d) => return report(&d),
-                    Ok(c) => c,
-                };
-                let replay = match sluice::replay::prepare(&mut cfg, &reg, &from, to.as_deref(), checkpoint).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("error: {}: {e}", config.display());
-                        return ExitCode::from(2);
-                    }
-                };
-                let into = cfg.app.checkpoint_dir.clone().unwrap_or_default();
-                let pipeline = match sluice::build(cfg, &config, &reg).await {
-                    Err(d) => return report(&d),
-                    Ok(p) => p,
-                };
-                eprintln!("replaying {} records into checkpoint {into}", replay.total());
-                let shutdown = Shutdown::default();
-                spawn_signal_handler(shutdown.clone());
-                let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-                let started = std::time::Instant::now();
-                let progress = tokio::spawn(async move {
-                    replay.follow(done_rx).await;
-                    replay
-                });
-                let result = pipeline
-                    .run(RunOptions {
-                        duration: None,
-                        max_batches: None,
-                        manual_clock: None,
-                        shutdown,
-                    })
-                    .await;
-                let _ = done_tx.send(true);
-                let replay = progress.await.ok();
-                match result {
-                    Ok(summary) => {
-                        let secs = started.elapsed().as_secs_f64();
-                        eprintln!(
-                            "replay done: {} records of {} planned in {} batches, {:.1} s ({:.0} records/s), {} dead letters",
-                            summary.input_records,
-                            replay.map_or(0, |r| r.total()),
-                            summary.batches,
-                            secs,
-                            summary.input_records as f64 / secs.max(1e-9),
-                            summary.dead_letters
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(1)
-                    }
-                }
-            }
+            } => replay(&config, &from, to.as_deref(), checkpoint, &reg).await,
             Command::Config {
                 which: ConfigCmd::Schema,
             } => {
-                let schema = sluice_config::reference::json_schema(&registry());
-                println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+                let schema = sluice_config::reference::json_schema(&reg);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Command::Checkpoint { which } => printed(match which {
@@ -265,6 +165,131 @@ fn main() -> ExitCode {
             }),
         }
     })
+}
+
+/// `sluice validate`: the checks, then each path's guarantee (and with `explain` each job's plan).
+async fn validate(config: &Path, explain: bool, reg: &Registry) -> ExitCode {
+    let p = match sluice::load(config, reg).await {
+        Err(d) => return report(&d),
+        Ok(p) => p,
+    };
+    println!("{}: ok", config.display());
+    for l in p.describe() {
+        println!("{l}");
+    }
+    if explain {
+        for (job, plan) in p.explain() {
+            println!("\njob `{job}`:\n{plan}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sluice run`: until a signal, `duration`, `batches`, or with `until_caught_up` the end of
+/// every source's input as of the start.
+async fn run(
+    config: &Path,
+    duration: Option<Duration>,
+    batches: Option<u64>,
+    until_caught_up: bool,
+    reg: &Registry,
+) -> ExitCode {
+    let mut cfg = match sluice_config::load(config, reg) {
+        Err(d) => return report(&d),
+        Ok(c) => c,
+    };
+    if until_caught_up {
+        if let Err(e) = sluice::replay::until_caught_up(&mut cfg, reg) {
+            eprintln!("error: {}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    }
+    let pipeline = match sluice::build(cfg, config, reg).await {
+        Err(d) => return report(&d),
+        Ok(p) => p,
+    };
+    match pipeline.run(run_options(duration, batches)).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(sluice_core::Error::Config(e)) => {
+            eprintln!("error: {}: {e}", config.display());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `sluice replay`: the range `from..to` of every source, into a checkpoint of its own, with
+/// progress bars; a summary at the end.
+async fn replay(
+    config: &Path,
+    from: &str,
+    to: Option<&str>,
+    checkpoint: Option<String>,
+    reg: &Registry,
+) -> ExitCode {
+    let mut cfg = match sluice_config::load(config, reg) {
+        Err(d) => return report(&d),
+        Ok(c) => c,
+    };
+    let replay = match sluice::replay::prepare(&mut cfg, reg, from, to, checkpoint).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let into = cfg.app.checkpoint_dir.clone().unwrap_or_default();
+    let pipeline = match sluice::build(cfg, config, reg).await {
+        Err(d) => return report(&d),
+        Ok(p) => p,
+    };
+    eprintln!(
+        "replaying {} records into checkpoint {into}",
+        replay.total()
+    );
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let progress = tokio::spawn(async move {
+        replay.follow(done_rx).await;
+        replay
+    });
+    let result = pipeline.run(run_options(None, None)).await;
+    let _ = done_tx.send(true);
+    let replay = progress.await.ok();
+    match result {
+        Ok(summary) => {
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "replay done: {} records of {} planned in {} batches, {:.1} s ({:.0} records/s), {} dead letters",
+                summary.input_records,
+                replay.map_or(0, |r| r.total()),
+                summary.batches,
+                secs,
+                summary.input_records as f64 / secs.max(1e-9),
+                summary.dead_letters
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Run options on the wall clock, stopped gracefully by Ctrl-C or SIGTERM.
+fn run_options(duration: Option<Duration>, batches: Option<u64>) -> RunOptions {
+    let shutdown = Shutdown::default();
+    spawn_signal_handler(shutdown.clone());
+    RunOptions {
+        duration,
+        max_batches: batches,
+        manual_clock: None,
+        shutdown,
+    }
 }
 
 /// Ctrl-C and SIGTERM ask for a graceful stop; a second one exits at once.

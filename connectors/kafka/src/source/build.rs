@@ -50,98 +50,7 @@ impl SourceConnector for KafkaSourceConnector {
         } = options;
         let path = at.path.as_str();
         let name = at.name.clone();
-        let ways = [
-            !cfg.topics.is_empty(),
-            cfg.topic_pattern.is_some(),
-            !cfg.assign.is_empty(),
-        ];
-        if ways.iter().filter(|w| **w).count() != 1 {
-            return Err(ConfigError::new(
-                format!("{path}.topics"),
-                "exactly one of `topics`, `topic_pattern` and `assign`",
-                match ways.iter().filter(|w| **w).count() {
-                    0 => "none of them".to_string(),
-                    _ => "more than one".to_string(),
-                },
-            ));
-        }
-        let pattern = cfg
-            .topic_pattern
-            .as_deref()
-            .map(|p| {
-                regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                    ConfigError::new(
-                        format!("{path}.topic_pattern"),
-                        "a regular expression",
-                        format!("\"{p}\" ({e})"),
-                    )
-                })
-            })
-            .transpose()?;
-        if cx.scale_out {
-            if !cfg.assign.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{path}.assign"),
-                    "`topics` or `topic_pattern` with app.scale_out (the group divides the partitions)",
-                    "explicit partitions",
-                ));
-            }
-            if cfg.until.is_some() || !cfg.until_offsets.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{path}.until"),
-                    "no bounded run with app.scale_out (run backfills with `sluice replay`)",
-                    "a bound",
-                ));
-            }
-        }
-        let start = Start::parse(path, &cfg.start)?;
-        let until = cfg
-            .until
-            .as_deref()
-            .map(|u| Until::parse(path, u))
-            .transpose()?;
-        for (key, map) in [
-            ("until_offsets", &cfg.until_offsets),
-            ("start_offsets", &cfg.start_offsets),
-        ] {
-            for (topic, parts) in map {
-                for (p, offset) in parts {
-                    if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
-                        return Err(ConfigError::new(
-                            format!("{path}.{key}.{topic}.\"{p}\""),
-                            "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
-                            format!("\"{p}\" = {offset}"),
-                        ));
-                    }
-                }
-            }
-        }
-        for (topic, parts) in &cfg.start_offsets {
-            for (p, offset) in parts {
-                if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
-                    return Err(ConfigError::new(
-                        format!("{path}.start_offsets.{topic}.\"{p}\""),
-                        "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
-                        format!("\"{p}\" = {offset}"),
-                    ));
-                }
-            }
-        }
-        if cfg.bootstrap_servers.trim().is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.bootstrap_servers"),
-                "host:port of at least one broker",
-                "an empty string",
-            ));
-        }
-        if cfg.max_rate_per_partition == Some(0) {
-            return Err(ConfigError::new(
-                format!("{path}.max_rate_per_partition"),
-                "at least 1 record per second",
-                "0",
-            ));
-        }
-        check_properties(path, &cfg.properties)?;
+        let (pattern, start, until) = check(cx, path, &cfg)?;
         let decoder = decoding.decoder(cx, at, "value")?;
         let mut fields = decoder.fields();
         if cfg.envelope {
@@ -187,6 +96,96 @@ impl SourceConnector for KafkaSourceConnector {
             caveat: None,
         })
     }
+}
+
+/// The options' checks that need no broker; returns the topic pattern, the start and the bound.
+fn check(
+    cx: &BuildContext,
+    path: &str,
+    cfg: &KafkaSourceConfig,
+) -> std::result::Result<(Option<regex::Regex>, Start, Option<Until>), ConfigError> {
+    let ways = [
+        !cfg.topics.is_empty(),
+        cfg.topic_pattern.is_some(),
+        !cfg.assign.is_empty(),
+    ];
+    if ways.iter().filter(|w| **w).count() != 1 {
+        return Err(ConfigError::new(
+            format!("{path}.topics"),
+            "exactly one of `topics`, `topic_pattern` and `assign`",
+            match ways.iter().filter(|w| **w).count() {
+                0 => "none of them".to_string(),
+                _ => "more than one".to_string(),
+            },
+        ));
+    }
+    let pattern = cfg
+        .topic_pattern
+        .as_deref()
+        .map(|p| {
+            regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}.topic_pattern"),
+                    "a regular expression",
+                    format!("\"{p}\" ({e})"),
+                )
+            })
+        })
+        .transpose()?;
+    if cx.scale_out {
+        if !cfg.assign.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.assign"),
+                "`topics` or `topic_pattern` with app.scale_out (the group divides the partitions)",
+                "explicit partitions",
+            ));
+        }
+        if cfg.until.is_some() || !cfg.until_offsets.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.until"),
+                "no bounded run with app.scale_out (run backfills with `sluice replay`)",
+                "a bound",
+            ));
+        }
+    }
+    let start = Start::parse(path, &cfg.start)?;
+    let until = cfg
+        .until
+        .as_deref()
+        .map(|u| Until::parse(path, u))
+        .transpose()?;
+    for (key, map) in [
+        ("until_offsets", &cfg.until_offsets),
+        ("start_offsets", &cfg.start_offsets),
+    ] {
+        for (topic, parts) in map {
+            for (p, offset) in parts {
+                if p.parse::<i32>().map_or(true, |p| p < 0) || *offset < 0 {
+                    return Err(ConfigError::new(
+                        format!("{path}.{key}.{topic}.\"{p}\""),
+                        "a partition number mapped to an offset ≥ 0, e.g. { \"0\" = 42 }",
+                        format!("\"{p}\" = {offset}"),
+                    ));
+                }
+            }
+        }
+    }
+    if cfg.bootstrap_servers.trim().is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.bootstrap_servers"),
+            "host:port of at least one broker",
+            "an empty string",
+        ));
+    }
+    if cfg.max_rate_per_partition == Some(0) {
+        return Err(ConfigError::new(
+            format!("{path}.max_rate_per_partition"),
+            "at least 1 record per second",
+            "0",
+        ));
+    }
+    check_properties(path, &cfg.properties)?;
+    Ok((pattern, start, until))
 }
 
 pub(super) fn envelope_fields() -> Vec<Field> {
