@@ -663,3 +663,73 @@ fn wal_blocks_received_before_a_schema_change_are_read_by_column_name() {
         ]
     );
 }
+
+/// A SIGTERM that arrives while the gateway is still starting (here: loading a large reference
+/// table) is a graceful stop like any other: the gateway finishes starting, stops, and exits 0 —
+/// it is not killed by the signal's default action.
+#[test]
+fn a_sigterm_while_the_gateway_is_starting_is_a_graceful_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let table = dir.join("devices.csv");
+    let mut csv = String::from("device,site,model,owner\n");
+    for i in 0..400_000 {
+        csv.push_str(&format!(
+            "dev-{i},site-{},model-{},owner-{}\n",
+            i % 97,
+            i % 13,
+            i % 1009
+        ));
+    }
+    std::fs::write(&table, csv).unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        r#"
+[app]
+name = "early-term"
+batch_interval = "200ms"
+
+[sources.readings]
+type = "generator"
+kind = "sensors"
+rate = 100
+
+[tables.devices]
+path = "devices.csv"
+
+[jobs.joined]
+sql = "SELECT d.site FROM readings r JOIN devices d ON r.line = d.device"
+sinks = ["out"]
+
+[sinks.out]
+type = "blackhole"
+"#,
+    )
+    .unwrap();
+    let mut child = sluice()
+        .current_dir(dir)
+        .args(["run", "pipeline.toml"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The gateway is starting: it has the table open.
+    let fds = format!("/proc/{}/fd", child.id());
+    wait_for(
+        "the gateway to read the table",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_dir(&fds)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == table))
+        },
+    );
+    let status = terminate(&mut child);
+    assert!(
+        status.success(),
+        "a SIGTERM during start-up ended the gateway with {status}"
+    );
+}

@@ -194,6 +194,8 @@ async fn run(
     until_caught_up: bool,
     reg: &Registry,
 ) -> ExitCode {
+    // Signals first: a SIGTERM while the gateway starts is a graceful stop too.
+    let shutdown = graceful_shutdown();
     let mut cfg = match sluice_config::load(config, reg) {
         Err(d) => return report(&d),
         Ok(c) => c,
@@ -208,7 +210,7 @@ async fn run(
         Err(d) => return report(&d),
         Ok(p) => p,
     };
-    match pipeline.run(run_options(duration, batches)).await {
+    match pipeline.run(run_options(duration, batches, shutdown)).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(sluice_core::Error::Config(e)) => {
             eprintln!("error: {}: {e}", config.display());
@@ -230,6 +232,7 @@ async fn replay(
     checkpoint: Option<String>,
     reg: &Registry,
 ) -> ExitCode {
+    let shutdown = graceful_shutdown();
     let mut cfg = match sluice_config::load(config, reg) {
         Err(d) => return report(&d),
         Ok(c) => c,
@@ -256,7 +259,7 @@ async fn replay(
         replay.follow(done_rx).await;
         replay
     });
-    let result = pipeline.run(run_options(None, None)).await;
+    let result = pipeline.run(run_options(None, None, shutdown)).await;
     let _ = done_tx.send(true);
     let replay = progress.await.ok();
     match result {
@@ -280,10 +283,15 @@ async fn replay(
     }
 }
 
-/// Run options on the wall clock, stopped gracefully by Ctrl-C or SIGTERM.
-fn run_options(duration: Option<Duration>, batches: Option<u64>) -> RunOptions {
+/// A stop that Ctrl-C and SIGTERM ask for from now on.
+fn graceful_shutdown() -> Shutdown {
     let shutdown = Shutdown::default();
     spawn_signal_handler(shutdown.clone());
+    shutdown
+}
+
+/// Run options on the wall clock, stopped by `shutdown`.
+fn run_options(duration: Option<Duration>, batches: Option<u64>, shutdown: Shutdown) -> RunOptions {
     RunOptions {
         duration,
         max_batches: batches,

@@ -44,8 +44,9 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
+    /// Kept even when nothing listens yet: a pipeline that starts running later stops at once.
     pub fn trigger(&self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
     fn subscribe(&self) -> watch::Receiver<bool> {
         self.0.subscribe()
@@ -135,8 +136,11 @@ impl Pipeline {
             .any(|s| s.receiver.as_ref().is_some_and(|b| b.recovered > 0));
         let mut exhausted = false;
         loop {
-            let mut stopping =
-                exhausted || opts.max_batches.is_some_and(|m| summary.batches + 1 >= m);
+            // A stop asked for before this loop began waiting (while the gateway started, or
+            // during the last batch) is seen here, not only as a change.
+            let mut stopping = exhausted
+                || opts.max_batches.is_some_and(|m| summary.batches + 1 >= m)
+                || *stop_rx.borrow_and_update();
             if opts.manual_clock.is_none() {
                 let wait = if std::mem::take(&mut overdue) {
                     0
