@@ -116,7 +116,8 @@ pub(crate) fn replay(
     from: &str,
     to: Option<&str>,
 ) -> Result<Box<dyn ReplayProgress>, String> {
-    let ranges = replay_ranges(options, from, to)?;
+    let cfg = source_config(options)?;
+    let ranges = replay_ranges(&cfg, from, to)?;
     let mut start: serde_json::Map<String, serde_json::Value> = Default::default();
     let mut until: serde_json::Map<String, serde_json::Value> = Default::default();
     for r in &ranges {
@@ -135,7 +136,9 @@ pub(crate) fn replay(
     options["until"] = "end".into();
     options["group_id"] = group.clone().into();
     Ok(Box::new(Progress {
-        offsets: GroupOffsets::new(options, &group)?,
+        offsets: GroupOffsets {
+            consumer: consumer(&cfg, &group)?,
+        },
         ranges,
     }))
 }
@@ -172,14 +175,13 @@ impl ReplayProgress for Progress {
 /// The exact ranges a replay of source options `options` reads: every partition of its topics
 /// from `from` up to `to` (default: the end now). Blocking; call off the async workers.
 fn replay_ranges(
-    options: &serde_json::Value,
+    cfg: &KafkaSourceConfig,
     from: &str,
     to: Option<&str>,
 ) -> Result<Vec<PartRange>, String> {
-    let cfg = source_config(options)?;
     let from = point(from, "--from")?;
     let to = point(to.unwrap_or("now"), "--to")?;
-    let c = consumer(&cfg, "sluice-replay-planner")?;
+    let c = consumer(cfg, "sluice-replay-planner")?;
     let mut tps: Vec<(String, i32)> = Vec::new();
     if !cfg.assign.is_empty() {
         for (t, ps) in &cfg.assign {
@@ -245,13 +247,6 @@ struct GroupOffsets {
 }
 
 impl GroupOffsets {
-    fn new(options: &serde_json::Value, group: &str) -> Result<GroupOffsets, String> {
-        let cfg = source_config(options)?;
-        Ok(GroupOffsets {
-            consumer: consumer(&cfg, group)?,
-        })
-    }
-
     /// The committed offset of each range's partition (its `from` where none yet). Blocking.
     fn committed(&self, ranges: &[PartRange]) -> Vec<i64> {
         let mut tpl = TopicPartitionList::new();

@@ -137,6 +137,7 @@ impl<T: DeserializeOwned> Options for T {
 /// keys and keeps its key paths, which serde's `flatten` would not; a misspelt key is matched
 /// against both parts' keys.
 #[derive(Debug, Clone, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Joined<A, B> {
     #[serde(flatten)]
     pub shared: A,
@@ -144,14 +145,16 @@ pub struct Joined<A, B> {
     pub own: B,
 }
 
-/// The top-level keys of `T`'s schema.
-pub fn keys_of<T: schemars::JsonSchema>() -> Vec<String> {
+/// The top-level keys of `T`'s schema, and whether they are all it accepts.
+fn keys_of<T: schemars::JsonSchema>() -> (Vec<String>, bool) {
     let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
-    schema
+    let keys = schema
         .get("properties")
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+    (keys, closed)
 }
 
 impl<A, B> Options for Joined<A, B>
@@ -160,7 +163,8 @@ where
     B: Options + schemars::JsonSchema,
 {
     fn parse(path: &str, value: Value) -> Result<Self, ConfigError> {
-        let shared_keys = keys_of::<A>();
+        let (shared_keys, _) = keys_of::<A>();
+        let (own_keys, closed) = keys_of::<B>();
         let (mut shared, mut own) = (serde_json::Map::new(), serde_json::Map::new());
         if let Value::Object(m) = value {
             for (k, v) in m {
@@ -171,26 +175,14 @@ where
                 }
             }
         }
-        let own = B::parse(path, own.into()).map_err(|e| {
-            // A misspelt key lands in the component's own part: suggest among every key.
-            let prefix = format!("{}.", path);
-            let top_level = e
-                .path
-                .strip_prefix(&prefix)
-                .is_some_and(|rel| !rel.contains(['.', '[']));
-            match e.found.strip_prefix("unknown key `") {
-                Some(rest) if top_level => {
-                    let field = rest.trim_end_matches('`');
-                    let mut known = shared_keys.clone();
-                    known.extend(keys_of::<B>());
-                    unknown_key(&e.path, field, &known)
-                }
-                _ => e,
-            }
-        })?;
+        // A misspelt key lands in the component's own part: suggest among every key.
+        if let Some(k) = own.keys().find(|k| closed && !own_keys.contains(k)) {
+            let known: Vec<String> = shared_keys.into_iter().chain(own_keys).collect();
+            return Err(unknown_key(&join_path(path, k), k, &known));
+        }
         Ok(Joined {
+            own: B::parse(path, own.into())?,
             shared: A::parse(path, shared.into())?,
-            own,
         })
     }
 }

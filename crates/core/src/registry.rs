@@ -127,6 +127,7 @@ pub trait SinkFactory: Send + Sync {
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema;
 }
 
+/// A connector as the registry holds it: parses the options, then builds.
 struct Typed<C>(C);
 
 impl<C: SourceConnector> SourceFactory for Typed<C> {
@@ -147,9 +148,7 @@ impl<C: SourceConnector> SourceFactory for Typed<C> {
     }
 }
 
-struct TypedSink<C>(C);
-
-impl<C: SinkConnector> SinkFactory for TypedSink<C> {
+impl<C: SinkConnector> SinkFactory for Typed<C> {
     fn build(
         &self,
         cx: &BuildContext,
@@ -176,7 +175,7 @@ impl Registry {
         self
     }
     pub fn register_sink(&mut self, ty: &str, c: impl SinkConnector) -> &mut Self {
-        self.sinks.insert(ty.to_string(), Arc::new(TypedSink(c)));
+        self.sinks.insert(ty.to_string(), Arc::new(Typed(c)));
         self
     }
     pub fn source(&self, ty: &str) -> Option<&Arc<dyn SourceFactory>> {

@@ -1,7 +1,7 @@
 //! The `sluice` command.
 
 use clap::{Parser, Subcommand};
-use sluice::{registry, Registry, RunOptions, Shutdown};
+use sluice::{registry, AppConfig, Registry, RunOptions, Shutdown};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -196,19 +196,13 @@ async fn run(
 ) -> ExitCode {
     // Signals first: a SIGTERM while the gateway starts is a graceful stop too.
     let shutdown = graceful_shutdown();
-    let mut cfg = match sluice_config::load(config, reg) {
-        Err(d) => return report(&d),
-        Ok(c) => c,
+    let adjust = |cfg: &mut AppConfig| match until_caught_up {
+        true => sluice::replay::until_caught_up(cfg, reg),
+        false => Ok(()),
     };
-    if until_caught_up {
-        if let Err(e) = sluice::replay::until_caught_up(&mut cfg, reg) {
-            eprintln!("error: {}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    }
-    let pipeline = match sluice::build(cfg, config, reg).await {
-        Err(d) => return report(&d),
-        Ok(p) => p,
+    let pipeline = match build_adjusted(config, reg, adjust).await {
+        Ok((p, ())) => p,
+        Err(code) => return code,
     };
     match pipeline.run(run_options(duration, batches, shutdown)).await {
         Ok(_) => ExitCode::SUCCESS,
@@ -233,21 +227,13 @@ async fn replay(
     reg: &Registry,
 ) -> ExitCode {
     let shutdown = graceful_shutdown();
-    let mut cfg = match sluice_config::load(config, reg) {
-        Err(d) => return report(&d),
-        Ok(c) => c,
+    let adjust = |cfg: &mut AppConfig| {
+        let replay = sluice::replay::prepare(cfg, reg, from, to, checkpoint)?;
+        Ok((replay, cfg.app.checkpoint_dir.clone().unwrap_or_default()))
     };
-    let replay = match sluice::replay::prepare(&mut cfg, reg, from, to, checkpoint).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    };
-    let into = cfg.app.checkpoint_dir.clone().unwrap_or_default();
-    let pipeline = match sluice::build(cfg, config, reg).await {
-        Err(d) => return report(&d),
-        Ok(p) => p,
+    let (pipeline, (replay, into)) = match build_adjusted(config, reg, adjust).await {
+        Ok(built) => built,
+        Err(code) => return code,
     };
     eprintln!(
         "replaying {} records into checkpoint {into}",
@@ -281,6 +267,24 @@ async fn replay(
             ExitCode::from(1)
         }
     }
+}
+
+/// Load `config`, let `adjust` change it (its error: exit 2, naming the file) and build the
+/// pipeline; a problem is reported and its exit code returned.
+async fn build_adjusted<T>(
+    config: &Path,
+    reg: &Registry,
+    adjust: impl FnOnce(&mut AppConfig) -> Result<T, String>,
+) -> Result<(sluice::Pipeline, T), ExitCode> {
+    let mut cfg = sluice_config::load(config, reg).map_err(|d| report(&d))?;
+    let adjusted = adjust(&mut cfg).map_err(|e| {
+        eprintln!("error: {}: {e}", config.display());
+        ExitCode::from(2)
+    })?;
+    let pipeline = sluice::build(cfg, config, reg)
+        .await
+        .map_err(|d| report(&d))?;
+    Ok((pipeline, adjusted))
 }
 
 /// A stop that Ctrl-C and SIGTERM ask for from now on.

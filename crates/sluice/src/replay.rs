@@ -16,13 +16,13 @@ fn bounded<'a>(
     kind: &str,
     command: &str,
 ) -> Result<&'a dyn Bounded, String> {
-    let bounded = registry.source(kind).and_then(|f| f.bounded());
-    let can: Vec<String> = registry
-        .source_types()
-        .into_iter()
-        .filter(|t| registry.source(t).and_then(|f| f.bounded()).is_some())
-        .collect();
-    bounded.ok_or_else(|| {
+    let bounded = |ty: &str| registry.source(ty).and_then(|f| f.bounded());
+    bounded(kind).ok_or_else(|| {
+        let can: Vec<String> = registry
+            .source_types()
+            .into_iter()
+            .filter(|t| bounded(t).is_some())
+            .collect();
         format!(
             "{command} needs every source to be bounded; source `{source}` ({kind}) is not (the types that can be: {})",
             can.join(", ")
@@ -48,7 +48,7 @@ pub struct Replay {
 
 /// Point every source of `cfg` at exactly its input `from..to`, with a checkpoint of its own
 /// (`checkpoint`, default `<checkpoint_dir>-replay-<time>`) and an output identity of its own.
-pub async fn prepare(
+pub fn prepare(
     cfg: &mut AppConfig,
     registry: &Registry,
     from: &str,

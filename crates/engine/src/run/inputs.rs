@@ -18,13 +18,13 @@ pub(super) fn receivers_healthy(sources: &[SourceRun]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn block_range(v: &serde_json::Value) -> Result<BlockRange> {
+fn block_range(v: &serde_json::Value) -> Result<BlockRange> {
     serde_json::from_value(v.clone())
         .map_err(|e| Error::msg(format!("bad block range {v} in a batch plan: {e}")))
 }
 
 /// The position stored with a log's newest block.
-pub(super) fn log_resume(log: &Log) -> Option<serde_json::Value> {
+fn log_resume(log: &Log) -> Option<serde_json::Value> {
     log.last_position().filter(|p| !p.is_null())
 }
 
