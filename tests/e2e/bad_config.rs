@@ -94,7 +94,7 @@ fn bad_configs_are_rejected_with_file_key_expectation_and_finding() {
         ("generator_rate", with("type = \"socket\"\nhost = \"127.0.0.1\"\nport = 9", "type = \"generator\"\nkind = \"sensors\"\nrate = 0"), vec!["key `sources.lines.rate`", "at least 1", "found 0"]),
         ("generator_kind", with("type = \"socket\"\nhost = \"127.0.0.1\"\nport = 9", "type = \"generator\"\nkind = \"sensor\""), vec!["key `sources.lines.kind`", "\"sensor\"", "did you mean \"sensors\"?"]),
         ("job_cycle", format!("{BASE}\n[jobs.a]\nsql = \"SELECT * FROM b\"\n[jobs.b]\nsql = \"SELECT * FROM a\"\n"), vec!["a cycle among jobs a, b"]),
-        ("sink_format", with("type = \"console\"", "type = \"file\"\npath = \"out\"\nformat = \"xlsx\""), vec!["key `sinks.out.format`", "`json`, `csv`, `parquet`", "\"xlsx\""]),
+        ("sink_format", with("type = \"console\"", "type = \"file\"\npath = \"out\"\nformat = \"xlsx\""), vec!["key `sinks.out.format`", "`json`, `csv`, `parquet`, `avro`", "\"xlsx\""]),
         ("console_num", with("type = \"console\"", "type = \"console\"\nnum = -1"), vec!["key `sinks.out.num`", "a non-negative integer", "-1"]),
         ("no_jobs", BASE.replace("[jobs.counts]\nsql = \"SELECT line FROM lines\"\nsinks = [\"out\"]\n", ""), vec!["key `jobs`", "at least one job"]),
         ("toml_syntax", format!("{BASE}\n[jobs.x\n"), vec!["the file does not parse"]),

@@ -251,7 +251,7 @@ path = "{out}/dlq"
     }
     assert_eq!(csv_rows, expected.len());
     // The manifest lists each committed file, with its rows.
-    let manifest = sluice_file::committed(&out.join("csv")).unwrap();
+    let manifest = crate::crash::committed(&out.join("csv"));
     assert_eq!(
         manifest.iter().map(|m| m.files.len()).sum::<usize>(),
         csv_files

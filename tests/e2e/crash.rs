@@ -136,15 +136,20 @@ fn crash_loop(dir: &Path, n: usize, rng: &mut ChaCha8Rng, finished: impl Fn() ->
     assert_rerun(dir);
 }
 
+/// The manifest of the file sink writing to `out`: its committed batches.
+pub(crate) fn committed(out: &Path) -> Vec<sluice_object_store::manifest::Entry> {
+    sluice_object_store::manifest::committed_in(out).unwrap()
+}
+
 /// Rows of every batch of `job` the file sink in `out` committed, as JSON lines.
 pub(crate) fn committed_rows(out: &Path, job: &str) -> Vec<String> {
     let mut rows = Vec::new();
-    for e in sluice_file::committed(out).unwrap() {
+    for e in committed(out) {
         if e.job != job {
             continue;
         }
         for f in e.files {
-            let text = std::fs::read_to_string(out.join(f)).unwrap();
+            let text = std::fs::read_to_string(out.join(f.key)).unwrap();
             rows.extend(text.lines().map(str::to_string));
         }
     }
@@ -152,14 +157,16 @@ pub(crate) fn committed_rows(out: &Path, job: &str) -> Vec<String> {
 }
 
 pub(crate) fn committed_count(out: &Path, job: &str) -> u64 {
-    sluice_file::committed(out)
-        .map(|es| es.iter().filter(|e| e.job == job).map(|e| e.rows).sum())
-        .unwrap_or(0)
+    committed(out)
+        .iter()
+        .filter(|e| e.job == job)
+        .map(|e| e.rows)
+        .sum()
 }
 
 /// Rows of the newest committed batch of `job`.
 fn last_batch_rows(out: &Path, job: &str) -> Vec<String> {
-    let entries = sluice_file::committed(out).unwrap();
+    let entries = committed(out);
     let last = entries
         .iter()
         .rfind(|e| e.job == job)
@@ -168,7 +175,7 @@ fn last_batch_rows(out: &Path, job: &str) -> Vec<String> {
         .files
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(out.join(f))
+            std::fs::read_to_string(out.join(&f.key))
                 .unwrap()
                 .lines()
                 .map(str::to_string)

@@ -987,8 +987,7 @@ fn kafka_max_rate_per_partition_caps_every_batch() {
         || {},
     );
     assert_eq!(ns(&rows), (0..300).collect::<Vec<_>>());
-    let batches: Vec<u64> = sluice_file::committed(&gw.join("out"))
-        .unwrap()
+    let batches: Vec<u64> = crate::crash::committed(&gw.join("out"))
         .iter()
         .filter(|e| e.job == "copy" && e.rows > 0)
         .map(|e| e.rows)

@@ -12,6 +12,7 @@
 //! - `kafka`: the Kafka source and sink against a real broker (tansu), with SIGKILLs.
 //! - `edges`: issue 18's edges — files at start, directory syncs, private files and secrets.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
+//! - `upgrade`: checkpoints and output folders of an older sluice, kept as fixtures, recover.
 
 mod backpressure;
 mod bad_config;
@@ -26,3 +27,4 @@ mod object_store;
 mod object_store_ceph;
 mod ops;
 mod stateful;
+mod upgrade;

@@ -601,9 +601,9 @@ fn iot_mqtt_example_writes_parquet_minute_averages_and_publishes_anomalies() {
     assert_eq!(first["readings"], 41, "{}", avg[0]);
     // Readings as Parquet, partitioned by site: all 42 good ones.
     let mut rows = 0;
-    for e in sluice_file::committed(&gw.join("out/iot-mqtt/readings")).unwrap() {
+    for e in crate::crash::committed(&gw.join("out/iot-mqtt/readings")) {
         for f in e.files {
-            let file = std::fs::File::open(gw.join("out/iot-mqtt/readings").join(f)).unwrap();
+            let file = std::fs::File::open(gw.join("out/iot-mqtt/readings").join(f.key)).unwrap();
             let reader =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                     .unwrap()

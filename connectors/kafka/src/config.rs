@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
-use sluice_core::ConfigError;
+use sluice_core::{Accepted, ConfigError, Format, FormatOf};
 pub use sluice_formats::avro::Wire;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -126,7 +126,7 @@ pub struct KafkaSinkConfig {
     /// row), `csv` (no header), `text` (the single remaining column) or `avro` (one datum per row,
     /// with a record schema derived from the columns: docs/kafka.md shows the mapping).
     #[serde(default)]
-    pub format: SinkFormat,
+    pub format: FormatOf<ValueFormats>,
     /// How Avro values are framed: `plain` (default) or `confluent` (a zero byte and
     /// `avro_schema_id` first, for readers that expect Confluent's wire format).
     #[serde(default)]
@@ -157,14 +157,10 @@ pub struct KafkaSinkConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkFormat {
-    #[default]
-    Json,
-    Csv,
-    Text,
-    Avro,
+/// The formats of a record value the Kafka sink writes.
+pub struct ValueFormats;
+impl Accepted for ValueFormats {
+    const FORMATS: &'static [Format] = &[Format::Json, Format::Csv, Format::Text, Format::Avro];
 }
 
 fn default_start() -> String {

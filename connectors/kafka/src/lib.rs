@@ -13,7 +13,7 @@ mod replay;
 mod sink;
 mod source;
 
-pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, SinkFormat};
+pub use config::{KafkaSinkConfig, KafkaSourceConfig, OnDataLoss, ValueFormats};
 pub use ranges::PartRange;
 pub use sink::KafkaSinkConnector;
 pub use source::KafkaSourceConnector;

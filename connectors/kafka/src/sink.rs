@@ -9,7 +9,7 @@
 //! not written again; one whose transaction had not committed is aborted by the broker when the
 //! restarted sink takes over the transactional id (read_committed readers never see it).
 
-use crate::config::{check_properties, shown, KafkaSinkConfig, SinkFormat};
+use crate::config::{check_properties, shown, KafkaSinkConfig};
 use crate::context::Ctx;
 use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch};
 use arrow::compute::cast;
@@ -21,6 +21,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::Format;
 use sluice_core::{
     BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
 };
@@ -249,7 +250,7 @@ impl KafkaSink {
         let rest: Vec<usize> = (0..schema.fields().len())
             .filter(|i| !SPECIAL.contains(&schema.field(*i).name().as_str()))
             .collect();
-        if value.is_none() && self.cfg.format == SinkFormat::Text && rest.len() != 1 {
+        if value.is_none() && self.cfg.format.get() == Format::Text && rest.len() != 1 {
             return Err(self.fail(format!(
                 "format \"text\" needs exactly one column besides key, topic, partition and \
                  headers (or a `value` column); the job gives {}",
@@ -320,11 +321,14 @@ impl KafkaSink {
     /// One value per row from the columns that are not special.
     fn serialise(&self, b: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         use sluice_formats::messages;
-        Ok(match self.cfg.format {
-            SinkFormat::Text => messages::column_bytes(b.column(0))?,
-            SinkFormat::Json => messages::json_rows(b)?,
-            SinkFormat::Csv => messages::csv_rows(b)?,
-            SinkFormat::Avro => {
+        Ok(match self.cfg.format.get() {
+            Format::Text => messages::column_bytes(b.column(0))?,
+            Format::Json => messages::json_rows(b)?,
+            Format::Csv => messages::csv_rows(b)?,
+            Format::Raw | Format::Parquet => {
+                unreachable!("not a value format (`format` refuses it)")
+            }
+            Format::Avro => {
                 let enc = sluice_formats::avro::DatumEncoder::new(
                     &b.schema(),
                     self.cfg.avro_wire,
@@ -569,7 +573,7 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
 
-    fn sink(format: SinkFormat) -> KafkaSink {
+    fn sink(format: Format) -> KafkaSink {
         KafkaSink {
             name: "out".into(),
             cfg: KafkaSinkConfig {
@@ -577,7 +581,7 @@ mod tests {
                 topic: "t".into(),
                 topic_column: true,
                 partition_column: true,
-                format,
+                format: sluice_core::FormatOf::new(format),
                 avro_wire: Default::default(),
                 avro_schema_id: None,
                 exactly_once: true,
@@ -622,7 +626,7 @@ mod tests {
                 Arc::new(StringArray::from(vec![None, Some("other")])),
             ),
         ]);
-        let out = sink(SinkFormat::Json)
+        let out = sink(Format::Json)
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         assert_eq!(out[0].value, br#"{"device":"a","n":1}"#);
@@ -630,18 +634,18 @@ mod tests {
         assert_eq!(out[1].key, None);
         assert_eq!(out[1].topic.as_deref(), Some("other"));
         // Without `topic_column` the rows' topics are ignored: everything goes to `topic`.
-        let mut plain = sink(SinkFormat::Json);
+        let mut plain = sink(Format::Json);
         plain.cfg.topic_column = false;
         let out = plain.records(&schema, std::slice::from_ref(&b)).unwrap();
         assert!(
             out.iter().all(|r| r.topic.is_none()),
             "all to the sink's topic"
         );
-        let out = sink(SinkFormat::Csv)
+        let out = sink(Format::Csv)
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         assert_eq!(out[1].value, b"b,2");
-        let out = sink(SinkFormat::Avro)
+        let out = sink(Format::Avro)
             .records(&schema, std::slice::from_ref(&b))
             .unwrap();
         let rest = Arc::new(b.project(&[0, 1]).unwrap().schema().as_ref().clone());
@@ -662,7 +666,7 @@ mod tests {
                 .value(1),
             2
         );
-        let e = sink(SinkFormat::Text).records(&schema, &[b]).err().unwrap();
+        let e = sink(Format::Text).records(&schema, &[b]).err().unwrap();
         assert!(e.to_string().contains("exactly one column"), "{e}");
     }
 
@@ -672,13 +676,13 @@ mod tests {
             "value",
             Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef,
         )]);
-        let out = sink(SinkFormat::Json).records(&schema, &[b]).unwrap();
+        let out = sink(Format::Json).records(&schema, &[b]).unwrap();
         assert_eq!(out[1].value, b"8");
         let (schema, b) = batch(vec![(
             "s",
             Arc::new(StringArray::from(vec!["x\ny", "z"])) as ArrayRef,
         )]);
-        let out = sink(SinkFormat::Csv).records(&schema, &[b]).unwrap();
+        let out = sink(Format::Csv).records(&schema, &[b]).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].value, b"\"x\ny\"");
         assert_eq!(out[1].value, b"z");

@@ -10,4 +10,4 @@ mod source;
 
 pub use connection::{Connection, Protocol, Tls};
 pub use sink::{MqttSinkConfig, MqttSinkConnector};
-pub use source::{MqttSourceConfig, MqttSourceConnector, PayloadFormat, Subscription};
+pub use source::{MqttSourceConfig, MqttSourceConnector, Subscription};

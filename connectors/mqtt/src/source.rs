@@ -28,7 +28,6 @@ use sluice_core::{
     Receiver, ReceiverStatus, Result, SourceConnector, SourceRuntime, WhenDurable,
 };
 use sluice_formats::decoding::PayloadDecoding;
-pub use sluice_formats::payload::PayloadFormat;
 use sluice_formats::payload::{check_envelope, PayloadDecoder};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,6 +252,36 @@ struct Pending {
 }
 
 impl MqttReceiver {
+    /// A SUBACK: the QoS granted for each filter subscribed, in order. A refusal stops the source;
+    /// a lower QoS than asked is logged with what it means.
+    fn granted(
+        &self,
+        granted: Vec<Option<u8>>,
+        subscribing: &mut std::collections::VecDeque<(String, u8)>,
+    ) -> Result<()> {
+        for g in granted {
+            let Some((filter, asked)) = subscribing.pop_front() else {
+                break;
+            };
+            match g {
+                None => {
+                    return Err(Error::msg(format!(
+                        "mqtt source `{}`: {} refused the subscription to `{filter}` (SUBACK failure): \
+                         check the broker's ACL for this client, and the filter",
+                        self.name, self.endpoint
+                    )))
+                }
+                Some(q) if q < asked => tracing::warn!(
+                    source = %self.name, filter, asked, granted = q,
+                    "mqtt: the broker granted a lower QoS than asked: {}",
+                    if q == 0 { "messages on this filter are at-most-once (the broker never resends them)" } else { "QoS 1: the broker may resend a message, which the source recognises" }
+                ),
+                Some(_) => tracing::debug!(source = %self.name, filter, "mqtt: subscribed"),
+            }
+        }
+        Ok(())
+    }
+
     /// Decode one block; returns the batch and the acknowledgements it carries.
     fn block(
         &self,
@@ -483,24 +512,7 @@ impl Receiver for MqttReceiver {
                         tracing::warn!(source = %self.name, endpoint = %self.endpoint, %error, "mqtt connection down; retrying");
                         out.set_status(ReceiverStatus::Retrying { attempt: 0, error: format!("{}: {error}", self.endpoint) });
                     }
-                    Some(Event::SubAck(granted)) => {
-                        for g in granted {
-                            let Some((filter, asked)) = subscribing.pop_front() else { break };
-                            match g {
-                                None => return Err(Error::msg(format!(
-                                    "mqtt source `{}`: {} refused the subscription to `{filter}` (SUBACK failure): \
-                                     check the broker's ACL for this client, and the filter",
-                                    self.name, self.endpoint
-                                ))),
-                                Some(q) if q < asked => tracing::warn!(
-                                    source = %self.name, filter, asked, granted = q,
-                                    "mqtt: the broker granted a lower QoS than asked: {}",
-                                    if q == 0 { "messages on this filter are at-most-once (the broker never resends them)" } else { "QoS 1: the broker may resend a message, which the source recognises" }
-                                ),
-                                Some(_) => tracing::debug!(source = %self.name, filter, "mqtt: subscribed"),
-                            }
-                        }
-                    }
+                    Some(Event::SubAck(granted)) => self.granted(granted, &mut subscribing)?,
                     Some(Event::PublishFailed(_)) => {}
                     Some(Event::Acked(pkid)) => remembered.acked(pkid),
                     Some(Event::Completed(pkid)) => remembered.completed(pkid),
@@ -523,19 +535,15 @@ impl Receiver for MqttReceiver {
                     redelivered = 0;
                 }
                 let (batch, acks) = self.block(&mut pending, &out);
-                let stored = out
-                    .append_at(batch, position(&remembered, &released))
-                    .await?;
-                durable.push_back(acks_when(stored, acks));
+                let at = position(&remembered, &released);
+                durable.push_back(acks_when(out.append_at(batch, at).await?, acks));
             }
         }
         // Stopping: store what was received, acknowledge it once durable, then disconnect.
         if !pending.messages.is_empty() || !pending.extra_acks.is_empty() {
             let (batch, acks) = self.block(&mut pending, &out);
-            let stored = out
-                .append_at(batch, position(&remembered, &released))
-                .await?;
-            durable.push_back(acks_when(stored, acks));
+            let at = position(&remembered, &released);
+            durable.push_back(acks_when(out.append_at(batch, at).await?, acks));
         }
         // The connection keeps running (its events drained) until the last acknowledgements are out.
         let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });

@@ -1,22 +1,34 @@
-//! `[sinks.NAME] type = "object_store"`: the keys, whose doc comments are the user documentation.
+//! The keys of `[sinks.NAME] type = "file"` and `type = "object_store"`, whose doc comments are the
+//! user documentation: [`Output`] (what is written and how it is laid out) is both sinks' own;
+//! [`Remote`] (the store, its credentials and retries) is `object_store`'s alone.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use sluice_core::options::Joined;
 use sluice_core::time::serde_duration;
 pub use sluice_core::Secret;
+use sluice_core::{Accepted, Format, FormatOf};
 use std::time::Duration;
 
-/// An object-storage sink: S3 (and S3-compatible stores), WebHDFS, HDFS or a local folder.
+/// `type = "object_store"`: the file keys, then the store's.
+pub type ObjectStoreSinkConfig = Joined<Output, Remote>;
+
+/// `type = "file"`: the file keys alone, on a local folder.
+pub type FileSinkConfig = Output;
+
+/// What a sink writes files of, and where they go.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ObjectStoreSinkConfig {
-    /// Where to write: `s3://bucket/prefix`, `webhdfs://host:port/path`, `hdfs://host:port/path`
-    /// (a build with the `hdfs` feature), `file:///abs/path` or a folder (relative to the working directory).
+pub struct Output {
+    /// Where to write. `file`: a folder (relative to the working directory; created if missing).
+    /// `object_store`: also `s3://bucket/prefix`, `webhdfs://host:port/path`,
+    /// `hdfs://host:port/path` (a build with the `hdfs` feature) or `file:///abs/path`.
     pub path: String,
-    /// `parquet` (default), `json` (JSON lines), `csv` (with a header) or `avro` (object container
-    /// file; the schema is derived from the job's output).
+    /// `json` (JSON lines), `csv` (with a header), `parquet` or `avro` (object container file; the
+    /// schema is derived from the job's output). Default: `json` for `file`, `parquet` for
+    /// `object_store`.
     #[serde(default)]
-    pub format: Format,
+    pub format: Option<FormatOf<FileFormats>>,
     /// Parquet: `zstd` (default), `snappy`, `gzip` or `none`. JSON and CSV: `none` (default),
     /// `gzip` or `zstd` (the file name gets `.gz` / `.zst`). Avro: `none` (default) or `deflate`.
     #[serde(default)]
@@ -25,6 +37,11 @@ pub struct ObjectStoreSinkConfig {
     /// when its buffers reach 64 MiB, which bounds memory.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// File name prefix; default: the job's name. With a prefix the sink serves one writer (one job,
+    /// or the dead-letter output): two would overwrite each other's files, so such a config is
+    /// refused.
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// Columns whose values make `col=value/` folders (Hive-style partitions).
     #[serde(default)]
     pub partition_by: Vec<String>,
@@ -35,7 +52,7 @@ pub struct ObjectStoreSinkConfig {
     /// The timestamp column `time_partition` reads (event time); without it, the batch time.
     #[serde(default)]
     pub time_column: Option<String>,
-    /// A prefix for every data object's key, below `path`: `{job}` is the job's name and strftime
+    /// A prefix for every data file's key, below `path`: `{job}` is the job's name and strftime
     /// fields (`%Y/%m/%d`) are the batch time in UTC. Default: none.
     #[serde(default)]
     pub key_prefix: Option<String>,
@@ -52,6 +69,12 @@ pub struct ObjectStoreSinkConfig {
     /// Write a file for a batch with no rows too (default false).
     #[serde(default)]
     pub write_empty: bool,
+}
+
+/// The store an `object_store` sink writes to: S3 (and S3-compatible stores), WebHDFS or HDFS.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
     /// Objects larger than this are sent as multipart uploads of parts this size (default `8MiB`,
     /// at least `5MiB` for S3).
     #[serde(default = "default_part_size")]
@@ -106,25 +129,10 @@ pub struct ObjectStoreSinkConfig {
     pub retry_max: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Parquet,
-    Json,
-    Csv,
-    Avro,
-}
-
-impl Format {
-    pub fn ext(self) -> &'static str {
-        match self {
-            Format::Parquet => "parquet",
-            Format::Json => "json",
-            Format::Csv => "csv",
-            Format::Avro => "avro",
-        }
-    }
+/// The formats of the files a sink writes.
+pub struct FileFormats;
+impl Accepted for FileFormats {
+    const FORMATS: &'static [Format] = &[Format::Json, Format::Csv, Format::Parquet, Format::Avro];
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]

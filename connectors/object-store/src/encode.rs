@@ -2,12 +2,12 @@
 //! uploaded in parts while it is being encoded (memory stays at about a part and a row group).
 
 use crate::avro;
-use crate::config::{Compression, Format};
+use crate::config::Compression;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use sluice_core::arrow::array::RecordBatch;
 use sluice_core::arrow::datatypes::SchemaRef;
-use sluice_core::{Error, Result};
+use sluice_core::{Error, Format, Result};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -134,6 +134,7 @@ impl Encoder {
                     .build(text()?),
             ),
             Format::Avro => Inner::Avro(avro::Encoder::new(schema, compression, seed)?),
+            other => return Err(err(format!("{other} is not a file format"))),
         };
         Ok(Encoder {
             inner,
@@ -213,7 +214,7 @@ impl Encoder {
 
 /// The file extension, with the text compression's.
 pub fn extension(format: Format, compression: Option<Compression>) -> String {
-    let base = format.ext();
+    let base = format.name();
     match (format, compression) {
         (Format::Json | Format::Csv, Some(Compression::Gzip)) => format!("{base}.gz"),
         (Format::Json | Format::Csv, Some(Compression::Zstd)) => format!("{base}.zst"),
@@ -228,5 +229,6 @@ pub fn allowed(format: Format) -> &'static [Compression] {
         Format::Parquet => &[Zstd, Snappy, Gzip, None],
         Format::Json | Format::Csv => &[None, Gzip, Zstd],
         Format::Avro => &[None, Deflate],
+        Format::Text | Format::Raw => &[],
     }
 }

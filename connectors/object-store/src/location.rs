@@ -1,6 +1,8 @@
-//! The `path` key: which backend, and the OpenDAL operator for it (with retries).
+//! The `path` key: which backend, and the store for it (a local folder, or an OpenDAL operator with
+//! retries).
 
-use crate::config::ObjectStoreSinkConfig;
+use crate::config::Remote;
+use crate::store::Store;
 use opendal::layers::RetryLayer;
 use opendal::Operator;
 use sluice_core::ConfigError;
@@ -61,11 +63,12 @@ impl Location {
     }
 
     /// Where requests go, for messages (never with credentials).
-    pub fn endpoint(&self, cfg: &ObjectStoreSinkConfig) -> String {
+    pub fn endpoint(&self, remote: &Remote) -> String {
         match self {
             Location::S3 { bucket, .. } => format!(
                 "{} (bucket `{bucket}`)",
-                cfg.endpoint
+                remote
+                    .endpoint
                     .as_deref()
                     .unwrap_or("https://s3.amazonaws.com")
             ),
@@ -75,11 +78,26 @@ impl Location {
         }
     }
 
-    pub fn operator(
-        &self,
-        key: &str,
-        cfg: &ObjectStoreSinkConfig,
-    ) -> Result<Operator, ConfigError> {
+    /// The store: a local folder, or the remote store with `remote`'s settings. `key` is the
+    /// component's path and `path` its `path` key, for errors.
+    pub fn store(&self, key: &str, path: &str, remote: &Remote) -> Result<Store, ConfigError> {
+        if let Location::Fs { root } = self {
+            return Ok(Store::Local { root: root.clone() });
+        }
+        let check = Remote {
+            max_retries: 1,
+            ..remote.clone()
+        };
+        Ok(Store::Remote {
+            op: self.operator(key, path, remote)?,
+            check: self.operator(key, path, &check)?,
+            part_size: remote.part_size.as_u64() as usize,
+            concurrency: remote.concurrency,
+        })
+    }
+
+    /// The OpenDAL operator of a remote store (not of a local folder).
+    pub fn operator(&self, key: &str, path: &str, cfg: &Remote) -> Result<Operator, ConfigError> {
         install_http_transport();
         let op = match self {
             Location::S3 { bucket, root } => {
@@ -135,17 +153,15 @@ impl Location {
                 return Err(ConfigError::new(
                     format!("{key}.path"),
                     "webhdfs://host:port/path (this build has no native HDFS client: build with `--features sluice-object-store/hdfs`)",
-                    format!("\"{}\"", cfg.path),
+                    format!("\"{path}\""),
                 ))
             }
-            Location::Fs { root } => {
-                // Written under `_sluice/tmp` and renamed into place: never a partial file.
-                let tmp = root.join(crate::manifest::ROOT).join("tmp");
-                Operator::new(
-                    opendal::services::Fs::default()
-                        .root(&root.to_string_lossy())
-                        .atomic_write_dir(&tmp.to_string_lossy()),
-                )
+            Location::Fs { .. } => {
+                return Err(ConfigError::new(
+                    format!("{key}.path"),
+                    "a remote store (a local folder is read directly)",
+                    format!("\"{path}\""),
+                ))
             }
         }
         .map_err(|e| ConfigError::new(format!("{key}.path"), "a usable store", e.to_string()))?;

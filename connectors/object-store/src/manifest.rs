@@ -8,10 +8,11 @@
 //! entry: a restarted sink reads the hint and walks back to the last entry before the batch it is
 //! writing, without listing the manifest.
 
-use opendal::{ErrorKind, Operator};
+use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use sluice_core::{Error, Result};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 pub const ROOT: &str = "_sluice";
 
@@ -81,28 +82,17 @@ fn decode<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::msg(format!("unreadable manifest object {key}: {e}")))
 }
 
-async fn read_opt(op: &Operator, key: &str) -> opendal::Result<Option<Vec<u8>>> {
-    match op.read(key).await {
-        Ok(b) => Ok(Some(b.to_vec())),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The job's newest entry before `batch_time`, if any.
-pub async fn before(op: &Operator, job: &str, batch_time: i64) -> Result<Option<Entry>> {
-    let Some(hint) = read_opt(op, &latest_key(job))
-        .await
-        .map_err(crate::errors::io)?
-    else {
+pub async fn before(store: &Store, job: &str, batch_time: i64) -> Result<Option<Entry>> {
+    let Some(hint) = store.read(&latest_key(job)).await? else {
         return Ok(None);
     };
     let mut at: Option<i64> = Some(decode(&latest_key(job), &hint)?);
     while let Some(t) = at {
         let key = entry_key(job, t);
-        let bytes = read_opt(op, &key)
-            .await
-            .map_err(crate::errors::io)?
+        let bytes = store
+            .read(&key)
+            .await?
             .ok_or_else(|| Error::msg(format!("the manifest names {key}, which is missing")))?;
         let entry: Entry = decode(&key, &bytes)?;
         if entry.batch_time < batch_time {
@@ -114,35 +104,49 @@ pub async fn before(op: &Operator, job: &str, batch_time: i64) -> Result<Option<
 }
 
 /// Writes the entry, then the hint naming it.
-pub async fn write(op: &Operator, entry: &Entry) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(entry).map_err(|e| Error::msg(e.to_string()))?;
-    op.write(&entry_key(&entry.job, entry.batch_time), bytes)
-        .await
-        .map_err(crate::errors::io)?;
-    op.write(&latest_key(&entry.job), entry.batch_time.to_string())
-        .await
-        .map_err(crate::errors::io)?;
-    Ok(())
+pub async fn write(store: &Store, entry: &Entry) -> Result<()> {
+    write_entry(store, entry).await?;
+    write_latest(store, &entry.job, entry.batch_time).await
 }
 
-/// Every committed entry under `op` (all jobs), in batch-time order: for readers and tests.
-pub async fn committed(op: &Operator) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    let entries = match op
-        .list_with(&format!("{ROOT}/manifest/"))
-        .recursive(true)
+pub(crate) async fn write_entry(store: &Store, entry: &Entry) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(entry).map_err(|e| Error::msg(e.to_string()))?;
+    store
+        .write(&entry_key(&entry.job, entry.batch_time), bytes)
         .await
-    {
-        Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(crate::errors::io(e)),
+}
+
+pub(crate) async fn write_latest(store: &Store, job: &str, batch_time: i64) -> Result<()> {
+    store
+        .write(&latest_key(job), batch_time.to_string().into_bytes())
+        .await
+}
+
+/// The batch time the job's hint names, if any.
+pub(crate) async fn latest(store: &Store, job: &str) -> Result<Option<i64>> {
+    match store.read(&latest_key(job)).await? {
+        Some(hint) => decode(&latest_key(job), &hint).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every committed entry of the folder `dir` (all jobs), in batch-time order: for readers and
+/// tests of output on a local disk (copy a remote store's `_sluice/manifest/` and files first).
+pub fn committed_in(dir: &Path) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let jobs = match std::fs::read_dir(dir.join(ROOT).join("manifest")) {
+        Ok(jobs) => jobs,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
     };
-    for e in entries {
-        if e.path().ends_with(".json") {
-            let bytes = op.read(e.path()).await.map_err(crate::errors::io)?;
-            out.push(decode::<Entry>(e.path(), &bytes.to_vec())?);
+    for job in jobs {
+        for e in std::fs::read_dir(job?.path())? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                out.push(decode(&path.display().to_string(), &std::fs::read(&path)?)?);
+            }
         }
     }
-    out.sort_by(|a, b| (a.batch_time, &a.job).cmp(&(b.batch_time, &b.job)));
+    out.sort_by(|a: &Entry, b: &Entry| (a.batch_time, &a.job).cmp(&(b.batch_time, &b.job)));
     Ok(out)
 }

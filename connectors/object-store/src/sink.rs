@@ -1,22 +1,25 @@
 //! The sink: each (job, batch) written under deterministic keys, then recorded in the manifest.
 
-use crate::config::ObjectStoreSinkConfig;
+use crate::config::Output;
 use crate::encode::{self, Encoder};
 use crate::errors;
 use crate::manifest::{self, Entry, File, Open, Staged, ROOT};
+use crate::store::{Store, Writer};
 use async_trait::async_trait;
-use opendal::Operator;
 use sluice_core::arrow::array::RecordBatch;
 use sluice_core::arrow::datatypes::SchemaRef;
-use sluice_core::{Error, Result, Sink, SinkBatch};
+use sluice_core::{Error, Format, Result, Sink, SinkBatch};
 use sluice_formats::partition::Layout;
 use std::collections::{BTreeMap, HashMap};
 
 pub struct ObjectStoreSink {
-    pub(crate) cfg: ObjectStoreSinkConfig,
-    pub(crate) op: Operator,
-    /// The same store with few retries: the start-up check should fail fast.
-    pub(crate) check_op: Operator,
+    /// The component's name, for dead letters.
+    pub(crate) name: String,
+    pub(crate) cfg: Output,
+    /// `cfg.format`, or the sink type's default.
+    pub(crate) format: Format,
+    pub(crate) store: Store,
+    /// Where the files go, for messages (never with credentials).
     pub(crate) endpoint: String,
     pub(crate) layout: Layout,
     /// Each job's newest entry written by this run.
@@ -46,14 +49,15 @@ impl ObjectStoreSink {
             key.push_str(folder);
             key.push('/');
         }
-        let ext = encode::extension(self.cfg.format, self.cfg.compression);
-        key.push_str(&format!("{job}-{batch_time}.{ext}"));
+        let ext = encode::extension(self.format, self.cfg.compression);
+        let stem = self.cfg.prefix.as_deref().unwrap_or(job);
+        key.push_str(&format!("{stem}-{batch_time}.{ext}"));
         key
     }
 
     fn encoder(&self, schema: &SchemaRef, key: &str) -> Result<Encoder> {
         Encoder::new(
-            self.cfg.format,
+            self.format,
             self.cfg.compression,
             self.cfg.row_group_rows,
             schema,
@@ -63,15 +67,8 @@ impl ObjectStoreSink {
 
     /// A new data object at `key`, written while it is encoded.
     async fn object(&self, key: &str, encoder: Encoder) -> Result<ObjectWriter> {
-        let w = self
-            .op
-            .writer_with(key)
-            .chunk(self.cfg.part_size.as_u64() as usize)
-            .concurrent(self.cfg.concurrency.max(1))
-            .await
-            .map_err(errors::io)?;
         Ok(ObjectWriter {
-            w,
+            w: self.store.writer(key).await?,
             encoder,
             bytes: 0,
         })
@@ -126,21 +123,9 @@ impl ObjectStoreSink {
     /// Streams a staged piece into `o`: one IPC message (at most [`SLICE_BYTES`] of rows) in memory.
     async fn copy_staged(&self, key: &str, o: &mut ObjectWriter) -> Result<()> {
         use futures::TryStreamExt;
-        let mut chunks = self
-            .op
-            .reader_with(key)
-            .chunk(SLICE_BYTES)
-            .await
-            .map_err(errors::io)?
-            .into_bytes_stream(..)
-            .await
-            .map_err(errors::io)?;
+        let mut chunks = self.store.chunks(key, SLICE_BYTES).await?;
         let mut decoder = sluice_core::arrow::ipc::reader::StreamDecoder::new();
-        while let Some(chunk) = chunks
-            .try_next()
-            .await
-            .map_err(|e| Error::msg(format!("reading staged piece {key}: {e}")))?
-        {
+        while let Some(chunk) = chunks.try_next().await? {
             let mut buf = sluice_core::arrow::buffer::Buffer::from(chunk);
             while !buf.is_empty() {
                 if let Some(batch) = decoder.decode(&mut buf)? {
@@ -159,16 +144,13 @@ impl ObjectStoreSink {
                 return Ok(Some(e.clone()));
             }
         }
-        manifest::before(&self.op, job, batch_time).await
+        manifest::before(&self.store, job, batch_time).await
     }
 
     /// Deletes staged pieces that a committed entry rolled into its files.
     async fn delete_rolled(&self, entry: &Entry) -> Result<()> {
         if !entry.rolled.is_empty() {
-            self.op
-                .delete_iter(entry.rolled.iter().map(String::as_str))
-                .await
-                .map_err(errors::io)?;
+            self.store.delete(&entry.rolled).await?;
         }
         Ok(())
     }
@@ -192,7 +174,7 @@ impl ObjectStoreSink {
             .map_err(|e| Error::msg(e.to_string()))?;
         batch
             .dead
-            .extend(split.dead_letters(&format!("sink at {} (job `{job}`)", self.endpoint)));
+            .extend(split.dead_letters(&format!("sink `{}` (job `{job}`)", self.name)));
         let rows = rows - split.rejected_rows() as u64;
         let parts = split.parts;
         let mut entry = Entry {
@@ -250,7 +232,7 @@ impl ObjectStoreSink {
             }
             entry.open = open;
         }
-        manifest::write(&self.op, &entry).await?;
+        manifest::write(&self.store, &entry).await?;
         if batch.rerun {
             tracing::info!(job = %job, batch = t, files = entry.files.len(), "re-run batch rewrote its objects");
         }
@@ -277,8 +259,13 @@ impl ObjectStoreSink {
 #[async_trait]
 impl Sink for ObjectStoreSink {
     async fn open(&mut self) -> Result<()> {
-        match self.check_op.list_with(&format!("{ROOT}/")).limit(1).await {
-            Ok(_) => Ok(()),
+        if let Store::Local { root } = &self.store {
+            crate::legacy::upgrade(&self.store, root)
+                .await
+                .map_err(|e| self.context(e))?;
+        }
+        match self.store.check(&format!("{ROOT}/")).await {
+            Ok(()) => Ok(()),
             Err(e)
                 if e.kind() == opendal::ErrorKind::NotFound
                     && !format!("{e:?}").contains("NoSuchBucket") =>
@@ -295,6 +282,10 @@ impl Sink for ObjectStoreSink {
 
     fn idempotent(&self) -> bool {
         true
+    }
+
+    fn fixed_name_option(&self) -> Option<&'static str> {
+        self.cfg.prefix.as_ref().map(|_| "prefix")
     }
 
     /// Rolls the files still open, so a stopped gateway leaves every committed row in a data
@@ -314,7 +305,7 @@ impl Sink for ObjectStoreSink {
                 entry.rolled.extend(o.pieces.into_iter().map(|p| p.key));
             }
             if entry != self.last[&job] {
-                manifest::write(&self.op, &entry)
+                manifest::write(&self.store, &entry)
                     .await
                     .map_err(|e| self.context(e))?;
             }
@@ -344,7 +335,7 @@ fn slices(batch: &RecordBatch) -> impl Iterator<Item = RecordBatch> + '_ {
 
 /// One data object being uploaded while it is encoded; aborted (its parts discarded) on error.
 struct ObjectWriter {
-    w: opendal::Writer,
+    w: Writer,
     encoder: Encoder,
     bytes: u64,
 }
@@ -357,7 +348,7 @@ impl ObjectWriter {
                 let out = self.encoder.take();
                 if !out.is_empty() {
                     self.bytes += out.len() as u64;
-                    self.w.write(out).await.map_err(errors::io)?;
+                    self.w.write(out).await?;
                 }
             }
             Ok(())
@@ -380,13 +371,13 @@ impl ObjectWriter {
         let result = async {
             let out = encoder.finish(schema)?;
             bytes += out.len() as u64;
-            w.write(out).await.map_err(errors::io)?;
-            w.close().await.map_err(errors::io)?;
+            w.write(out).await?;
+            w.close().await?;
             Ok((rows, bytes))
         }
         .await;
         if result.is_err() {
-            let _ = w.abort().await;
+            w.abort().await;
         }
         result
     }
@@ -401,6 +392,6 @@ impl ObjectWriter {
     }
 
     async fn abort(&mut self) {
-        let _ = self.w.abort().await;
+        self.w.abort().await;
     }
 }

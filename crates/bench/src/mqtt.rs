@@ -192,7 +192,7 @@ fn sluice_drain(
     let _ = reader.join();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let with_data: Vec<_> = seen.iter().filter(|s| s.records > 0).collect();
-    let rows: u64 = sluice_file::committed(&work.join("out"))?
+    let rows: u64 = sluice_object_store::manifest::committed_in(&work.join("out"))?
         .iter()
         .map(|e| e.rows)
         .sum();

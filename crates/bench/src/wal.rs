@@ -22,8 +22,9 @@ fn blocks(count: usize, block_kb: usize) -> Vec<arrow::record_batch::RecordBatch
     .expect("generator config");
     assert_eq!(cfg.kind, Kind::Words);
     let mut w = Workload::new(&cfg);
-    let decoder = sluice_formats::Decoder::for_component("bench", Default::default(), None, None)
-        .expect("text decoder");
+    let decoder =
+        sluice_formats::Decoder::for_component("bench", sluice_formats::Format::Text, None, None)
+            .expect("text decoder");
     let lines_per_block = block_kb * 1024 / 70;
     (0..count)
         .map(|_| decoder.decode(&w.take(lines_per_block)).0)

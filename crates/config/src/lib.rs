@@ -353,114 +353,14 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
             errors.push(unknown_ref(&format!("{path}.sinks[{i}]"), "sink", s, sinks));
         }
     }
-    let bi = app.batch_interval;
-    let multiple = |d: std::time::Duration| {
-        !bi.is_zero() && d.as_millis().is_multiple_of(bi.as_millis()) && !d.is_zero()
-    };
-    let fmt = sluice_core::time::format_duration;
     if let Some(w) = &j.window {
-        if !multiple(w.length) {
-            errors.push(ConfigError::new(
-                format!("{path}.window.length"),
-                format!("a multiple of app.batch_interval ({})", fmt(bi)),
-                format!("\"{}\"", fmt(w.length)),
-            ));
-        }
-        let slide = w.slide.unwrap_or(bi);
-        if !multiple(slide) {
-            errors.push(ConfigError::new(
-                format!("{path}.window.slide"),
-                format!("a multiple of app.batch_interval ({})", fmt(bi)),
-                format!("\"{}\"", fmt(slide)),
-            ));
-        } else if slide > w.length {
-            errors.push(ConfigError::new(
-                format!("{path}.window.slide"),
-                format!(
-                    "a slide no longer than the window length ({})",
-                    fmt(w.length)
-                ),
-                format!("\"{}\"", fmt(slide)),
-            ));
-        }
-        if j.event_time.is_some() {
-            errors.push(ConfigError::new(
-                format!("{path}.window"),
-                "either `window` (processing time) or `event_time`, not both",
-                "both",
-            ));
-        }
+        check_window(&path, w, j, app, &mut errors);
     }
     if let Some(e) = &j.event_time {
-        if e.length.is_zero() {
-            errors.push(ConfigError::new(
-                format!("{path}.event_time.length"),
-                "a duration greater than zero",
-                "\"0s\"",
-            ));
-        }
-        if let Some(s) = e.slide {
-            if s.is_zero() || s > e.length || !e.length.as_millis().is_multiple_of(s.as_millis()) {
-                errors.push(ConfigError::new(
-                    format!("{path}.event_time.slide"),
-                    format!(
-                        "a duration that divides the window length ({})",
-                        fmt(e.length)
-                    ),
-                    format!("\"{}\"", fmt(s)),
-                ));
-            }
-        }
-        if e.late == LateRecords::DeadLetter && app.dead_letter.is_none() {
-            errors.push(
-                ConfigError::new(
-                    format!("{path}.event_time.late"),
-                    "\"drop\" when the app has no dead-letter sink",
-                    "\"dead_letter\"",
-                )
-                .with_hint("set app.dead_letter to a sink name, or late = \"drop\""),
-            );
-        }
+        check_event_time(&path, e, app, &mut errors);
     }
     if let Some(s) = &j.state {
-        match sluice_core::schema::parse_schema(&s.schema) {
-            Err(e) => errors.push(ConfigError::new(
-                format!("{path}.state.schema"),
-                e,
-                format!("\"{}\"", s.schema),
-            )),
-            Ok(schema) => {
-                if s.key.is_empty() {
-                    errors.push(ConfigError::new(
-                        format!("{path}.state.key"),
-                        "at least one key column",
-                        "an empty list",
-                    ));
-                }
-                for (i, k) in s.key.iter().enumerate() {
-                    if schema.field_with_name(k).is_err() {
-                        let cols: Vec<String> =
-                            schema.fields().iter().map(|f| f.name().clone()).collect();
-                        let e = ConfigError::new(
-                            format!("{path}.state.key[{i}]"),
-                            format!("a column of state.schema ({})", cols.join(", ")),
-                            format!("\"{k}\""),
-                        );
-                        errors.push(match suggest(k, &cols) {
-                            Some(c) => e.with_hint(format!("did you mean \"{c}\"?")),
-                            None => e,
-                        });
-                    }
-                }
-            }
-        }
-        if j.window.is_some() || j.event_time.is_some() {
-            errors.push(ConfigError::new(
-                format!("{path}.state"),
-                "a job with `state` and without `window` / `event_time` (window the input in an upstream job)",
-                "both",
-            ));
-        }
+        check_state(&path, s, j, &mut errors);
     }
     if j.partitions == Some(0) {
         errors.push(ConfigError::new(
@@ -470,6 +370,133 @@ fn check_job(name: &str, j: &JobConfig, app: &AppSection, sinks: &[String]) -> V
         ));
     }
     errors
+}
+
+/// `jobs.NAME.window`: length and slide are multiples of the batch interval.
+fn check_window(
+    path: &str,
+    w: &WindowConfig,
+    j: &JobConfig,
+    app: &AppSection,
+    errors: &mut Vec<ConfigError>,
+) {
+    let bi = app.batch_interval;
+    let multiple = |d: std::time::Duration| {
+        !bi.is_zero() && d.as_millis().is_multiple_of(bi.as_millis()) && !d.is_zero()
+    };
+    let fmt = sluice_core::time::format_duration;
+    if !multiple(w.length) {
+        errors.push(ConfigError::new(
+            format!("{path}.window.length"),
+            format!("a multiple of app.batch_interval ({})", fmt(bi)),
+            format!("\"{}\"", fmt(w.length)),
+        ));
+    }
+    let slide = w.slide.unwrap_or(bi);
+    if !multiple(slide) {
+        errors.push(ConfigError::new(
+            format!("{path}.window.slide"),
+            format!("a multiple of app.batch_interval ({})", fmt(bi)),
+            format!("\"{}\"", fmt(slide)),
+        ));
+    } else if slide > w.length {
+        errors.push(ConfigError::new(
+            format!("{path}.window.slide"),
+            format!(
+                "a slide no longer than the window length ({})",
+                fmt(w.length)
+            ),
+            format!("\"{}\"", fmt(slide)),
+        ));
+    }
+    if j.event_time.is_some() {
+        errors.push(ConfigError::new(
+            format!("{path}.window"),
+            "either `window` (processing time) or `event_time`, not both",
+            "both",
+        ));
+    }
+}
+
+/// `jobs.NAME.event_time`: a window length, a slide that divides it, and a place for late records.
+fn check_event_time(
+    path: &str,
+    e: &EventTimeConfig,
+    app: &AppSection,
+    errors: &mut Vec<ConfigError>,
+) {
+    let fmt = sluice_core::time::format_duration;
+    if e.length.is_zero() {
+        errors.push(ConfigError::new(
+            format!("{path}.event_time.length"),
+            "a duration greater than zero",
+            "\"0s\"",
+        ));
+    }
+    if let Some(s) = e.slide {
+        if s.is_zero() || s > e.length || !e.length.as_millis().is_multiple_of(s.as_millis()) {
+            errors.push(ConfigError::new(
+                format!("{path}.event_time.slide"),
+                format!(
+                    "a duration that divides the window length ({})",
+                    fmt(e.length)
+                ),
+                format!("\"{}\"", fmt(s)),
+            ));
+        }
+    }
+    if e.late == LateRecords::DeadLetter && app.dead_letter.is_none() {
+        errors.push(
+            ConfigError::new(
+                format!("{path}.event_time.late"),
+                "\"drop\" when the app has no dead-letter sink",
+                "\"dead_letter\"",
+            )
+            .with_hint("set app.dead_letter to a sink name, or late = \"drop\""),
+        );
+    }
+}
+
+/// `jobs.NAME.state`: a schema that parses, key columns of it, and no window.
+fn check_state(path: &str, s: &StateConfig, j: &JobConfig, errors: &mut Vec<ConfigError>) {
+    match sluice_core::schema::parse_schema(&s.schema) {
+        Err(e) => errors.push(ConfigError::new(
+            format!("{path}.state.schema"),
+            e,
+            format!("\"{}\"", s.schema),
+        )),
+        Ok(schema) => {
+            if s.key.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{path}.state.key"),
+                    "at least one key column",
+                    "an empty list",
+                ));
+            }
+            for (i, k) in s.key.iter().enumerate() {
+                if schema.field_with_name(k).is_err() {
+                    let cols: Vec<String> =
+                        schema.fields().iter().map(|f| f.name().clone()).collect();
+                    let e = ConfigError::new(
+                        format!("{path}.state.key[{i}]"),
+                        format!("a column of state.schema ({})", cols.join(", ")),
+                        format!("\"{k}\""),
+                    );
+                    errors.push(match suggest(k, &cols) {
+                        Some(c) => e.with_hint(format!("did you mean \"{c}\"?")),
+                        None => e,
+                    });
+                }
+            }
+        }
+    }
+    if j.window.is_some() || j.event_time.is_some() {
+        errors.push(ConfigError::new(
+            format!("{path}.state"),
+            "a job with `state` and without `window` / `event_time` (window the input in an upstream job)",
+            "both",
+        ));
+    }
 }
 
 #[cfg(test)]

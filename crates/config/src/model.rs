@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_core::time::serde_duration;
+use sluice_core::{Accepted, Format, FormatOf};
 use std::time::Duration;
 
 /// The whole file as written.
@@ -196,7 +197,7 @@ pub struct TableConfig {
     pub path: String,
     /// `csv` (with a header row), `json` (JSON lines) or `parquet`. Default: from the extension.
     #[serde(default)]
-    pub format: Option<TableFormat>,
+    pub format: Option<FormatOf<TableFormats>>,
     /// Column types (`"device string, site string"`); optional for csv/json (inferred) and parquet.
     #[serde(default)]
     pub schema: Option<String>,
@@ -209,12 +210,10 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TableFormat {
-    Csv,
-    Json,
-    Parquet,
+/// The formats of a reference table's file.
+pub struct TableFormats;
+impl Accepted for TableFormats {
+    const FORMATS: &'static [Format] = &[Format::Csv, Format::Json, Format::Parquet];
 }
 
 /// `[jobs.NAME]`: one SQL query run on every batch (or every window slide).

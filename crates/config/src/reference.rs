@@ -245,6 +245,7 @@ fn type_name(s: &Schemas, schema: &Value) -> String {
     if let Some(Value::Array(values)) = schema.get("enum") {
         return values
             .iter()
+            .filter(|v| !v.is_null())
             .map(Value::to_string)
             .collect::<Vec<_>>()
             .join(" | ");

@@ -6,6 +6,7 @@
 pub mod bounded;
 pub mod dead_letter;
 pub mod error;
+pub mod format;
 pub mod fs;
 pub mod options;
 pub mod registry;
@@ -20,6 +21,7 @@ pub use arrow;
 pub use bounded::{Bounded, ReplayOf, ReplayProgress};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use error::{ConfigError, Error, Result};
+pub use format::{Accepted, Format, FormatOf};
 pub use registry::{
     BuildContext, Component, Registry, SinkConnector, SinkFactory, SourceConnector, SourceFactory,
 };

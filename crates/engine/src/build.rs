@@ -5,7 +5,7 @@ use crate::event_time::{windowed_schema, EventTime};
 use crate::job::{InputKind, JobRuntime, ProcWindow};
 use crate::reference::ReferenceTable;
 use crate::state::KeyedState;
-use sluice_config::{AppConfig, AppSection, DiagnosticKind, NamedJob};
+use sluice_config::{AppConfig, AppSection, DiagnosticKind, EventTimeConfig, NamedJob};
 use sluice_core::arrow::datatypes::{DataType, SchemaRef};
 use sluice_core::options::suggest;
 use sluice_core::schema::parse_schema;
@@ -375,52 +375,18 @@ async fn build_job(
         }
         let (schema, kind) = schemas[n].clone();
         let schema = match (&cfg.event_time, kind) {
-            (Some(et), InputKind::Stream) => match schema.index_of(&et.column) {
-                Ok(i) => {
-                    let ok = matches!(
-                        schema.field(i).data_type(),
-                        DataType::Timestamp(_, _) | DataType::Int64
-                    );
-                    if !ok {
-                        return Err(DiagnosticKind::Key(ConfigError::new(
-                            key("event_time.column"),
-                            "a column of type timestamp or int64 (milliseconds)",
-                            format!(
-                                "column `{}` of type {}",
-                                et.column,
-                                schema.field(i).data_type()
-                            ),
-                        )));
-                    }
-                    if event.is_some() {
-                        return Err(DiagnosticKind::Key(ConfigError::new(
-                            key("event_time"),
-                            "a job that reads one stream (join streams in an upstream job)",
-                            "a job reading several streams",
-                        )));
-                    }
-                    let ms = |d: std::time::Duration| d.as_millis() as i64;
-                    event = Some(EventTime::new(
-                        n,
-                        schema.clone(),
-                        i,
-                        ms(et.length),
-                        ms(et.slide.unwrap_or(et.length)),
-                        ms(et.watermark.unwrap_or_default()),
-                        ms(et.max_future),
-                    ));
-                    windowed_schema(&schema)
-                }
-                Err(_) => {
-                    let cols: Vec<String> =
-                        schema.fields().iter().map(|f| f.name().clone()).collect();
+            (Some(et), InputKind::Stream) => {
+                if event.is_some() {
                     return Err(DiagnosticKind::Key(ConfigError::new(
-                        key("event_time.column"),
-                        format!("a column of `{n}` ({})", cols.join(", ")),
-                        format!("\"{}\"", et.column),
+                        key("event_time"),
+                        "a job that reads one stream (join streams in an upstream job)",
+                        "a job reading several streams",
                     )));
                 }
-            },
+                let e = event_time(et, n, &schema, &key)?;
+                event = Some(e);
+                windowed_schema(&schema)
+            }
             _ => schema,
         };
         tables.push((n.clone(), schema));
@@ -450,34 +416,7 @@ async fn build_job(
             message,
         })?;
     let out_schema = match &state {
-        Some(s) => {
-            let q = query.schema();
-            let st = s.schema();
-            if q.fields().len() != st.fields().len() {
-                return Err(DiagnosticKind::Key(ConfigError::new(
-                    key("sql"),
-                    format!(
-                        "a query returning the {} column(s) of state.schema",
-                        st.fields().len()
-                    ),
-                    format!("a query returning {} column(s)", q.fields().len()),
-                )));
-            }
-            for (a, b) in q.fields().iter().zip(st.fields()) {
-                if !sluice_core::arrow::compute::can_cast_types(a.data_type(), b.data_type()) {
-                    return Err(DiagnosticKind::Key(ConfigError::new(
-                        key("sql"),
-                        format!(
-                            "column `{}` of a type that converts to {}",
-                            b.name(),
-                            b.data_type()
-                        ),
-                        format!("{}", a.data_type()),
-                    )));
-                }
-            }
-            s.out_schema()
-        }
+        Some(s) => state_output(s, &query, &key)?,
         None => query.schema(),
     };
     let window = cfg
@@ -495,6 +434,75 @@ async fn build_job(
         state,
         out_schema,
     })
+}
+
+/// The event time of a job reading the stream `input` (of `schema`) by `et.column`.
+fn event_time(
+    et: &EventTimeConfig,
+    input: &str,
+    schema: &SchemaRef,
+    key: &dyn Fn(&str) -> String,
+) -> Result<EventTime, DiagnosticKind> {
+    let Ok(i) = schema.index_of(&et.column) else {
+        let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        return Err(DiagnosticKind::Key(ConfigError::new(
+            key("event_time.column"),
+            format!("a column of `{input}` ({})", cols.join(", ")),
+            format!("\"{}\"", et.column),
+        )));
+    };
+    let ty = schema.field(i).data_type();
+    if !matches!(ty, DataType::Timestamp(_, _) | DataType::Int64) {
+        return Err(DiagnosticKind::Key(ConfigError::new(
+            key("event_time.column"),
+            "a column of type timestamp or int64 (milliseconds)",
+            format!("column `{}` of type {ty}", et.column),
+        )));
+    }
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    Ok(EventTime::new(
+        input,
+        schema.clone(),
+        i,
+        ms(et.length),
+        ms(et.slide.unwrap_or(et.length)),
+        ms(et.watermark.unwrap_or_default()),
+        ms(et.max_future),
+    ))
+}
+
+/// A stateful job's output schema, once its query's columns are checked against `state.schema`.
+fn state_output(
+    state: &KeyedState,
+    query: &sluice_sql::JobQuery,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SchemaRef, DiagnosticKind> {
+    let q = query.schema();
+    let st = state.schema();
+    if q.fields().len() != st.fields().len() {
+        return Err(DiagnosticKind::Key(ConfigError::new(
+            key("sql"),
+            format!(
+                "a query returning the {} column(s) of state.schema",
+                st.fields().len()
+            ),
+            format!("a query returning {} column(s)", q.fields().len()),
+        )));
+    }
+    for (a, b) in q.fields().iter().zip(st.fields()) {
+        if !sluice_core::arrow::compute::can_cast_types(a.data_type(), b.data_type()) {
+            return Err(DiagnosticKind::Key(ConfigError::new(
+                key("sql"),
+                format!(
+                    "column `{}` of a type that converts to {}",
+                    b.name(),
+                    b.data_type()
+                ),
+                format!("{}", a.data_type()),
+            )));
+        }
+    }
+    Ok(state.out_schema())
 }
 
 /// Sinks that name their output the same whatever the writer (a file sink's `prefix`) and that

@@ -1,19 +1,19 @@
 //! Reference tables: files joined by jobs (Spark's `transform` with a static RDD), re-read when the
 //! file's modification time changes. A reload that fails keeps the previous contents and says why.
 
-use sluice_config::{NamedTable, TableFormat};
+use sluice_config::NamedTable;
 use sluice_core::arrow::datatypes::SchemaRef;
 use sluice_core::arrow::record_batch::RecordBatch;
 use sluice_core::schema::parse_schema;
 use sluice_core::ConfigError;
-use sluice_sql::FileFormat;
+use sluice_core::Format;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub struct ReferenceTable {
     pub name: String,
     path: PathBuf,
-    format: FileFormat,
+    format: Format,
     declared: Option<SchemaRef>,
     reload: bool,
     modified: Option<SystemTime>,
@@ -30,13 +30,11 @@ impl ReferenceTable {
         let key = format!("tables.{}", t.name);
         let path = base.join(&t.table.path);
         let format = match t.table.format {
-            Some(TableFormat::Csv) => FileFormat::Csv,
-            Some(TableFormat::Json) => FileFormat::Json,
-            Some(TableFormat::Parquet) => FileFormat::Parquet,
+            Some(f) => f.get(),
             None => match path.extension().and_then(|e| e.to_str()) {
-                Some("csv") => FileFormat::Csv,
-                Some("json") | Some("jsonl") | Some("ndjson") => FileFormat::Json,
-                Some("parquet") => FileFormat::Parquet,
+                Some("csv") => Format::Csv,
+                Some("json") | Some("jsonl") | Some("ndjson") => Format::Json,
+                Some("parquet") => Format::Parquet,
                 _ => {
                     return Err(ConfigError::new(
                         format!("{key}.format"),

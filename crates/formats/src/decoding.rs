@@ -6,8 +6,8 @@
 //! also be binary or Avro.
 
 use crate::avro::Wire;
-use crate::payload::{PayloadDecoder, PayloadFormat};
-use crate::{Decoder, Format};
+use crate::payload::{PayloadDecoder, PayloadFormats};
+use crate::{Decoder, Format, FormatOf, LineFormats};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::{BuildContext, Component, ConfigError};
@@ -19,7 +19,7 @@ pub struct LineDecoding {
     /// `text` (one `line` column), `json` (one object per record) or `csv`, the last
     /// two with `schema`. A record that does not decode goes to the dead-letter output.
     #[serde(default)]
-    pub format: Format,
+    pub format: FormatOf<LineFormats>,
     /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
     #[serde(default)]
     pub schema: Option<String>,
@@ -33,7 +33,7 @@ impl LineDecoding {
     pub fn decoder(&self, at: &Component) -> Result<Decoder, ConfigError> {
         Decoder::for_component(
             &at.path,
-            self.format,
+            self.format.get(),
             self.schema.as_deref(),
             self.delimiter,
         )
@@ -48,7 +48,7 @@ pub struct PayloadDecoding {
     /// or `avro` with `avro_schema` / `avro_schema_file` (one datum per payload; the columns are
     /// the schema's fields). A payload that does not decode goes to the dead-letter output.
     #[serde(default)]
-    pub format: PayloadFormat,
+    pub format: FormatOf<PayloadFormats>,
     /// Columns for `json` / `csv`, e.g. `"device string, temperature double"`.
     #[serde(default)]
     pub schema: Option<String>,
@@ -79,23 +79,23 @@ impl PayloadDecoding {
         column: &str,
     ) -> Result<PayloadDecoder, ConfigError> {
         let path = at.path.as_str();
-        match (&self.format, &self.avro_schema, &self.avro_schema_file) {
-            (PayloadFormat::Avro, Some(_), Some(_)) | (PayloadFormat::Avro, None, None) => {
+        match (self.format.get(), &self.avro_schema, &self.avro_schema_file) {
+            (Format::Avro, Some(_), Some(_)) | (Format::Avro, None, None) => {
                 Err(ConfigError::new(
                     at.key("avro_schema"),
                     "one of `avro_schema` (the writer schema as JSON) and `avro_schema_file` with format = \"avro\"",
                     if self.avro_schema.is_some() { "both" } else { "neither" },
                 ))
             }
-            (PayloadFormat::Avro, _, _) if self.schema.is_some() => Err(ConfigError::new(
+            (Format::Avro, _, _) if self.schema.is_some() => Err(ConfigError::new(
                 at.key("schema"),
                 "no `schema` with format = \"avro\" (the columns are the Avro schema's fields)",
                 "a schema",
             )),
-            (PayloadFormat::Avro, Some(text), None) => {
+            (Format::Avro, Some(text), None) => {
                 PayloadDecoder::avro(path, "avro_schema", text, self.avro_wire)
             }
-            (PayloadFormat::Avro, None, Some(file)) => {
+            (Format::Avro, None, Some(file)) => {
                 let p = cx.resolve(file);
                 let text = std::fs::read_to_string(&p).map_err(|e| {
                     ConfigError::new(
@@ -109,12 +109,12 @@ impl PayloadDecoding {
             (_, Some(_), _) | (_, _, Some(_)) => Err(ConfigError::new(
                 at.key("format"),
                 "format = \"avro\" with `avro_schema` / `avro_schema_file`",
-                format!("\"{}\"", self.format.name()),
+                format!("\"{}\"", self.format.get()),
             )),
             _ => PayloadDecoder::new(
                 path,
                 column,
-                self.format,
+                self.format.get(),
                 self.schema.as_deref(),
                 self.delimiter,
             ),

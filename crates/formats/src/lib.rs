@@ -6,8 +6,6 @@
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
-use schemars::JsonSchema;
-use serde::Deserialize;
 use sluice_core::schema::{line_schema, parse_schema};
 use sluice_core::{ConfigError, DeadLetter};
 use std::sync::Arc;
@@ -18,17 +16,12 @@ pub mod messages;
 pub mod partition;
 pub mod payload;
 
-/// How a payload is decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One `line` column holding the payload as text.
-    #[default]
-    Text,
-    /// One JSON object per record, decoded with `schema`.
-    Json,
-    /// One CSV row per record (no header), decoded with `schema`.
-    Csv,
+pub use sluice_core::format::{Accepted, Format, FormatOf};
+
+/// The formats of a text record (a line): `text` (one `line` column), `json` or `csv`.
+pub struct LineFormats;
+impl Accepted for LineFormats {
+    const FORMATS: &'static [Format] = &[Format::Text, Format::Json, Format::Csv];
 }
 
 /// Decodes records (one payload each) of a source into record batches.
@@ -50,6 +43,13 @@ impl Decoder {
         schema: Option<&str>,
         delimiter: Option<char>,
     ) -> Result<Self, ConfigError> {
+        if !LineFormats::FORMATS.contains(&format) {
+            return Err(ConfigError::new(
+                format!("{path}.format"),
+                "one of `text`, `json`, `csv` (a text record's formats)",
+                format!("\"{format}\""),
+            ));
+        }
         let schema = match (format, schema) {
             (Format::Text, None) => line_schema(),
             (Format::Text, Some(_)) => {
@@ -137,7 +137,7 @@ impl Decoder {
     pub fn decode<S: AsRef<str>>(&self, records: &[S]) -> (RecordBatch, Vec<DeadLetter>) {
         match self.format {
             Format::Text => (self.text(records), Vec::new()),
-            Format::Json | Format::Csv => match self.decode_all(records) {
+            _ => match self.decode_all(records) {
                 Ok(b) => (b, Vec::new()),
                 Err(_) => self.decode_one_by_one(records),
             },
@@ -250,16 +250,6 @@ impl Decoder {
     }
 }
 
-impl Format {
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Text => "text",
-            Format::Json => "json",
-            Format::Csv => "csv",
-        }
-    }
-}
-
 /// Encodes record batches as JSON lines.
 /// Typed rows rejected after decoding (late, an outlier, unwritable), one dead letter per row
 /// with the row as a JSON object.
@@ -282,26 +272,6 @@ pub fn encode_json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::erro
     }
     w.finish()?;
     Ok(w.into_inner())
-}
-
-/// Encodes record batches as CSV with a header row.
-pub fn encode_csv(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    {
-        let mut w = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut out);
-        if batches.iter().all(|b| b.num_rows() == 0) {
-            w.write(&RecordBatch::new_empty(schema.clone()))?;
-        }
-        for b in batches {
-            w.write(b)?;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,51 +3,24 @@
 //! they need to know which messages became rows: [`Decoded::kept`].
 
 use crate::avro::{DatumDecoder, Wire};
-use crate::{Decoder, Format};
+use crate::{Accepted, Decoder, Format};
 use arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
 use arrow::datatypes::{DataType, Field, SchemaRef};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use sluice_core::ConfigError;
 use std::sync::Arc;
 
-/// How a message payload is decoded.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// One string column; a payload that is not UTF-8 is a dead letter.
-    #[default]
-    Text,
-    /// One binary column, the bytes as they came.
-    Raw,
-    /// A JSON object per payload, decoded with `schema`.
-    Json,
-    /// A CSV row per payload (no header), decoded with `schema`.
-    Csv,
-    /// One Avro datum per payload, decoded with the writer schema (`avro_schema`).
-    Avro,
-}
-
-impl PayloadFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            PayloadFormat::Text => "text",
-            PayloadFormat::Raw => "raw",
-            PayloadFormat::Json => "json",
-            PayloadFormat::Csv => "csv",
-            PayloadFormat::Avro => "avro",
-        }
-    }
-}
-
-/// The JSON Schema of a `format` option of a source that decodes no Avro (every message source
-/// but Kafka): `text`, `raw`, `json` or `csv`.
-pub fn text_formats_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "string",
-        "enum": ["text", "raw", "json", "csv"],
-        "default": "text"
-    })
+/// The formats of a message payload: `text` (one string column; a payload that is not UTF-8 is
+/// a dead letter), `raw` (one binary column, the bytes as they came), `json` or `csv` (with
+/// `schema`), or `avro` (one datum per payload, with the writer schema).
+pub struct PayloadFormats;
+impl Accepted for PayloadFormats {
+    const FORMATS: &'static [Format] = &[
+        Format::Text,
+        Format::Raw,
+        Format::Json,
+        Format::Csv,
+        Format::Avro,
+    ];
 }
 
 /// A message source's envelope columns follow the payload's: refuse a schema that names one.
@@ -83,7 +56,7 @@ pub struct Decoded {
 #[derive(Clone)]
 pub struct PayloadDecoder {
     column: String,
-    format: PayloadFormat,
+    format: Format,
     decoder: Option<Decoder>,
     avro: Option<DatumDecoder>,
     /// After [`PayloadDecoder::project`]: the full schema, and for each of its fields the
@@ -97,24 +70,24 @@ impl PayloadDecoder {
     pub fn new(
         path: &str,
         column: &str,
-        format: PayloadFormat,
+        format: Format,
         schema: Option<&str>,
         delimiter: Option<char>,
     ) -> Result<Self, ConfigError> {
         let decoder = match format {
-            PayloadFormat::Json => Some(Decoder::for_component(
+            Format::Json => Some(Decoder::for_component(
                 path,
                 Format::Json,
                 schema,
                 delimiter,
             )?),
-            PayloadFormat::Csv => Some(Decoder::for_component(
+            Format::Csv => Some(Decoder::for_component(
                 path,
                 Format::Csv,
                 schema,
                 delimiter,
             )?),
-            PayloadFormat::Avro => {
+            Format::Avro => {
                 return Err(ConfigError::new(
                     format!("{path}.format"),
                     "text, raw, json or csv here",
@@ -122,7 +95,14 @@ impl PayloadDecoder {
                 )
                 .with_hint("Avro payloads are decoded with the writer schema: `avro_schema`"))
             }
-            PayloadFormat::Text | PayloadFormat::Raw => {
+            Format::Parquet => {
+                return Err(ConfigError::new(
+                    format!("{path}.format"),
+                    "one of `text`, `raw`, `json`, `csv`, `avro` (a message's formats)",
+                    "\"parquet\"",
+                ))
+            }
+            Format::Text | Format::Raw => {
                 if schema.is_some() {
                     return Err(ConfigError::new(
                         format!("{path}.schema"),
@@ -177,7 +157,7 @@ impl PayloadDecoder {
         })?;
         Ok(PayloadDecoder {
             column: String::new(),
-            format: PayloadFormat::Avro,
+            format: Format::Avro,
             decoder: None,
             avro: Some(avro),
             projection: None,
@@ -194,12 +174,12 @@ impl PayloadDecoder {
         }
         match (&self.decoder, self.format) {
             (Some(d), _) => d.schema().fields().iter().map(|f| (**f).clone()).collect(),
-            (None, PayloadFormat::Raw) => vec![Field::new(&self.column, DataType::Binary, false)],
+            (None, Format::Raw) => vec![Field::new(&self.column, DataType::Binary, false)],
             (None, _) => vec![Field::new(&self.column, DataType::Utf8, false)],
         }
     }
 
-    pub fn format(&self) -> PayloadFormat {
+    pub fn format(&self) -> Format {
         self.format
     }
 
@@ -231,7 +211,7 @@ impl PayloadDecoder {
         }
         let mut kept = Vec::with_capacity(payloads.len());
         let mut failed = Vec::new();
-        if self.format == PayloadFormat::Raw {
+        if self.format == Format::Raw {
             let bytes = payloads.iter().map(|p| p.len()).sum();
             let mut b = BinaryBuilder::with_capacity(payloads.len(), bytes);
             for (i, p) in payloads.iter().enumerate() {
@@ -304,14 +284,8 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_reported_by_index_and_the_rest_stay_aligned() {
-        let d = PayloadDecoder::new(
-            "sources.s",
-            "value",
-            PayloadFormat::Json,
-            Some("n int64"),
-            None,
-        )
-        .unwrap();
+        let d =
+            PayloadDecoder::new("sources.s", "value", Format::Json, Some("n int64"), None).unwrap();
         let payloads: Vec<&[u8]> = vec![b"{\"n\":1}", b"{oops", b"\xff", b"{\"n\":4}"];
         let out = d.decode(&payloads);
         assert_eq!(out.kept, vec![0, 3]);
@@ -332,7 +306,7 @@ mod tests {
         let mut d = PayloadDecoder::new(
             "sources.s",
             "value",
-            PayloadFormat::Json,
+            Format::Json,
             Some("n int64, note string, t double"),
             None,
         )
@@ -354,17 +328,11 @@ mod tests {
 
     #[test]
     fn text_refuses_a_schema_and_raw_keeps_every_payload() {
-        let e = PayloadDecoder::new(
-            "sources.s",
-            "value",
-            PayloadFormat::Text,
-            Some("a int64"),
-            None,
-        )
-        .err()
-        .unwrap();
+        let e = PayloadDecoder::new("sources.s", "value", Format::Text, Some("a int64"), None)
+            .err()
+            .unwrap();
         assert_eq!(e.path, "sources.s.schema");
-        let d = PayloadDecoder::new("sources.s", "value", PayloadFormat::Raw, None, None).unwrap();
+        let d = PayloadDecoder::new("sources.s", "value", Format::Raw, None, None).unwrap();
         let out = d.decode(&[b"\xff", b"x"]);
         assert_eq!(out.kept, vec![0, 1]);
         assert_eq!(out.columns[0].len(), 2);

@@ -22,7 +22,7 @@ pub fn registry() -> Registry {
         .register_source("mqtt", sluice_mqtt::MqttSourceConnector)
         .register_source("kafka", sluice_kafka::KafkaSourceConnector)
         .register_sink("console", sluice_console::ConsoleConnector::default())
-        .register_sink("file", sluice_file::FileSinkConnector)
+        .register_sink("file", sluice_object_store::FileSinkConnector)
         .register_sink("mqtt", sluice_mqtt::MqttSinkConnector)
         .register_sink(
             "object_store",

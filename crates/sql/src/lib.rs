@@ -15,6 +15,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use sluice_core::Format;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -161,18 +162,10 @@ impl JobQuery {
     }
 }
 
-/// Format of a reference table file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    Csv,
-    Json,
-    Parquet,
-}
-
-/// Read a whole file (a reference table) into memory.
+/// Read a whole file (a reference table: CSV with a header, JSON lines or Parquet) into memory.
 pub async fn read_file(
     path: &std::path::Path,
-    format: FileFormat,
+    format: Format,
     schema: Option<SchemaRef>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
     use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
@@ -184,24 +177,25 @@ pub async fn read_file(
         .map(|e| format!(".{e}"))
         .unwrap_or_default();
     let df = match format {
-        FileFormat::Csv => {
+        Format::Csv => {
             let mut o = CsvReadOptions::new().has_header(true).file_extension(&ext);
             if let Some(s) = &schema {
                 o = o.schema(s);
             }
             ctx.read_csv(p, o).await
         }
-        FileFormat::Json => {
+        Format::Json => {
             let mut o = JsonReadOptions::default().file_extension(&ext);
             if let Some(s) = &schema {
                 o = o.schema(s);
             }
             ctx.read_json(p, o).await
         }
-        FileFormat::Parquet => {
+        Format::Parquet => {
             ctx.read_parquet(p, ParquetReadOptions::default().file_extension(&ext))
                 .await
         }
+        other => return Err(format!("a table cannot be read from {other}")),
     }
     .map_err(|e| e.strip_backtrace().to_string())?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

@@ -121,24 +121,7 @@ impl KafkaSource {
     pub(super) async fn start_partitions(&mut self, new: Vec<Tp>) -> Result<()> {
         let mut starts: Vec<(Tp, Offset, String)> = Vec::new();
         let mut ask: Vec<Tp> = Vec::new();
-        // Scale-out: the group's plan log knows where each partition goes on; the checkpoint's
-        // position may be stale (another gateway had the partition meanwhile).
-        let logged: BTreeMap<Tp, i64> = if self.scale.is_some() {
-            let log = self.plan_log().await?;
-            let asked = new.clone();
-            blocking(move || -> std::result::Result<_, String> {
-                let mut l = log.lock().expect("poisoned");
-                l.read_through()?;
-                Ok(asked
-                    .into_iter()
-                    .filter_map(|tp| l.valid_until(&tp).map(|u| (tp, u)))
-                    .collect())
-            })
-            .await
-            .map_err(|e| self.fail(e))?
-        } else {
-            BTreeMap::new()
-        };
+        let logged = self.logged_positions(&new).await?;
         for tp in new {
             if let Some(&n) = logged.get(&tp) {
                 starts.push((
@@ -170,34 +153,66 @@ impl KafkaSource {
             }
         }
         if !ask.is_empty() {
-            let consumer = self.consumer();
-            let start = self.start;
-            let asked = ask.clone();
-            let answer = blocking(move || {
-                let mut tpl = TopicPartitionList::new();
-                for (t, p) in &asked {
-                    match start {
-                        Start::Time(ms) => {
-                            tpl.add_partition_offset(t, *p, Offset::Offset(ms))?;
-                        }
-                        _ => {
-                            tpl.add_partition(t, *p);
-                        }
+            starts.extend(self.broker_starts(ask).await?);
+        }
+        // `earliest` and `latest` become offsets now, so the first plan records every partition's
+        // position, records or not: a restart never applies `start` again.
+        let starts = self.resolve(starts).await;
+        self.assign(starts).await
+    }
+
+    /// Scale-out: where the group's plan log says each of `new` goes on (the checkpoint's position
+    /// may be stale: another gateway had the partition meanwhile). Empty otherwise.
+    async fn logged_positions(&mut self, new: &[Tp]) -> Result<BTreeMap<Tp, i64>> {
+        if self.scale.is_none() {
+            return Ok(BTreeMap::new());
+        }
+        let log = self.plan_log().await?;
+        let asked = new.to_vec();
+        blocking(move || -> std::result::Result<_, String> {
+            let mut l = log.lock().expect("poisoned");
+            l.read_through()?;
+            Ok(asked
+                .into_iter()
+                .filter_map(|tp| l.valid_until(&tp).map(|u| (tp, u)))
+                .collect())
+        })
+        .await
+        .map_err(|e| self.fail(e))
+    }
+
+    /// `start = "committed"` or a time: the broker's answer for each partition of `ask`.
+    async fn broker_starts(&self, ask: Vec<Tp>) -> Result<Vec<(Tp, Offset, String)>> {
+        let consumer = self.consumer();
+        let start = self.start;
+        let asked = ask.clone();
+        let answer = blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &asked {
+                match start {
+                    Start::Time(ms) => {
+                        tpl.add_partition_offset(t, *p, Offset::Offset(ms))?;
+                    }
+                    _ => {
+                        tpl.add_partition(t, *p);
                     }
                 }
-                match start {
-                    Start::Time(_) => consumer.offsets_for_times(tpl, REQUEST_TIMEOUT),
-                    _ => consumer.committed_offsets(tpl, REQUEST_TIMEOUT),
-                }
-            })
-            .await
-            .map_err(|e| {
-                self.fail(format!(
-                    "cannot read the start offsets (`start = \"{}\"`): {e}",
-                    self.cfg.start
-                ))
-            })?;
-            for tp in ask {
+            }
+            match start {
+                Start::Time(_) => consumer.offsets_for_times(tpl, REQUEST_TIMEOUT),
+                _ => consumer.committed_offsets(tpl, REQUEST_TIMEOUT),
+            }
+        })
+        .await
+        .map_err(|e| {
+            self.fail(format!(
+                "cannot read the start offsets (`start = \"{}\"`): {e}",
+                self.cfg.start
+            ))
+        })?;
+        Ok(ask
+            .into_iter()
+            .map(|tp| {
                 let found = answer
                     .find_partition(&tp.0, tp.1)
                     .map(|e| e.offset())
@@ -216,12 +231,13 @@ impl KafkaSource {
                         "no committed offset: earliest".to_string(),
                     ),
                 };
-                starts.push((tp, offset, why));
-            }
-        }
-        // `earliest` and `latest` become offsets now, so the first plan records every partition's
-        // position, records or not: a restart never applies `start` again.
-        let starts = self.resolve(starts).await;
+                (tp, offset, why)
+            })
+            .collect())
+    }
+
+    /// Starts fetching each partition at its start (`why` says where that came from, for the log).
+    async fn assign(&mut self, starts: Vec<(Tp, Offset, String)>) -> Result<()> {
         let tps: Vec<Tp> = starts.iter().map(|(tp, _, _)| tp.clone()).collect();
         let bounds = self.bounds(&tps).await?;
         let fetcher = self.fetcher.as_ref().expect("fetcher started");
