@@ -14,7 +14,8 @@ scripts/deps.sh --tests
 # defect, since fixed: docs/mqtt.md, "Known limits").
 heavy=(object_store_writes_200_mb_with_bounded_memory object_store_on_ceph_rgw)
 cargo test --workspace "$@" -- $(printf -- '--skip %s ' "${heavy[@]}")
-cargo test -p sluice --test e2e "$@" -- "${heavy[@]}"
+# (`--workspace` again, not `-p sluice`: the same feature set, so nothing is compiled twice.)
+cargo test --workspace "$@" -- "${heavy[@]}"
 # HDFS: only against a NameNode you name (none can be run here), e.g. SLUICE_TEST_WEBHDFS=127.0.0.1:9870.
 if [ -n "${SLUICE_TEST_WEBHDFS:-}" ]; then
   cargo test -p sluice --test e2e -- --ignored object_store_on_webhdfs
