@@ -84,10 +84,7 @@ fn decode<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T> {
 
 /// The job's newest entry before `batch_time`, if any.
 pub async fn before(store: &Store, job: &str, batch_time: i64) -> Result<Option<Entry>> {
-    let Some(hint) = store.read(&latest_key(job)).await? else {
-        return Ok(None);
-    };
-    let mut at: Option<i64> = Some(decode(&latest_key(job), &hint)?);
+    let mut at = latest(store, job).await?;
     while let Some(t) = at {
         let key = entry_key(job, t);
         let bytes = store

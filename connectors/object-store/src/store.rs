@@ -9,10 +9,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use opendal::Operator;
-use sluice_core::fs::{create_dir, sync_dir, write_atomically, Access};
+use sluice_core::fs::{write_atomically, Access, AtomicFile};
 use sluice_core::{Error, Result};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub enum Store {
@@ -192,24 +192,17 @@ impl Writer {
     }
 }
 
-/// A local file written under `.<name>.tmp` beside `path`, then synced and renamed to `path`, its
-/// folder synced.
+/// A local file written through [`AtomicFile`]: at its path once closed, whole and durable.
 pub struct LocalWriter {
-    file: File,
-    tmp: PathBuf,
+    file: AtomicFile,
     path: PathBuf,
 }
 
 impl LocalWriter {
     fn create(path: &Path) -> Result<LocalWriter> {
-        let dir = path.parent().expect("a key below the root");
-        create_dir(dir, Access::Shared).map_err(|e| local_error(dir, e))?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(|e| local_error(&tmp, e))?;
+        let file = AtomicFile::create(path, Access::Shared).map_err(|e| local_error(path, e))?;
         Ok(LocalWriter {
             file,
-            tmp,
             path: path.to_path_buf(),
         })
     }
@@ -217,23 +210,14 @@ impl LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
             .write_all(bytes)
-            .map_err(|e| local_error(&self.tmp, e))
+            .map_err(|e| local_error(&self.path, e))
     }
 
     fn close(&mut self) -> Result<()> {
-        let done = self
-            .file
-            .sync_all()
-            .and_then(|()| std::fs::rename(&self.tmp, &self.path))
-            .and_then(|()| sync_dir(self.path.parent().expect("a key below the root")));
-        if let Err(e) = done {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(local_error(&self.path, e));
-        }
-        Ok(())
+        self.file.commit().map_err(|e| local_error(&self.path, e))
     }
 
     fn abort(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        self.file.abort();
     }
 }

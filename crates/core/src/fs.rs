@@ -6,7 +6,7 @@
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Who may read what [`create_dir`] and [`write_atomically`] make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,37 +65,77 @@ pub fn open_append(path: &Path, access: Access) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Write `bytes` to `path` so that a crash leaves the old file or the new one, never a part: a
-/// hidden temporary file beside it, synced, renamed over `path`, and the directory synced.
-pub fn write_atomically(path: &Path, bytes: &[u8], access: Access) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{} has no directory", path.display()),
-            )
-        })?;
-    create_dir(dir, access)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(access.file_mode())
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+/// A file that appears at its path whole or not at all: written to a hidden temporary file beside
+/// it (`.<name>.tmp`), then synced, renamed over the path, and the directory synced. A crash leaves
+/// the old file or the new one, never a part.
+pub struct AtomicFile {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file (and `path`'s directory, synced, if missing).
+    pub fn create(path: &Path, access: Access) -> std::io::Result<AtomicFile> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} has no directory", path.display()),
+                )
+            })?;
+        create_dir(dir, access)?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(access.file_mode())
+            .open(&tmp)?;
+        Ok(AtomicFile {
+            file,
+            tmp,
+            path: path.to_path_buf(),
+        })
     }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    /// Puts the file in place, durably; on an error the temporary file is removed.
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        let dir = self.path.parent().expect("checked at create");
+        let done = self
+            .file
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path))
+            .and_then(|()| sync_dir(dir));
+        if done.is_err() {
+            self.abort();
+        }
+        done
+    }
+
+    /// Removes the temporary file: the path keeps what it had.
+    pub fn abort(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Write `bytes` to `path` whole ([`AtomicFile`]).
+pub fn write_atomically(path: &Path, bytes: &[u8], access: Access) -> std::io::Result<()> {
+    let mut f = AtomicFile::create(path, access)?;
+    match f.write_all(bytes) {
+        Ok(()) => f.commit(),
+        Err(e) => {
+            f.abort();
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
