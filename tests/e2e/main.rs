@@ -10,6 +10,7 @@
 //! - `object_store`: the object-storage sink against a real S3 server (s3s-fs), with SIGKILLs.
 //! - `object_store_ceph`: the same sink against Ceph RGW (one-node cluster started by the test).
 //! - `kafka`: the Kafka source and sink against a real broker (tansu), with SIGKILLs.
+//! - `kinesis`: the Kinesis source and sink against kinesis-local and kinesalite, with SIGKILLs.
 //! - `edges`: issue 18's edges — files at start, directory syncs, private files and secrets.
 //! - `durability`: torn tails, corruption and a full disk on the real WAL and checkpoint files.
 //! - `upgrade`: checkpoints and output folders of an older sluice, kept as fixtures, recover.
@@ -22,6 +23,7 @@ mod crash;
 mod durability;
 mod edges;
 mod kafka;
+mod kinesis;
 mod mqtt;
 mod object_store;
 mod object_store_ceph;

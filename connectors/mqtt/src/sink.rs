@@ -5,8 +5,7 @@
 
 use crate::client::{self, Client, Event, Retry};
 use crate::connection::{Connection, Options};
-use arrow::array::{Array, ArrayRef, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -15,6 +14,7 @@ use sluice_core::retry::Reconnect;
 use sluice_core::{
     BuildContext, Component, ConfigError, Error, Result, Sink, SinkBatch, SinkConnector,
 };
+use sluice_formats::template::Template;
 use tokio::sync::mpsc;
 
 /// `[sinks.NAME] type = "mqtt"` (plus the connection keys: `host`, `port`, `protocol`, ...).
@@ -61,51 +61,6 @@ fn default_inflight() -> u16 {
     1000
 }
 
-/// A topic template cut into literal text and column names.
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Column(String),
-}
-
-fn parse_template(path: &str, t: &str) -> Result<Vec<Part>, ConfigError> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Text(rest[..open].to_string()));
-        }
-        let Some(close) = rest[open..].find('}') else {
-            return Err(ConfigError::new(
-                format!("{path}.topic"),
-                "`{column}` placeholders closed with `}`",
-                format!("\"{t}\""),
-            ));
-        };
-        let name = rest[open + 1..open + close].trim();
-        if name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.topic"),
-                "a column name between `{` and `}`",
-                format!("\"{t}\""),
-            ));
-        }
-        parts.push(Part::Column(name.to_string()));
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    if parts.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.topic"),
-            "a topic such as \"alerts/{site}\"",
-            "\"\"",
-        ));
-    }
-    Ok(parts)
-}
-
 pub struct MqttSinkConnector;
 
 impl SinkConnector for MqttSinkConnector {
@@ -132,7 +87,7 @@ impl SinkConnector for MqttSinkConnector {
                 cfg.qos.to_string(),
             ));
         }
-        let template = parse_template(path, &cfg.topic)?;
+        let template = Template::parse(&format!("{path}.topic"), &cfg.topic, "alerts/{site}")?;
         let name = at.name.clone();
         // A re-run batch publishes again; a session carried across restarts would only bring
         // acknowledgements for packets this process never sent.
@@ -159,7 +114,7 @@ pub struct MqttSink {
     options: Option<Options>,
     retry: Retry,
     endpoint: String,
-    template: Vec<Part>,
+    template: Template,
     cfg: MqttSinkConfig,
     name: String,
     conn: Option<(Client, mpsc::Receiver<Event>)>,
@@ -182,47 +137,22 @@ fn bad_topic(topic: &str) -> Option<&'static str> {
 }
 
 fn messages(
-    template: &[Part],
+    template: &Template,
     payload_column: &str,
     schema: &SchemaRef,
     batch: &arrow::record_batch::RecordBatch,
     sink: &str,
     dead: &sluice_core::DeadLetters,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut columns: Vec<Option<ArrayRef>> = Vec::new();
-    for p in template {
-        columns.push(match p {
-            Part::Text(_) => None,
-            Part::Column(c) => {
-                let i = schema.index_of(c).map_err(|_| {
-                    Error::msg(format!(
-                        "mqtt sink `{sink}`: the topic template names column `{c}`, which the \
-                         job's output does not have"
-                    ))
-                })?;
-                Some(arrow::compute::cast(batch.column(i), &DataType::Utf8)?)
-            }
-        });
-    }
+    let topics = template
+        .render(batch)
+        .map_err(|e| Error::msg(format!("mqtt sink `{sink}`: topic: {e}")))?;
     let payloads: Vec<Vec<u8>> = match schema.index_of(payload_column) {
         Ok(i) => sluice_formats::messages::column_bytes(batch.column(i))?,
         Err(_) => sluice_formats::messages::json_rows(batch)?,
     };
     let mut out = Vec::with_capacity(batch.num_rows());
-    for (r, payload) in payloads.into_iter().enumerate() {
-        let mut topic = String::new();
-        for (p, col) in template.iter().zip(&columns) {
-            match (p, col) {
-                (Part::Text(t), _) => topic.push_str(t),
-                (Part::Column(_), Some(c)) => {
-                    let a = c.as_any().downcast_ref::<StringArray>().expect("utf8");
-                    if a.is_valid(r) {
-                        topic.push_str(a.value(r));
-                    }
-                }
-                (Part::Column(_), None) => {}
-            }
-        }
+    for (r, (payload, topic)) in payloads.into_iter().zip(topics).enumerate() {
         match bad_topic(&topic) {
             None => out.push((topic, payload)),
             Some(why) => {
@@ -314,25 +244,5 @@ impl Sink for MqttSink {
             client.disconnect().await;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_split_into_text_and_columns() {
-        assert_eq!(
-            parse_template("s", "alerts/{site}/{ device }").unwrap(),
-            vec![
-                Part::Text("alerts/".into()),
-                Part::Column("site".into()),
-                Part::Text("/".into()),
-                Part::Column("device".into()),
-            ]
-        );
-        let e = parse_template("sinks.a", "alerts/{site").unwrap_err();
-        assert!(e.to_string().contains("sinks.a.topic"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ pub mod decoding;
 pub mod messages;
 pub mod partition;
 pub mod payload;
+pub mod template;
 
 pub use sluice_core::format::{Accepted, Format, FormatOf};
 

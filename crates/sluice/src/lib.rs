@@ -21,6 +21,7 @@ pub fn registry() -> Registry {
         .register_source("queue", sluice_generator::QueueConnector)
         .register_source("mqtt", sluice_mqtt::MqttSourceConnector)
         .register_source("kafka", sluice_kafka::KafkaSourceConnector)
+        .register_source("kinesis", sluice_kinesis::KinesisSourceConnector)
         .register_sink("console", sluice_console::ConsoleConnector::default())
         .register_sink("file", sluice_object_store::FileSinkConnector)
         .register_sink("mqtt", sluice_mqtt::MqttSinkConnector)
@@ -29,6 +30,7 @@ pub fn registry() -> Registry {
             sluice_object_store::ObjectStoreSinkConnector,
         )
         .register_sink("kafka", sluice_kafka::KafkaSinkConnector)
+        .register_sink("kinesis", sluice_kinesis::KinesisSinkConnector)
         .register_sink(
             "blackhole",
             sluice_console::BlackholeConnector(Default::default()),

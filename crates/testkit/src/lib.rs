@@ -5,6 +5,7 @@
 //! Dev-only (`publish = false`): the `sluice` binary never links it.
 
 pub mod ceph;
+pub mod kinesis;
 pub mod mosquitto;
 pub mod output;
 pub mod process;

@@ -1,0 +1,131 @@
+//! The Kinesis client of a source or sink: region, endpoint and credentials from its keys (the
+//! standard AWS chain when none are set), over hyper with rustls on `ring`; and the sorting of
+//! the service's errors into what is waited out and what stops the gateway.
+
+use crate::config::Aws;
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::Client;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use std::time::Duration;
+
+/// A client for `aws`'s endpoint, region and credentials.
+pub async fn connect(aws: &Aws) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    match (&aws.region, &aws.endpoint) {
+        (Some(r), _) => loader = loader.region(Region::new(r.clone())),
+        // A compatible service needs some region for signing; and no instance-metadata lookup
+        // (a call to a link-local address) for one.
+        (None, Some(_)) => loader = loader.region(Region::new("us-east-1")),
+        (None, None) => {}
+    }
+    if let Some(e) = &aws.endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
+        loader = loader.credentials_provider(Credentials::new(
+            id,
+            secret.expose(),
+            aws.session_token.as_ref().map(|t| t.expose().to_string()),
+            None,
+            "sluice-config",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut conf = aws_sdk_kinesis::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        conf = conf.region(Region::new("us-east-1"));
+    }
+    conf = conf.timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .build(),
+    );
+    Client::from_conf(conf.build())
+}
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// Throttled, unreachable or a server error: wait and call again.
+    Transient(String),
+    /// The shard iterator is older than 5 minutes: get a new one where reading stands.
+    Expired,
+    /// The stream does not exist (or was deleted).
+    NotFound(String),
+    /// Wrong or missing credentials, or not allowed.
+    Denied(String),
+    /// Anything else: a bug or a bad request; stops the gateway.
+    Fatal(String),
+}
+
+impl Trouble {
+    pub fn of<E>(e: &SdkError<E, HttpResponse>) -> Trouble
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match e {
+            SdkError::ServiceError(s) => {
+                let err = s.err();
+                let code = err.code().unwrap_or("");
+                let text = format!("{code}: {}", err.message().unwrap_or(""));
+                match code {
+                    "ExpiredIteratorException" => Trouble::Expired,
+                    "ResourceNotFoundException" => Trouble::NotFound(text),
+                    "ProvisionedThroughputExceededException"
+                    | "LimitExceededException"
+                    | "KMSThrottlingException"
+                    | "ThrottlingException"
+                    | "InternalFailure"
+                    | "InternalFailureException"
+                    | "ServiceUnavailable"
+                    | "ResourceInUseException" => Trouble::Transient(text),
+                    "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+                    | "AccessDeniedException"
+                    | "IncompleteSignature"
+                    | "MissingAuthenticationToken"
+                    | "ExpiredTokenException" => Trouble::Denied(text),
+                    _ if s.raw().status().is_server_error() => Trouble::Transient(text),
+                    _ => Trouble::Fatal(text),
+                }
+            }
+            SdkError::DispatchFailure(d) => Trouble::Transient(format!(
+                "cannot reach the endpoint: {}",
+                chain(
+                    d.as_connector_error()
+                        .map(|c| c as &(dyn std::error::Error + 'static))
+                )
+            )),
+            SdkError::TimeoutError(_) => Trouble::Transient("the call timed out".into()),
+            SdkError::ResponseError(_) => {
+                Trouble::Transient(format!("a bad response: {}", chain(Some(e))))
+            }
+            SdkError::ConstructionFailure(_) => Trouble::Denied(format!(
+                "the request cannot be made (credentials?): {}",
+                chain(Some(e))
+            )),
+            _ => Trouble::Fatal(chain(Some(e))),
+        }
+    }
+}
+
+/// An error and its sources, one line.
+fn chain(e: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut out = Vec::new();
+    let mut cur = e;
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if out.last() != Some(&s) {
+            out.push(s);
+        }
+        cur = err.source();
+    }
+    out.join(": ")
+}

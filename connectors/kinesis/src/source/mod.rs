@@ -1,0 +1,416 @@
+//! The `kinesis` source, direct like the `kafka` one: each batch's input is, per shard, the user
+//! records from one sequence number (and sub-sequence number, inside a KPL aggregate) through
+//! another, cut from the records already read ahead and recorded in the batch plan before the batch
+//! runs. A re-run after a crash reads exactly those records again (`AT_SEQUENCE_NUMBER`), so no
+//! write-ahead log is needed.
+//!
+//! `feed` reads one shard ahead, `shards` lists the shards and orders parents before children,
+//! `rows` turns records into rows.
+
+mod feed;
+mod rows;
+mod shards;
+
+use crate::client::{self, Trouble};
+use crate::config::{Aws, KinesisSourceConfig, Start};
+use crate::ranges::{Next, Pos, Position, ShardRange, StartAt};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use feed::{Feed, From, ReadOptions};
+use shards::ShardInfo;
+use sluice_core::options::Joined;
+use sluice_core::{
+    BatchTime, BuildContext, BuiltSource, Component, ConfigError, DeadLetters, Error, Guarantee,
+    ReplayableSource, Result, SourceConnector, SourceRuntime,
+};
+use sluice_formats::decoding::PayloadDecoding;
+use sluice_formats::payload::{check_envelope, PayloadDecoder};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct KinesisSourceConnector;
+
+impl SourceConnector for KinesisSourceConnector {
+    type Config = Joined<PayloadDecoding, Joined<Aws, KinesisSourceConfig>>;
+    fn build(
+        &self,
+        cx: &BuildContext,
+        at: &Component,
+        options: Self::Config,
+    ) -> std::result::Result<BuiltSource, ConfigError> {
+        let Joined {
+            shared: decoding,
+            own: Joined {
+                shared: aws,
+                own: cfg,
+            },
+        } = options;
+        let path = at.path.as_str();
+        aws.check(path)?;
+        let start = Start::parse(path, &cfg.start)?;
+        if cfg.max_records_per_shard == Some(0) {
+            return Err(ConfigError::new(
+                at.key("max_records_per_shard"),
+                "at least 1 record",
+                "0",
+            ));
+        }
+        if cx.scale_out {
+            return Err(ConfigError::new(
+                at.key("type"),
+                "a source that shares its input between gateways with app.scale_out (kafka, \
+                 mqtt with a shared subscription)",
+                "kinesis, which does not share shards between gateways yet",
+            ));
+        }
+        let decoder = decoding.decoder(cx, at, "data")?;
+        let mut fields = decoder.fields();
+        if cfg.envelope {
+            check_envelope(path, &fields, rows::ENVELOPE)?;
+            fields.extend(rows::envelope_fields());
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        Ok(BuiltSource {
+            schema: schema.clone(),
+            guarantee: Guarantee::Replayable,
+            runtime: SourceRuntime::Replayable(Box::new(KinesisSource {
+                name: at.name.clone(),
+                start,
+                decoder,
+                schema,
+                aws,
+                cfg,
+                client: None,
+                position: None,
+                listing: BTreeMap::new(),
+                refreshed: None,
+                feeds: BTreeMap::new(),
+                budget: Arc::new(AtomicUsize::new(0)),
+            })),
+            caveat: None,
+        })
+    }
+}
+
+pub struct KinesisSource {
+    name: String,
+    start: Start,
+    decoder: PayloadDecoder,
+    schema: SchemaRef,
+    aws: Aws,
+    cfg: KinesisSourceConfig,
+    client: Option<Client>,
+    /// Where the source stands (set by `origin` or `restore`, before anything else).
+    position: Option<Position>,
+    listing: BTreeMap<String, ShardInfo>,
+    /// When the shard list was last read (None: read it at the next plan).
+    refreshed: Option<Instant>,
+    feeds: BTreeMap<String, Feed>,
+    /// Bytes held by the feeds.
+    budget: Arc<AtomicUsize>,
+}
+
+impl KinesisSource {
+    fn fail(&self, msg: impl std::fmt::Display) -> Error {
+        Error::msg(format!(
+            "source `{}` ({}): {msg}",
+            self.name,
+            self.aws.shown()
+        ))
+    }
+
+    fn trouble(&self, t: Trouble) -> Error {
+        match t {
+            Trouble::NotFound(why) => self.fail(format!(
+                "the stream does not exist ({why}); create it, or correct `stream`, `region` or `endpoint`"
+            )),
+            Trouble::Denied(why) => self.fail(format!(
+                "the credentials were refused ({why}); check `access_key_id` / `secret_access_key` or the AWS credential chain"
+            )),
+            Trouble::Transient(why) | Trouble::Fatal(why) => self.fail(why),
+            Trouble::Expired => self.fail("a shard iterator expired"),
+        }
+    }
+
+    async fn client(&mut self) -> Client {
+        if self.client.is_none() {
+            self.client = Some(client::connect(&self.aws).await);
+        }
+        self.client.clone().expect("just set")
+    }
+
+    /// Where a source without a position begins: `latest` is fixed as the time it is asked.
+    fn first_position(&self) -> Position {
+        let start = match self.start {
+            Start::TrimHorizon => StartAt::TrimHorizon,
+            Start::Latest => StartAt::AtTimestamp(sluice_core::time::now_ms()),
+            Start::Time(ms) => StartAt::AtTimestamp(ms),
+        };
+        Position {
+            start,
+            shards: BTreeMap::new(),
+        }
+    }
+
+    fn position_mut(&mut self) -> &mut Position {
+        if self.position.is_none() {
+            self.position = Some(self.first_position());
+        }
+        self.position.as_mut().expect("just set")
+    }
+
+    /// Read the shard list (retrying while the service is unreachable, up to `fetch_timeout`).
+    async fn list(&mut self) -> Result<()> {
+        let client = self.client().await;
+        let began = Instant::now();
+        let mut backoff = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times(),
+        );
+        loop {
+            match shards::list(&client, &self.aws.stream).await {
+                Ok(l) => {
+                    self.listing = l;
+                    self.refreshed = Some(Instant::now());
+                    return Ok(());
+                }
+                Err(Trouble::Transient(why)) if began.elapsed() < self.cfg.fetch_timeout => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(source = %self.name, error = %why, retry_in = ?wait, "kinesis: cannot list the shards; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(t) => return Err(self.trouble(t)),
+            }
+        }
+    }
+
+    /// Read the shard list if it is due, then start a feed for every shard that may be read.
+    async fn refresh(&mut self) -> Result<()> {
+        if self
+            .refreshed
+            .is_none_or(|t| t.elapsed() >= self.cfg.shard_refresh)
+        {
+            self.list().await?;
+        }
+        self.start_feeds().await;
+        Ok(())
+    }
+
+    async fn start_feeds(&mut self) {
+        let client = self.client().await;
+        let opts = ReadOptions::new(
+            client,
+            &self.aws.stream,
+            &self.name,
+            self.budget.clone(),
+            &self.cfg,
+        );
+        let position = self.position_mut().clone();
+        for id in shards::eligible(&self.listing, &position.shards) {
+            if self.feeds.contains_key(id) {
+                continue;
+            }
+            let from = match position.shards.get(id) {
+                Some(Next::After(p)) => From::After(p.clone()),
+                _ => From::Start(position.start),
+            };
+            tracing::info!(source = %self.name, shard = id, from = ?from, "kinesis: reading a shard");
+            self.feeds
+                .insert(id.to_string(), Feed::start(&opts, id, from));
+        }
+    }
+
+    /// A reader that stopped for good stops the gateway.
+    fn check_feeds(&self) -> Result<()> {
+        for (id, f) in &self.feeds {
+            if let Some(why) = &f.shared.buf.lock().expect("poisoned").fatal {
+                return Err(self.fail(format!("shard {id}: {why}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until the feed of `r.shard` holds every record of `r`, starting it again at
+    /// `r.first` if it cannot (a re-run after a restart).
+    async fn gather(&mut self, r: &ShardRange) -> Result<()> {
+        if !self.feeds.get(&r.shard).is_some_and(|f| f.serves(&r.first)) {
+            tracing::info!(source = %self.name, shard = %r.shard, first = %r.first, last = %r.last, "kinesis: reading a planned range again");
+            let client = self.client().await;
+            let opts = ReadOptions::new(
+                client,
+                &self.aws.stream,
+                &self.name,
+                self.budget.clone(),
+                &self.cfg,
+            );
+            self.feeds.remove(&r.shard);
+            self.feeds.insert(
+                r.shard.clone(),
+                Feed::start(&opts, &r.shard, From::At(r.first.clone())),
+            );
+        }
+        let feed = &self.feeds[&r.shard];
+        let began = Instant::now();
+        let mut warned = Instant::now();
+        loop {
+            let arrived = feed.shared.arrived.notified();
+            {
+                let buf = feed.shared.buf.lock().expect("poisoned");
+                if buf.fetched.as_ref().is_some_and(|f| f >= &r.last) || buf.ended {
+                    return Ok(());
+                }
+                if let Some(why) = &buf.fatal {
+                    return Err(self.fail(format!("shard {}: {why}", r.shard)));
+                }
+                if began.elapsed() >= self.cfg.fetch_timeout {
+                    return Err(self.fail(format!(
+                        "the records {}..{} of shard {} planned before the restart did not arrive within {} (fetch_timeout){}",
+                        r.first,
+                        r.last,
+                        r.shard,
+                        sluice_core::time::format_duration(self.cfg.fetch_timeout),
+                        buf.trouble.as_deref().map(|t| format!("; last error: {t}")).unwrap_or_default()
+                    )));
+                }
+                if warned.elapsed() >= Duration::from_secs(10) {
+                    warned = Instant::now();
+                    tracing::warn!(source = %self.name, shard = %r.shard, first = %r.first, last = %r.last, "kinesis: still waiting for a planned range");
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), arrived).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ReplayableSource for KinesisSource {
+    type Range = Vec<ShardRange>;
+    type Position = Position;
+
+    async fn plan(
+        &mut self,
+        _time: BatchTime,
+        max_records: Option<u64>,
+    ) -> Result<Vec<ShardRange>> {
+        self.refresh().await?;
+        self.check_feeds()?;
+        let position = self.position_mut().clone();
+        // What each shard has ready after its last planned record.
+        let mut ready: Vec<(String, Vec<Pos>, bool)> = Vec::new();
+        for (id, feed) in &self.feeds {
+            let after = match position.shards.get(id) {
+                Some(Next::Done) => continue,
+                Some(Next::After(p)) => Some(p),
+                None => None,
+            };
+            let buf = feed.shared.buf.lock().expect("poisoned");
+            let skip = after.map_or(0, |a| buf.records.partition_point(|r| &r.pos <= a));
+            let positions: Vec<Pos> = buf
+                .records
+                .iter()
+                .skip(skip)
+                .map(|r| r.pos.clone())
+                .collect();
+            ready.push((id.clone(), positions, buf.ended));
+        }
+        let total: usize = ready.iter().map(|r| r.1.len()).sum();
+        let cap = self.cfg.max_records_per_shard.map(|n| n as usize);
+        let mut ranges = Vec::new();
+        let mut finished = false;
+        let position = self.position_mut();
+        for (id, positions, ended) in ready {
+            let n = positions.len();
+            let mut take = cap.map_or(n, |c| n.min(c));
+            if let Some(max) = max_records {
+                let share = ((max as f64) * (n as f64) / (total.max(1) as f64)).ceil() as usize;
+                take = take.min(share.max(1));
+            }
+            if take > 0 {
+                let (first, last) = (positions[0].clone(), positions[take - 1].clone());
+                position
+                    .shards
+                    .insert(id.clone(), Next::After(last.clone()));
+                ranges.push(ShardRange {
+                    shard: id.clone(),
+                    first,
+                    last,
+                    records: take as u64,
+                });
+            }
+            if ended && take == n {
+                // Every record of the closed shard is planned: its children may start.
+                position.shards.insert(id, Next::Done);
+                finished = true;
+            }
+        }
+        if finished {
+            self.refreshed = None;
+        }
+        // Readers of finished shards whose records were all taken.
+        let done = &self.position_mut().shards.clone();
+        self.feeds.retain(|id, f| {
+            !matches!(done.get(id), Some(Next::Done))
+                || !f.shared.buf.lock().expect("poisoned").records.is_empty()
+        });
+        Ok(ranges)
+    }
+
+    async fn read(
+        &mut self,
+        ranges: &Vec<ShardRange>,
+        dead: &DeadLetters,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for r in ranges {
+            self.gather(r).await?;
+            let recs = self.feeds[&r.shard].take(&r.first, &r.last);
+            if recs.len() as u64 != r.records {
+                tracing::warn!(source = %self.name, shard = %r.shard, first = %r.first, last = %r.last, planned = r.records, found = recs.len(), "kinesis: a planned range holds a different number of records than when it was planned");
+            }
+            for chunk in recs.chunks(rows::CHUNK) {
+                out.push(self.rows(&r.shard, chunk, dead)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn project(&mut self, columns: &BTreeSet<String>) {
+        self.decoder.project(columns);
+    }
+
+    async fn origin(&mut self) -> Result<Option<Position>> {
+        // Fails here, at start, when the stream does not exist or the credentials are refused.
+        self.list().await?;
+        Ok(Some(self.position_mut().clone()))
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        self.list().await?;
+        self.start_feeds().await;
+        Ok(())
+    }
+
+    fn position(&self) -> Position {
+        let mut p = self
+            .position
+            .clone()
+            .unwrap_or_else(|| self.first_position());
+        // A finished shard no longer listed (past retention) is no one's parent any more.
+        if !self.listing.is_empty() {
+            p.shards
+                .retain(|id, next| *next != Next::Done || self.listing.contains_key(id));
+        }
+        p
+    }
+
+    fn restore(&mut self, position: Position) -> Result<()> {
+        self.position = Some(position);
+        Ok(())
+    }
+}

@@ -1,0 +1,452 @@
+//! The `kinesis` source and sink against real Kinesis peers on loopback — kinesis-local
+//! (kinesis-mock: resharding, closed shards that end) and kinesalite (fast) — with boto3 as the
+//! independent producer and reader, and aws-kinesis-agg making KPL aggregates sluice did not write.
+
+use crate::crash::{
+    assert_exactly_once, committed, committed_count, committed_rows, kills, seed, start, stop,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use sluice_testkit::kinesis::{Kinesis, Peer};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+}
+
+fn wait_for_log(dir: &Path, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            log_of(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pipeline reading stream `stream` of `peer` into job `copy` (a JSON file sink `out`), with
+/// dead letters in `rejected`.
+fn pipeline(peer: &Kinesis, stream: &str, source_extra: &str, sql: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "kinesis-test"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+dead_letter = "rejected"
+
+[sources.events]
+type = "kinesis"
+stream = "{stream}"
+endpoint = "{}"
+access_key_id = "test"
+secret_access_key = "test"
+idle_wait = "100ms"
+shard_refresh = "1s"
+{source_extra}
+
+[jobs.copy]
+sql = '''{sql}'''
+sinks = ["out"]
+
+[sinks.out]
+type = "file"
+path = "out"
+format = "json"
+
+[sinks.rejected]
+type = "file"
+path = "rejected"
+format = "json"
+"#,
+        peer.endpoint()
+    )
+}
+
+/// `key<TAB>{"n": i}` lines for i in `from..to`, keys `k<i % keys>`.
+fn numbered(from: usize, to: usize, keys: usize) -> String {
+    (from..to)
+        .map(|i| format!("k{}\t{{\"n\": {i}}}\n", i % keys))
+        .collect()
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap()
+}
+
+fn setup(peer: Peer) -> (tempfile::TempDir, Kinesis) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = Kinesis::start(peer, &tmp.path().join("peer")).expect("start the Kinesis peer");
+    (tmp, k)
+}
+
+#[test]
+fn kinesis_source_survives_20_sigkills_exactly_once() {
+    let seed = seed();
+    eprintln!("kinesis crash test: seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (tmp, k) = setup(Peer::KinesisLocal);
+    let total = 4_000;
+    k.client(&["create", "numbers", "4"], None);
+    k.client(&["put", "numbers"], Some(&numbered(0, total / 2, 97)));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    // 4 shards × 30 records a batch of 200 ms: the run lasts ~7 s, so the kills land mid-stream.
+    let toml = pipeline(
+        &k,
+        "numbers",
+        "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"\nmax_records_per_shard = 30",
+        "SELECT n FROM events",
+    );
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    crate::crash::kill_mid_batch(&gw, 200, || {});
+    let mut child = Some(start(&gw));
+    let n = kills(20);
+    for i in 0..n {
+        if i == n / 2 {
+            k.client(&["put", "numbers"], Some(&numbered(total / 2, total, 97)));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
+        let mut c = child.take().unwrap_or_else(|| start(&gw));
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+        child = Some(start(&gw));
+    }
+    if n < 2 {
+        k.client(&["put", "numbers"], Some(&numbered(total / 2, total, 97)));
+    }
+    let out = gw.join("out");
+    wait_for_log(&gw, "every record", Duration::from_secs(120), || {
+        committed_count(&out, "copy") >= total as u64
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child.take().unwrap());
+    crate::crash::assert_rerun(&gw);
+    let rows = committed_rows(&out, "copy");
+    let expected: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once(
+        &format!("kinesis source after {n} SIGKILLs"),
+        &expected,
+        &rows,
+    );
+    let again = log_of(&gw)
+        .matches("kinesis: reading a planned range again")
+        .count();
+    eprintln!("planned ranges read again after a restart: {again}");
+    assert!(again >= 1, "no planned range was read again");
+}
+
+/// A split and then a merge while the gateway reads a backlog slowly: every record arrives once,
+/// and for each partition key, every record of a batch comes after every record of the batches
+/// before it — a child shard is read only once its parents were read to their end.
+#[test]
+fn kinesis_split_and_merge_during_a_run_keep_each_keys_order() {
+    let (tmp, k) = setup(Peer::KinesisLocal);
+    k.client(&["create", "clicks", "2"], None);
+    let keys = 8;
+    // `{"k": key, "c": round}` for each key in each round.
+    let rounds = |from: usize, to: usize| -> String {
+        (from..to)
+            .flat_map(|r| {
+                (0..keys).map(move |key| format!("u{key}\t{{\"k\": \"u{key}\", \"c\": {r}}}\n"))
+            })
+            .collect()
+    };
+    k.client(&["put", "clicks"], Some(&rounds(0, 40)));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline(
+            &k,
+            "clicks",
+            "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"k string, c bigint\"\nmax_records_per_shard = 8",
+            "SELECT k, c, shard_id FROM events",
+        ),
+    )
+    .unwrap();
+    let child = start(&gw);
+    let out = gw.join("out");
+    wait_for_log(&gw, "the first rows", Duration::from_secs(30), || {
+        committed_count(&out, "copy") > 0
+    });
+    k.client(&["split", "clicks", "shardId-000000000000"], None);
+    k.client(&["put", "clicks"], Some(&rounds(40, 80)));
+    // The upper child of shard 0 and shard 1 are adjacent.
+    k.client(
+        &[
+            "merge",
+            "clicks",
+            "shardId-000000000003",
+            "shardId-000000000001",
+        ],
+        None,
+    );
+    k.client(&["put", "clicks"], Some(&rounds(80, 120)));
+    let total = (120 * keys) as u64;
+    wait_for_log(&gw, "every record", Duration::from_secs(120), || {
+        committed_count(&out, "copy") >= total
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    // Per key, the rounds of each batch in batch order.
+    let mut batches: BTreeMap<String, Vec<(i64, Vec<i64>)>> = BTreeMap::new();
+    let mut shards = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for e in committed(&out).into_iter().filter(|e| e.job == "copy") {
+        let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for f in &e.files {
+            for line in std::fs::read_to_string(out.join(&f.key)).unwrap().lines() {
+                let v = json(line);
+                shards.insert(v["shard_id"].as_str().unwrap().to_string());
+                per_key
+                    .entry(v["k"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(v["c"].as_i64().unwrap());
+                count += 1;
+            }
+        }
+        for (key, cs) in per_key {
+            batches.entry(key).or_default().push((e.batch_time, cs));
+        }
+    }
+    assert_eq!(count, total, "every record once");
+    assert!(shards.len() >= 5, "the children were read: {shards:?}");
+    for (key, bs) in &batches {
+        let mut all: Vec<i64> = bs.iter().flat_map(|b| b.1.clone()).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..120).collect::<Vec<i64>>(),
+            "key {key}: every round once"
+        );
+        for w in bs.windows(2) {
+            let before = w[0].1.iter().max().unwrap();
+            let after = w[1].1.iter().min().unwrap();
+            assert!(
+                before < after,
+                "key {key}: round {after} in batch {} but round {before} in the batch before",
+                w[1].0
+            );
+        }
+    }
+    let log = log_of(&gw);
+    assert!(log.contains("kinesis: shard read to its end"), "{log}");
+}
+
+/// KPL aggregates written by aws-kinesis-agg become their user records, with their own partition
+/// keys and sub-sequence numbers; a bad aggregate and an undecodable record go to the dead letters.
+#[test]
+fn kinesis_kpl_aggregates_are_deaggregated_and_bad_records_are_dead_letters() {
+    let (tmp, k) = setup(Peer::Kinesalite);
+    k.client(&["create", "agg", "1"], None);
+    k.client(&["put-agg", "agg", "10"], Some(&numbered(0, 300, 7)));
+    // Framed as an aggregate, but its checksum is wrong.
+    let mut bad = vec![0xF3u8, 0x89, 0x9A, 0xC2];
+    bad.extend_from_slice(b"not a protobuf");
+    bad.extend_from_slice(&[0u8; 16]);
+    k.client_bytes(&["put-raw", "agg", "bad"], Some(&bad));
+    k.client(&["put", "agg"], Some("odd\tnot json\n"));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline(
+            &k,
+            "agg",
+            "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"",
+            "SELECT n, partition_key, sequence_number, sub_sequence_number FROM events",
+        ),
+    )
+    .unwrap();
+    let child = start(&gw);
+    let out = gw.join("out");
+    wait_for_log(&gw, "300 rows", Duration::from_secs(60), || {
+        committed_count(&out, "copy") >= 300
+            && committed_count(&gw.join("rejected"), "dead_letter") >= 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    let rows: Vec<Value> = committed_rows(&out, "copy")
+        .iter()
+        .map(|l| json(l))
+        .collect();
+    assert_eq!(rows.len(), 300);
+    let mut per_seq: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in &rows {
+        let n = r["n"].as_i64().unwrap();
+        assert_eq!(r["partition_key"], format!("k{}", n % 7), "{r}");
+        per_seq
+            .entry(r["sequence_number"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r["sub_sequence_number"].as_i64().unwrap());
+    }
+    assert_eq!(per_seq.len(), 30, "30 aggregates of 10");
+    for subs in per_seq.values_mut() {
+        subs.sort();
+        assert_eq!(*subs, (0..10).collect::<Vec<i64>>());
+    }
+    let mut ns: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, (0..300).collect::<Vec<i64>>());
+    let dead = committed_rows(&gw.join("rejected"), "dead_letter").join("\n");
+    assert!(dead.contains("MD5"), "{dead}");
+    assert!(dead.contains("not json"), "{dead}");
+}
+
+/// `start = "latest"` is fixed at the first start: what was there before is not read, what arrives
+/// while the gateway is down is. (kinesis-local: kinesalite never answers an `AT_TIMESTAMP`
+/// GetShardIterator.)
+#[test]
+fn kinesis_latest_is_fixed_at_the_first_start_and_records_put_while_down_are_read() {
+    let (tmp, k) = setup(Peer::KinesisLocal);
+    k.client(&["create", "live", "2"], None);
+    k.client(&["put", "live"], Some(&numbered(0, 10, 3)));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline(
+            &k,
+            "live",
+            "format = \"json\"\nschema = \"n bigint\"",
+            "SELECT n FROM events",
+        ),
+    )
+    .unwrap();
+    let child = start(&gw);
+    wait_for_log(&gw, "the shards", Duration::from_secs(30), || {
+        log_of(&gw).matches("kinesis: reading a shard").count() >= 2
+    });
+    k.client(&["put", "live"], Some(&numbered(10, 20, 3)));
+    let out = gw.join("out");
+    wait_for_log(&gw, "10 rows", Duration::from_secs(30), || {
+        committed_count(&out, "copy") >= 10
+    });
+    stop(child);
+    k.client(&["put", "live"], Some(&numbered(20, 30, 3)));
+    let child = start(&gw);
+    wait_for_log(&gw, "20 rows", Duration::from_secs(30), || {
+        committed_count(&out, "copy") >= 20
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    let expected: Vec<String> = (10..30).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once(
+        "kinesis latest across a stop",
+        &expected,
+        &committed_rows(&out, "copy"),
+    );
+}
+
+/// Rows into a Kinesis sink with a templated partition key, read back by boto3; `validate` states
+/// the path's at-least-once guarantee.
+#[test]
+fn kinesis_sink_puts_rows_that_boto3_reads_back() {
+    let (tmp, k) = setup(Peer::Kinesalite);
+    k.client(&["create", "in", "2"], None);
+    k.client(&["create", "alerts", "3"], None);
+    k.client(&["put", "in"], Some(&numbered(0, 1200, 5)));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let toml = format!(
+        r#"
+[app]
+name = "kinesis-sink"
+batch_interval = "200ms"
+checkpoint_dir = "checkpoint"
+
+[sources.events]
+type = "kinesis"
+stream = "in"
+endpoint = "{e}"
+access_key_id = "test"
+secret_access_key = "test"
+start = "trim_horizon"
+format = "json"
+schema = "n bigint"
+
+[jobs.alerts]
+sql = "SELECT n, partition_key AS device FROM events WHERE n % 2 = 0"
+sinks = ["alerts"]
+
+[sinks.alerts]
+type = "kinesis"
+stream = "alerts"
+endpoint = "{e}"
+access_key_id = "test"
+secret_access_key = "test"
+partition_key = "device-{{device}}"
+"#,
+        e = k.endpoint()
+    );
+    std::fs::write(gw.join("pipeline.toml"), &toml).unwrap();
+    let v = crate::common::validate(&gw.join("pipeline.toml"));
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(said.contains("at-least-once"), "{said}");
+    let child = start(&gw);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        got = k
+            .client(&["read", "alerts"], None)
+            .lines()
+            .map(json)
+            .collect::<Vec<_>>();
+        if got.len() >= 600 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop(child);
+    assert_eq!(got.len(), 600, "{}", log_of(&gw));
+    let mut ns = Vec::new();
+    for r in &got {
+        let row = json(r["data"].as_str().unwrap());
+        let n = row["n"].as_i64().unwrap();
+        assert_eq!(r["key"], format!("device-k{}", n % 5), "{r}");
+        assert_eq!(row["device"], format!("k{}", n % 5));
+        ns.push(n);
+    }
+    ns.sort();
+    assert_eq!(ns, (0..1200).step_by(2).collect::<Vec<i64>>());
+    let shards: std::collections::BTreeSet<&str> =
+        got.iter().map(|r| r["shard"].as_str().unwrap()).collect();
+    assert!(shards.len() >= 2, "five keys over three shards: {shards:?}");
+}
+
+/// A stream that does not exist stops the gateway at start, naming it; so does a sink's.
+#[test]
+fn kinesis_a_missing_stream_is_a_clear_error_at_start() {
+    let (tmp, k) = setup(Peer::Kinesalite);
+    let (code, log) = crate::common::run_in(
+        tmp.path(),
+        &pipeline(&k, "nope", "format = \"text\"", "SELECT data FROM events"),
+        "3s",
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        log.contains("stream `nope`") && log.contains("does not exist"),
+        "{log}"
+    );
+    k.client(&["create", "there", "1"], None);
+    let toml = pipeline(&k, "there", "format = \"text\"", "SELECT data FROM events").replace(
+        "[sinks.out]\ntype = \"file\"\npath = \"out\"\nformat = \"json\"",
+        &format!(
+            "[sinks.out]\ntype = \"kinesis\"\nstream = \"gone\"\nendpoint = \"{}\"\naccess_key_id = \"a\"\nsecret_access_key = \"b\"",
+            k.endpoint()
+        ),
+    );
+    let (code, log) = crate::common::run_in(tmp.path(), &toml, "3s");
+    assert_ne!(code, Some(0));
+    assert!(
+        log.contains("stream `gone`") && log.contains("does not exist"),
+        "{log}"
+    );
+    assert!(!log.contains("secret_access_key = \"b\""));
+}
