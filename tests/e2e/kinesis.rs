@@ -450,3 +450,74 @@ fn kinesis_a_missing_stream_is_a_clear_error_at_start() {
     );
     assert!(!log.contains("secret_access_key = \"b\""));
 }
+
+/// `--until-caught-up` reads what is there and exits by itself; `sluice replay --from --to` reads
+/// exactly the records that arrived in that time range, into outputs of its own.
+#[test]
+fn kinesis_until_caught_up_and_a_replay_of_a_time_range() {
+    let (tmp, k) = setup(Peer::KinesisLocal);
+    k.client(&["create", "events", "2"], None);
+    k.client(&["put", "events"], Some(&numbered(0, 100, 5)));
+    std::thread::sleep(Duration::from_millis(1100));
+    let t1 = sluice_core::time::now_ms();
+    k.client(&["put", "events"], Some(&numbered(100, 250, 5)));
+    let t2 = sluice_core::time::now_ms();
+    std::thread::sleep(Duration::from_millis(1100));
+    k.client(&["put", "events"], Some(&numbered(250, 300, 5)));
+    let toml = pipeline(
+        &k,
+        "events",
+        "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"",
+        "SELECT n FROM events",
+    );
+    let run = |dir: &Path, args: &[&str]| -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("pipeline.toml"), &toml).unwrap();
+        let out = crate::common::sluice()
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .args(args)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let ns = |out: &Path| -> Vec<i64> {
+        let mut n: Vec<i64> = committed_rows(out, "copy")
+            .iter()
+            .map(|l| json(l)["n"].as_i64().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    let dir = tmp.path().join("caught-up");
+    let log = run(&dir, &["run", "pipeline.toml", "--until-caught-up"]);
+    assert!(
+        log.contains("every source has reached the end of its bounded run"),
+        "{log}"
+    );
+    assert_eq!(ns(&dir.join("out")), (0..300).collect::<Vec<_>>());
+
+    let dir = tmp.path().join("replay");
+    let log = run(
+        &dir,
+        &[
+            "replay",
+            "pipeline.toml",
+            "--from",
+            &t1.to_string(),
+            "--to",
+            &t2.to_string(),
+        ],
+    );
+    assert!(log.contains("replay done: 150 records"), "{log}");
+    let replayed: Vec<_> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("replay-"))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(ns(&replayed[0]), (100..250).collect::<Vec<_>>());
+}

@@ -95,6 +95,12 @@ pub struct KinesisSourceConfig {
     /// checkpoint, when present, wins.
     #[serde(default = "default_start")]
     pub start: String,
+    /// A bounded run (backfills, `--until-caught-up`, `sluice replay`): read each shard up to the
+    /// first record that arrived at or after this — `end` (when the source starts) or a time
+    /// (RFC 3339 or milliseconds since the epoch). Once every shard is there the gateway stops
+    /// after the batch in flight.
+    #[serde(default)]
+    pub until: Option<String>,
     /// Add the envelope columns `stream`, `shard_id`, `sequence_number`, `sub_sequence_number`,
     /// `partition_key` and `approximate_arrival_timestamp` after the payload's (default true).
     #[serde(default = "default_true")]
@@ -204,6 +210,21 @@ impl Start {
                     })
             }
         }
+    }
+}
+
+/// A bounded run's end, milliseconds since the epoch (`end`: now).
+pub fn parse_until(path: &str, s: &str) -> Result<i64, ConfigError> {
+    match s {
+        "end" => Ok(sluice_core::time::now_ms()),
+        _ => match Start::parse(path, s) {
+            Ok(Start::Time(ms)) => Ok(ms),
+            _ => Err(ConfigError::new(
+                format!("{path}.until"),
+                "`end`, an RFC 3339 time (2026-11-20T08:00:00Z) or milliseconds since the epoch",
+                format!("\"{s}\""),
+            )),
+        },
     }
 }
 

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod kpl;
 mod ranges;
+mod replay;
 mod sink;
 mod source;
 

@@ -31,9 +31,14 @@ pub trait Bounded: Send + Sync {
 
 /// How far a replay has come, part by part (a partition, a shard).
 pub trait ReplayProgress: Send + Sync {
-    /// Each part's label (`orders/3`) and the records in its range.
+    /// Each part's label (`orders/3`) and the size of its range, in [`ReplayProgress::unit`]s.
     fn parts(&self) -> Vec<(String, u64)>;
-    /// The records of each part processed so far, in the order of [`ReplayProgress::parts`].
+    /// What the parts are measured in: `records` (default), or e.g. `s` (seconds of arrival
+    /// time) where the peer cannot count a range's records before reading it.
+    fn unit(&self) -> &'static str {
+        "records"
+    }
+    /// How much of each part was processed so far, in the order of [`ReplayProgress::parts`].
     /// Blocking.
     fn done(&self) -> Vec<u64>;
 }

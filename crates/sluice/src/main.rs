@@ -235,10 +235,10 @@ async fn replay(
         Ok(built) => built,
         Err(code) => return code,
     };
-    eprintln!(
-        "replaying {} records into checkpoint {into}",
-        replay.total()
-    );
+    match replay.total() {
+        Some(n) => eprintln!("replaying {n} records into checkpoint {into}"),
+        None => eprintln!("replaying into checkpoint {into}"),
+    }
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();
     let progress = tokio::spawn(async move {
@@ -251,10 +251,13 @@ async fn replay(
     match result {
         Ok(summary) => {
             let secs = started.elapsed().as_secs_f64();
+            let planned = replay
+                .and_then(|r| r.total())
+                .map(|n| format!(" of {n} planned"))
+                .unwrap_or_default();
             eprintln!(
-                "replay done: {} records of {} planned in {} batches, {:.1} s ({:.0} records/s), {} dead letters",
+                "replay done: {} records{planned} in {} batches, {:.1} s ({:.0} records/s), {} dead letters",
                 summary.input_records,
-                replay.map_or(0, |r| r.total()),
                 summary.batches,
                 secs,
                 summary.input_records as f64 / secs.max(1e-9),

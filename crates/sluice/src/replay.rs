@@ -89,12 +89,18 @@ pub fn prepare(
 }
 
 impl Replay {
-    pub fn total(&self) -> u64 {
-        self.sources
-            .iter()
-            .flat_map(|(_, p)| p.parts())
-            .map(|(_, n)| n)
-            .sum()
+    /// The records planned, if every source counts its range in records.
+    pub fn total(&self) -> Option<u64> {
+        if self.sources.iter().any(|(_, p)| p.unit() != "records") {
+            return None;
+        }
+        Some(
+            self.sources
+                .iter()
+                .flat_map(|(_, p)| p.parts())
+                .map(|(_, n)| n)
+                .sum(),
+        )
     }
 
     /// Show a bar per part (records done of its range, percent, rate, ETA), updated from the
@@ -114,7 +120,10 @@ impl Replay {
                 .map(|(label, records)| {
                     let b = multi.add(ProgressBar::new(records));
                     b.set_style(style.clone());
-                    b.set_prefix(format!("{name} {label}"));
+                    b.set_prefix(match progress.unit() {
+                        "records" => format!("{name} {label}"),
+                        unit => format!("{name} {label} ({unit})"),
+                    });
                     b
                 })
                 .collect();

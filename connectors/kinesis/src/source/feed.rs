@@ -72,6 +72,8 @@ pub struct Buf {
     pub fatal: Option<String>,
     /// GetRecords' MillisBehindLatest of the last call.
     pub behind_ms: Option<i64>,
+    /// A bounded run: every record that arrived before the bound was read; none after it is kept.
+    pub reached: bool,
 }
 
 pub struct Shared {
@@ -117,6 +119,8 @@ pub struct ReadOptions {
     pub records_per_call: i32,
     pub idle_wait: Duration,
     pub deaggregate: bool,
+    /// A bounded run's end: records that arrived at or after it (ms since the epoch) are not read.
+    pub until: Option<i64>,
 }
 
 impl ReadOptions {
@@ -136,6 +140,7 @@ impl ReadOptions {
             records_per_call: cfg.records_per_call.clamp(1, 10_000),
             idle_wait: cfg.idle_wait,
             deaggregate: cfg.deaggregate,
+            until: None,
         }
     }
 }
@@ -283,17 +288,30 @@ impl Reader {
                 Ok(Some(out)) => {
                     backoff = new_backoff();
                     let n = out.records.len();
-                    self.keep(out.records);
+                    let past_bound = self.keep(out.records);
                     let behind = out.millis_behind_latest;
                     iterator = out.next_shard_iterator;
                     let ended = iterator.is_none();
+                    // Nothing left, and what arrives from now on is past the bound.
+                    let caught_up = n == 0
+                        && behind.unwrap_or(0) == 0
+                        && self
+                            .opts
+                            .until
+                            .is_some_and(|u| sluice_core::time::now_ms() > u);
+                    let reached = past_bound || caught_up;
                     self.set(|b| {
                         b.trouble = None;
                         b.behind_ms = behind;
-                        b.ended = ended;
+                        b.ended = ended && !past_bound;
+                        b.reached = reached;
                     });
-                    if ended {
+                    if ended && !past_bound {
                         tracing::info!(source = %self.opts.source, shard = %self.shard, "kinesis: shard read to its end");
+                        return;
+                    }
+                    if reached {
+                        tracing::info!(source = %self.opts.source, shard = %self.shard, "kinesis: shard read up to the bound (until)");
                         return;
                     }
                     if n == 0 {
@@ -319,8 +337,9 @@ impl Reader {
         }
     }
 
-    /// Keep the user records of a GetRecords answer that come after where the feed resumed.
-    fn keep(&self, records: Vec<aws_sdk_kinesis::types::Record>) {
+    /// Keep the user records of a GetRecords answer that come after where the feed resumed (and
+    /// before the bound); true if a record past the bound was met.
+    fn keep(&self, records: Vec<aws_sdk_kinesis::types::Record>) -> bool {
         let from = self.resume();
         let mut out: Vec<Rec> = Vec::with_capacity(records.len());
         for r in records {
@@ -364,6 +383,16 @@ impl Reader {
             });
         }
         out.retain(|r| from.admits(&r.pos));
+        let mut past_bound = false;
+        if let Some(until) = self.opts.until {
+            if let Some(i) = out
+                .iter()
+                .position(|r| r.arrival.is_some_and(|a| a >= until))
+            {
+                out.truncate(i);
+                past_bound = true;
+            }
+        }
         let cost: usize = out.iter().map(Rec::cost).sum();
         self.opts.budget.fetch_add(cost, Ordering::Relaxed);
         let mut buf = self.shared.buf.lock().expect("poisoned");
@@ -371,6 +400,7 @@ impl Reader {
             buf.fetched = Some(last.pos.clone());
         }
         buf.records.extend(out);
+        past_bound
     }
 }
 

@@ -34,8 +34,36 @@ use std::time::{Duration, Instant};
 
 pub struct KinesisSourceConnector;
 
+impl sluice_core::Bounded for KinesisSourceConnector {
+    fn until_caught_up(&self, options: &mut serde_json::Value) -> std::result::Result<(), String> {
+        crate::replay::until_caught_up(options);
+        Ok(())
+    }
+
+    fn replay(
+        &self,
+        of: &sluice_core::ReplayOf<'_>,
+        options: &mut serde_json::Value,
+        from: &str,
+        to: Option<&str>,
+    ) -> std::result::Result<Box<dyn sluice_core::ReplayProgress>, String> {
+        crate::replay::replay(of, options, from, to)
+    }
+}
+
+/// The ids of every shard of `stream`.
+pub(crate) async fn list_shards(
+    client: &Client,
+    stream: &str,
+) -> std::result::Result<Vec<String>, Trouble> {
+    Ok(shards::list(client, stream).await?.into_keys().collect())
+}
+
 impl SourceConnector for KinesisSourceConnector {
     type Config = Joined<PayloadDecoding, Joined<Aws, KinesisSourceConfig>>;
+    fn bounded(&self) -> Option<&dyn sluice_core::Bounded> {
+        Some(self)
+    }
     fn build(
         &self,
         cx: &BuildContext,
@@ -52,6 +80,11 @@ impl SourceConnector for KinesisSourceConnector {
         let path = at.path.as_str();
         aws.check(path)?;
         let start = Start::parse(path, &cfg.start)?;
+        let until = cfg
+            .until
+            .as_deref()
+            .map(|u| crate::config::parse_until(path, u))
+            .transpose()?;
         if cfg.max_records_per_shard == Some(0) {
             return Err(ConfigError::new(
                 at.key("max_records_per_shard"),
@@ -80,6 +113,8 @@ impl SourceConnector for KinesisSourceConnector {
             runtime: SourceRuntime::Replayable(Box::new(KinesisSource {
                 name: at.name.clone(),
                 start,
+                until,
+                progress: crate::replay::planned(cx.output_scope.as_deref(), &at.name),
                 decoder,
                 schema,
                 aws,
@@ -99,6 +134,10 @@ impl SourceConnector for KinesisSourceConnector {
 pub struct KinesisSource {
     name: String,
     start: Start,
+    /// A bounded run's end (ms since the epoch).
+    until: Option<i64>,
+    /// A replay's progress: the arrival time of the last record planned, per shard.
+    progress: Option<Arc<std::sync::Mutex<BTreeMap<String, i64>>>>,
     decoder: PayloadDecoder,
     schema: SchemaRef,
     aws: Aws,
@@ -202,15 +241,21 @@ impl KinesisSource {
         Ok(())
     }
 
-    async fn start_feeds(&mut self) {
-        let client = self.client().await;
-        let opts = ReadOptions::new(
+    fn read_options(&self, client: Client) -> ReadOptions {
+        let mut o = ReadOptions::new(
             client,
             &self.aws.stream,
             &self.name,
             self.budget.clone(),
             &self.cfg,
         );
+        o.until = self.until;
+        o
+    }
+
+    async fn start_feeds(&mut self) {
+        let client = self.client().await;
+        let opts = self.read_options(client);
         let position = self.position_mut().clone();
         for id in shards::eligible(&self.listing, &position.shards) {
             if self.feeds.contains_key(id) {
@@ -242,13 +287,7 @@ impl KinesisSource {
         if !self.feeds.get(&r.shard).is_some_and(|f| f.serves(&r.first)) {
             tracing::info!(source = %self.name, shard = %r.shard, first = %r.first, last = %r.last, "kinesis: reading a planned range again");
             let client = self.client().await;
-            let opts = ReadOptions::new(
-                client,
-                &self.aws.stream,
-                &self.name,
-                self.budget.clone(),
-                &self.cfg,
-            );
+            let opts = self.read_options(client);
             self.feeds.remove(&r.shard);
             self.feeds.insert(
                 r.shard.clone(),
@@ -262,7 +301,7 @@ impl KinesisSource {
             let arrived = feed.shared.arrived.notified();
             {
                 let buf = feed.shared.buf.lock().expect("poisoned");
-                if buf.fetched.as_ref().is_some_and(|f| f >= &r.last) || buf.ended {
+                if buf.fetched.as_ref().is_some_and(|f| f >= &r.last) || buf.ended || buf.reached {
                     return Ok(());
                 }
                 if let Some(why) = &buf.fatal {
@@ -302,7 +341,7 @@ impl ReplayableSource for KinesisSource {
         self.check_feeds()?;
         let position = self.position_mut().clone();
         // What each shard has ready after its last planned record.
-        let mut ready: Vec<(String, Vec<Pos>, bool)> = Vec::new();
+        let mut ready: Vec<(String, Vec<(Pos, Option<i64>)>, bool)> = Vec::new();
         for (id, feed) in &self.feeds {
             let after = match position.shards.get(id) {
                 Some(Next::Done) => continue,
@@ -311,11 +350,11 @@ impl ReplayableSource for KinesisSource {
             };
             let buf = feed.shared.buf.lock().expect("poisoned");
             let skip = after.map_or(0, |a| buf.records.partition_point(|r| &r.pos <= a));
-            let positions: Vec<Pos> = buf
+            let positions: Vec<(Pos, Option<i64>)> = buf
                 .records
                 .iter()
                 .skip(skip)
-                .map(|r| r.pos.clone())
+                .map(|r| (r.pos.clone(), r.arrival))
                 .collect();
             ready.push((id.clone(), positions, buf.ended));
         }
@@ -323,6 +362,7 @@ impl ReplayableSource for KinesisSource {
         let cap = self.cfg.max_records_per_shard.map(|n| n as usize);
         let mut ranges = Vec::new();
         let mut finished = false;
+        let progress = self.progress.clone();
         let position = self.position_mut();
         for (id, positions, ended) in ready {
             let n = positions.len();
@@ -332,7 +372,11 @@ impl ReplayableSource for KinesisSource {
                 take = take.min(share.max(1));
             }
             if take > 0 {
-                let (first, last) = (positions[0].clone(), positions[take - 1].clone());
+                let (first, (last, arrival)) =
+                    (positions[0].0.clone(), positions[take - 1].clone());
+                if let (Some(p), Some(at)) = (&progress, arrival) {
+                    p.lock().expect("poisoned").insert(id.clone(), at);
+                }
                 position
                     .shards
                     .insert(id.clone(), Next::After(last.clone()));
@@ -394,6 +438,29 @@ impl ReplayableSource for KinesisSource {
         self.list().await?;
         self.start_feeds().await;
         Ok(())
+    }
+
+    fn exhausted(&self) -> bool {
+        let Some(position) = &self.position else {
+            return false;
+        };
+        if self.until.is_none() || self.refreshed.is_none() || self.listing.is_empty() {
+            return false;
+        }
+        // Every shard that may be read is finished, or read up to the bound and fully planned.
+        shards::eligible(&self.listing, &position.shards)
+            .into_iter()
+            .all(|id| {
+                self.feeds.get(id).is_some_and(|f| {
+                    let buf = f.shared.buf.lock().expect("poisoned");
+                    let planned = match (position.shards.get(id), buf.records.back()) {
+                        (_, None) => true,
+                        (Some(Next::After(p)), Some(last)) => &last.pos <= p,
+                        _ => false,
+                    };
+                    buf.reached && planned
+                })
+            })
     }
 
     fn position(&self) -> Position {
