@@ -521,3 +521,108 @@ fn kinesis_until_caught_up_and_a_replay_of_a_time_range() {
     assert_eq!(replayed.len(), 1);
     assert_eq!(ns(&replayed[0]), (100..250).collect::<Vec<_>>());
 }
+
+#[test]
+fn kinesis_clickstream_example_writes_page_minutes_as_parquet_and_puts_slow_views_on_a_stream() {
+    let (tmp, k) = setup(Peer::KinesisLocal);
+    k.client(&["create", "clicks", "2"], None);
+    k.client(&["create", "click-alerts", "1"], None);
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    let config = crate::common::repo().join("configs/kinesis-clickstream.toml");
+    let log = std::fs::File::create(gw.join("gateway.log")).unwrap();
+    let child = crate::common::sluice()
+        .current_dir(&gw)
+        .env("RUST_LOG", "info")
+        .env("SLUICE__SOURCES__CLICKS__ENDPOINT", k.endpoint())
+        .env("SLUICE__SINKS__ALERTS__ENDPOINT", k.endpoint())
+        .arg("run")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_log(&gw, "the shards", Duration::from_secs(30), || {
+        log_of(&gw).matches("kinesis: reading a shard").count() >= 2
+    });
+    // Minute 0: 30 views of /home by 6 users and 10 of /cart by 2, one of them slow; a bad record;
+    // then a view at minute 2 moves the watermark past minute 0.
+    let mut lines = String::new();
+    for i in 0..40 {
+        let (page, user) = if i < 30 {
+            ("/home", i % 6)
+        } else {
+            ("/cart", i % 2)
+        };
+        let load = if i == 35 { 5000 } else { 100 + i };
+        lines.push_str(&format!(
+            "u-{user}\t{{\"ts\": \"2026-11-22T13:00:{i:02}\", \"user\": \"u-{user}\", \"page\": \"{page}\", \"load_ms\": {load}}}\n"
+        ));
+    }
+    lines.push_str("u-9\tnot a click\n");
+    k.client(&["put", "clicks"], Some(&lines));
+    std::thread::sleep(Duration::from_millis(2500));
+    k.client(
+        &["put", "clicks"],
+        Some("u-1\t{\"ts\": \"2026-11-22T13:02:15\", \"user\": \"u-1\", \"page\": \"/home\", \"load_ms\": 90}\n"),
+    );
+    let pages = gw.join("out/kinesis-clickstream/pages");
+    wait_for_log(&gw, "the minute's counts", Duration::from_secs(30), || {
+        committed_count(&pages, "pages") >= 2
+    });
+    let mut alerts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alerts.is_empty() && Instant::now() < deadline {
+        alerts = k
+            .client(&["read", "click-alerts"], None)
+            .lines()
+            .map(json)
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(child);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["key"], "u-1");
+    let alert = json(alerts[0]["data"].as_str().unwrap());
+    assert_eq!(alert["page"], "/cart");
+    assert_eq!(alert["load_ms"], 5000);
+    let mut minutes = BTreeMap::new();
+    for e in committed(&pages) {
+        for f in e.files {
+            let file = std::fs::File::open(pages.join(f.key)).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for b in reader {
+                use sluice_core::arrow::array::AsArray;
+                use sluice_core::arrow::datatypes::Int64Type;
+                let b = b.unwrap();
+                let page = b.column_by_name("page").unwrap().as_string::<i32>().clone();
+                let views = b
+                    .column_by_name("views")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .clone();
+                let users = b
+                    .column_by_name("users")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .clone();
+                for r in 0..b.num_rows() {
+                    minutes.insert(
+                        page.value(r).to_string(),
+                        serde_json::json!({"views": views.value(r), "users": users.value(r)}),
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(minutes["/home"]["views"], 30, "{minutes:?}");
+    assert_eq!(minutes["/home"]["users"], 6);
+    assert_eq!(minutes["/cart"]["views"], 10);
+    assert_eq!(minutes["/cart"]["users"], 2);
+    let dead = committed_rows(&gw.join("out/kinesis-clickstream/rejected"), "dead_letter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+}
