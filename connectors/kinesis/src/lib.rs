@@ -11,6 +11,7 @@ mod replay;
 mod sink;
 mod source;
 
+pub use client::connect;
 pub use config::{Aws, DataFormats, KinesisSinkConfig, KinesisSourceConfig};
 pub use kpl::aggregate;
 pub use ranges::{Pos, Position, ShardRange};

@@ -4,6 +4,7 @@
 
 mod gateway;
 mod kafka;
+mod kinesis;
 mod mqtt;
 mod object_store;
 mod overload;
@@ -137,6 +138,20 @@ enum Which {
         #[arg(long)]
         raw: bool,
     },
+    /// Kinesis: JSON records preloaded over a stream's shards on a local kinesalite, through
+    /// decode, filter and a 10 s windowed aggregate into a file sink, against a bare
+    /// aws-sdk-kinesis GetRecords loop per shard (needs kinesalite: scripts/deps.sh --tests).
+    Kinesis {
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        #[arg(long, default_value_t = 4)]
+        shards: i32,
+        /// The gateway's batch interval.
+        #[arg(long, default_value = "500ms")]
+        interval: String,
+    },
     /// Cost of an empty batch (plan + run + commit) of the word count job.
     EmptyBatch {
         #[arg(long, default_value_t = 2000)]
@@ -205,6 +220,12 @@ async fn run(which: Which) -> anyhow::Result<()> {
             )
             .await
         }
+        Which::Kinesis {
+            dir,
+            records,
+            shards,
+            interval,
+        } => kinesis::bench_kinesis(dir, records, shards, &interval).await,
         Which::EmptyBatch { batches } => {
             let config = gateway::wordcount_config("{ type = \"queue\", batches = [] }");
             let p = gateway::build(&config).await?;
