@@ -626,3 +626,54 @@ fn kinesis_clickstream_example_writes_page_minutes_as_parquet_and_puts_slow_view
     let dead = committed_rows(&gw.join("out/kinesis-clickstream/rejected"), "dead_letter");
     assert_eq!(dead.len(), 1, "{dead:?}");
 }
+
+/// A batch planned over 4 shards with backlogs larger than `prefetch_mib`, re-run after a kill:
+/// reading one shard's range again must not be starved by the readers of the others filling the
+/// budget.
+#[test]
+fn kinesis_rerun_of_a_batch_over_4_shards_with_backlogs_past_prefetch_makes_progress() {
+    let (tmp, k) = setup(Peer::Kinesalite);
+    k.client(&["create", "big", "4"], None);
+    let pad = "x".repeat(900);
+    let lines: String = (0..4000)
+        .map(|i| format!("k{}\t{{\"n\": {i}, \"pad\": \"{pad}\"}}\n", i % 101))
+        .collect();
+    k.client(&["put", "big"], Some(&lines));
+    let gw = tmp.path().join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(
+        gw.join("pipeline.toml"),
+        pipeline(
+            &k,
+            "big",
+            "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"\nprefetch_mib = 1\nrecords_per_call = 100\nfetch_timeout = \"20s\"",
+            "SELECT n FROM events",
+        )
+        // Batches of 2 s: the readers fill the budget before the first plan, whose ranges then
+        // hold about all of it.
+        .replace("batch_interval = \"200ms\"", "batch_interval = \"2s\""),
+    )
+    .unwrap();
+    crate::crash::kill_mid_batch(&gw, 2000, || {});
+    let child = start(&gw);
+    let out = gw.join("out");
+    wait_for_log(&gw, "every record", Duration::from_secs(90), || {
+        committed_count(&out, "copy") >= 4000 || log_of(&gw).contains("did not arrive within")
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    stop(child);
+    crate::crash::assert_rerun(&gw);
+    let expected: Vec<String> = (0..4000).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once(
+        "a big re-run batch",
+        &expected,
+        &committed_rows(&out, "copy"),
+    );
+    let again = log_of(&gw)
+        .matches("kinesis: reading a planned range again")
+        .count();
+    assert!(
+        again >= 2,
+        "the re-run batch read more than one shard again: {again}"
+    );
+}

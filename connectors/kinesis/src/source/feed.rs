@@ -79,6 +79,9 @@ pub struct Buf {
 pub struct Shared {
     pub buf: Mutex<Buf>,
     pub arrived: Notify,
+    /// A batch waits for this feed's records (a re-run): it reads whatever the budget holds, so
+    /// the other feeds' read-ahead cannot starve the batch.
+    pub urgent: std::sync::atomic::AtomicBool,
     /// Bytes held by every feed of the source, and the limit.
     budget: Arc<AtomicUsize>,
 }
@@ -150,6 +153,7 @@ impl Feed {
         let shared = Arc::new(Shared {
             buf: Mutex::new(Buf::default()),
             arrived: Notify::new(),
+            urgent: Default::default(),
             budget: opts.budget.clone(),
         });
         let reader = Reader {
@@ -247,7 +251,9 @@ impl Reader {
         let mut iterator: Option<String> = None;
         let mut last_call: Option<Instant> = None;
         loop {
-            while self.opts.budget.load(Ordering::Relaxed) > self.opts.budget_max {
+            while self.opts.budget.load(Ordering::Relaxed) > self.opts.budget_max
+                && !self.shared.urgent.load(Ordering::Relaxed)
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if let Some(t) = last_call {

@@ -295,6 +295,10 @@ impl KinesisSource {
             );
         }
         let feed = &self.feeds[&r.shard];
+        feed.shared
+            .urgent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _calm = Calm(&feed.shared);
         let began = Instant::now();
         let mut warned = Instant::now();
         loop {
@@ -324,6 +328,17 @@ impl KinesisSource {
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), arrived).await;
         }
+    }
+}
+
+/// Ends a feed's urgency when the batch has its records (or gave up).
+struct Calm<'a>(&'a feed::Shared);
+
+impl Drop for Calm<'_> {
+    fn drop(&mut self) {
+        self.0
+            .urgent
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
