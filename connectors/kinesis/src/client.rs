@@ -11,20 +11,28 @@ use aws_sdk_kinesis::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use std::time::Duration;
 
-/// A client for `aws`'s endpoint, region and credentials.
-pub async fn connect(aws: &Aws) -> Client {
+/// The SDK settings of `aws`'s region and credentials, with `endpoint` (a compatible service)
+/// instead of AWS's.
+async fn settings(aws: &Aws, endpoint: Option<&str>) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-    match (&aws.region, &aws.endpoint) {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        );
+    match (&aws.region, endpoint) {
         (Some(r), _) => loader = loader.region(Region::new(r.clone())),
         // A compatible service needs some region for signing; and no instance-metadata lookup
         // (a call to a link-local address) for one.
         (None, Some(_)) => loader = loader.region(Region::new("us-east-1")),
         (None, None) => {}
     }
-    if let Some(e) = &aws.endpoint {
+    if let Some(e) = endpoint {
         loader = loader.endpoint_url(e);
     }
     if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
@@ -37,17 +45,23 @@ pub async fn connect(aws: &Aws) -> Client {
         ));
     }
     let shared = loader.load().await;
-    let mut conf = aws_sdk_kinesis::config::Builder::from(&shared);
     if shared.region().is_none() {
-        conf = conf.region(Region::new("us-east-1"));
+        return shared
+            .into_builder()
+            .region(Region::new("us-east-1"))
+            .build();
     }
-    conf = conf.timeout_config(
-        aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .build(),
-    );
-    Client::from_conf(conf.build())
+    shared
+}
+
+/// A Kinesis client for `aws`'s endpoint, region and credentials.
+pub async fn connect(aws: &Aws) -> Client {
+    Client::new(&settings(aws, aws.endpoint.as_deref()).await)
+}
+
+/// A DynamoDB client with `aws`'s region and credentials, at `endpoint` if set.
+pub async fn dynamodb(aws: &Aws, endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&settings(aws, endpoint).await)
 }
 
 /// What to do about a failed call.

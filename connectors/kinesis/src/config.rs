@@ -140,6 +140,23 @@ pub struct KinesisSourceConfig {
     )]
     #[schemars(with = "sluice_core::time::DurationText")]
     pub fetch_timeout: Duration,
+    /// With `app.scale_out`: the DynamoDB table the gateways share the shards through (a lease
+    /// per shard, and the claim of each batch's range), created when missing (on-demand
+    /// billing). Default `sluice-<app>-<source>`.
+    #[serde(default)]
+    pub lease_table: Option<String>,
+    /// With `app.scale_out`: a DynamoDB-compatible endpoint for the lease table instead of AWS's,
+    /// e.g. `http://127.0.0.1:4568` (dynalite). Region and credentials are the stream's.
+    #[serde(default)]
+    pub dynamodb_endpoint: Option<String>,
+    /// With `app.scale_out`: a lease whose owner has not renewed it for this long is taken by
+    /// another gateway (default 10s; renewed every third of it).
+    #[serde(
+        default = "default_lease_duration",
+        deserialize_with = "serde_duration::deserialize"
+    )]
+    #[schemars(with = "sluice_core::time::DurationText")]
+    pub lease_duration: Duration,
     /// De-aggregate records written by the Kinesis Producer Library (KPL): each aggregate becomes
     /// its user records, with their own partition keys and sub-sequence numbers (default true). An
     /// aggregate whose checksum or contents are bad goes to the dead-letter output.
@@ -248,6 +265,9 @@ fn default_shard_refresh() -> Duration {
 }
 fn default_fetch_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_retries() -> usize {
     10

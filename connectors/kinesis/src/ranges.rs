@@ -57,8 +57,25 @@ pub struct ShardRange {
     pub shard: String,
     pub first: Pos,
     pub last: Pos,
-    /// How many user records that is (checked when the range is read again).
+    /// How many user records that is (checked when the range is read again). With scale-out, 0
+    /// for a range that only says the shard ended (`end`) after `after`.
     pub records: u64,
+    /// With scale-out: the record before the range (None: the shard's start), which names its
+    /// claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Pos>,
+    /// With scale-out: the range ends the shard, so its lease is finished once claimed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end: bool,
+}
+
+/// A batch's input as recorded in its plan: the ranges, and with scale-out the batch they are
+/// claimed for in the lease table.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Planned {
+    Ranges(Vec<ShardRange>),
+    Claimed { batch: i64, ranges: Vec<ShardRange> },
 }
 
 /// Where a shard stands.

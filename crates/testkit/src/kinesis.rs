@@ -1,6 +1,7 @@
 //! Kinesis peers on loopback ports of their own: kinesis-local (kinesis-mock; resharding with
 //! ChildShards and closed shards that end, MillisBehindLatest) and kinesalite (fast), both npm
-//! packages `scripts/deps.sh --tests` installs under `$SLUICE_TOOLS/node`; and boto3, through
+//! packages `scripts/deps.sh --tests` installs under `$SLUICE_TOOLS/node` with dynalite (DynamoDB,
+//! for lease tables); and boto3, through
 //! tests/services/kinesis_client.py, as the independent producer and reader.
 
 use std::path::Path;
@@ -24,6 +25,8 @@ impl Drop for Kinesis {
 pub enum Peer {
     KinesisLocal,
     Kinesalite,
+    /// dynalite: DynamoDB, for the lease table of gateways sharing a stream.
+    Dynalite,
 }
 
 impl Kinesis {
@@ -60,6 +63,12 @@ impl Kinesis {
                     .arg(services.join("kinesalite.js"))
                     .arg(port.to_string())
                     .arg(dir.join("leveldb"));
+            }
+            Peer::Dynalite => {
+                cmd.current_dir(dir)
+                    .env("NODE_PATH", &node)
+                    .arg(services.join("dynalite.js"))
+                    .arg(port.to_string());
             }
         }
         let mut child = cmd

@@ -8,12 +8,14 @@
 //! `rows` turns records into rows.
 
 mod feed;
+mod lease;
 mod rows;
+mod scale;
 mod shards;
 
 use crate::client::{self, Trouble};
 use crate::config::{Aws, KinesisSourceConfig, Start};
-use crate::ranges::{Next, Pos, Position, ShardRange, StartAt};
+use crate::ranges::{Next, Planned, Pos, Position, ShardRange, StartAt};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -92,14 +94,24 @@ impl SourceConnector for KinesisSourceConnector {
                 "0",
             ));
         }
-        if cx.scale_out {
+        if cx.scale_out && until.is_some() {
             return Err(ConfigError::new(
-                at.key("type"),
-                "a source that shares its input between gateways with app.scale_out (kafka, \
-                 mqtt with a shared subscription)",
-                "kinesis, which does not share shards between gateways yet",
+                at.key("until"),
+                "no bounded run with app.scale_out (run backfills with `sluice replay`)",
+                "a bound",
             ));
         }
+        let scale = cx.scale_out.then(|| scale::Scale {
+            instance: cx.instance.clone(),
+            table_name: cfg
+                .lease_table
+                .clone()
+                .unwrap_or_else(|| format!("sluice-{}-{}", cx.app_name, at.name)),
+            table: None,
+            held: BTreeSet::new(),
+            synced: None,
+            start_fixed: false,
+        });
         let decoder = decoding.decoder(cx, at, "data")?;
         let mut fields = decoder.fields();
         if cfg.envelope {
@@ -115,6 +127,7 @@ impl SourceConnector for KinesisSourceConnector {
                 start,
                 until,
                 progress: crate::replay::planned(cx.output_scope.as_deref(), &at.name),
+                scale,
                 decoder,
                 schema,
                 aws,
@@ -138,6 +151,8 @@ pub struct KinesisSource {
     until: Option<i64>,
     /// A replay's progress: the arrival time of the last record planned, per shard.
     progress: Option<Arc<std::sync::Mutex<BTreeMap<String, i64>>>>,
+    /// With `app.scale_out`: the lease table and the shards this gateway holds.
+    scale: Option<scale::Scale>,
     decoder: PayloadDecoder,
     schema: SchemaRef,
     aws: Aws,
@@ -256,6 +271,10 @@ impl KinesisSource {
     async fn start_feeds(&mut self) {
         let client = self.client().await;
         let opts = self.read_options(client);
+        if self.scale.is_some() {
+            // The lease table decides which shards this gateway reads (`scale::sync`).
+            return;
+        }
         let position = self.position_mut().clone();
         for id in shards::eligible(&self.listing, &position.shards) {
             if self.feeds.contains_key(id) {
@@ -344,20 +363,26 @@ impl Drop for Calm<'_> {
 
 #[async_trait]
 impl ReplayableSource for KinesisSource {
-    type Range = Vec<ShardRange>;
+    type Range = Planned;
     type Position = Position;
 
-    async fn plan(
-        &mut self,
-        _time: BatchTime,
-        max_records: Option<u64>,
-    ) -> Result<Vec<ShardRange>> {
+    async fn plan(&mut self, time: BatchTime, max_records: Option<u64>) -> Result<Planned> {
         self.refresh().await?;
+        if self.scale.is_some() {
+            // At start a failure stops the gateway (`prepare`); later the leases held are kept,
+            // and the round is tried again at the next batch.
+            if let Err(e) = self.sync(false).await {
+                tracing::warn!(source = %self.name, error = %e, "kinesis: cannot update the leases; retrying at the next batch");
+            }
+        }
         self.check_feeds()?;
         let position = self.position_mut().clone();
         // What each shard has ready after its last planned record.
         let mut ready: Vec<(String, Vec<(Pos, Option<i64>)>, bool)> = Vec::new();
         for (id, feed) in &self.feeds {
+            if self.scale.as_ref().is_some_and(|s| !s.held.contains(id)) {
+                continue;
+            }
             let after = match position.shards.get(id) {
                 Some(Next::Done) => continue,
                 Some(Next::After(p)) => Some(p),
@@ -378,6 +403,7 @@ impl ReplayableSource for KinesisSource {
         let mut ranges = Vec::new();
         let mut finished = false;
         let progress = self.progress.clone();
+        let scaled = self.scale.is_some();
         let position = self.position_mut();
         for (id, positions, ended) in ready {
             let n = positions.len();
@@ -386,6 +412,11 @@ impl ReplayableSource for KinesisSource {
                 let share = ((max as f64) * (n as f64) / (total.max(1) as f64)).ceil() as usize;
                 take = take.min(share.max(1));
             }
+            let after = match position.shards.get(&id) {
+                Some(Next::After(p)) => Some(p.clone()),
+                _ => None,
+            };
+            let end = ended && take == n;
             if take > 0 {
                 let (first, (last, arrival)) =
                     (positions[0].0.clone(), positions[take - 1].clone());
@@ -400,9 +431,22 @@ impl ReplayableSource for KinesisSource {
                     first,
                     last,
                     records: take as u64,
+                    after: scaled.then_some(after).flatten(),
+                    end: scaled && end,
+                });
+            } else if scaled && end {
+                // Nothing left of a closed shard: a range of no records ends it in the table.
+                let at = after.clone().unwrap_or_else(|| Pos::new("0", 0));
+                ranges.push(ShardRange {
+                    shard: id.clone(),
+                    first: at.clone(),
+                    last: at,
+                    records: 0,
+                    after,
+                    end: true,
                 });
             }
-            if ended && take == n {
+            if end {
                 // Every record of the closed shard is planned: its children may start.
                 position.shards.insert(id, Next::Done);
                 finished = true;
@@ -417,16 +461,31 @@ impl ReplayableSource for KinesisSource {
             !matches!(done.get(id), Some(Next::Done))
                 || !f.shared.buf.lock().expect("poisoned").records.is_empty()
         });
-        Ok(ranges)
+        Ok(match self.scale {
+            Some(_) => Planned::Claimed {
+                batch: time.millis(),
+                ranges,
+            },
+            None => Planned::Ranges(ranges),
+        })
     }
 
-    async fn read(
-        &mut self,
-        ranges: &Vec<ShardRange>,
-        dead: &DeadLetters,
-    ) -> Result<Vec<RecordBatch>> {
+    async fn read(&mut self, planned: &Planned, dead: &DeadLetters) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
+        let (batch, ranges) = match planned {
+            Planned::Ranges(r) => (None, r),
+            Planned::Claimed { batch, ranges } => (Some(*batch), ranges),
+        };
         for r in ranges {
+            if let Some(batch) = batch {
+                if !self.claim(r, batch).await? {
+                    continue;
+                }
+                if r.records == 0 {
+                    self.finished(&r.shard);
+                    continue;
+                }
+            }
             self.gather(r).await?;
             let recs = self.feeds[&r.shard].take(&r.first, &r.last);
             if recs.len() as u64 != r.records {
@@ -434,6 +493,9 @@ impl ReplayableSource for KinesisSource {
             }
             for chunk in recs.chunks(rows::CHUNK) {
                 out.push(self.rows(&r.shard, chunk, dead)?);
+            }
+            if batch.is_some() && r.end {
+                self.finished(&r.shard);
             }
         }
         Ok(out)
@@ -446,11 +508,18 @@ impl ReplayableSource for KinesisSource {
     async fn origin(&mut self) -> Result<Option<Position>> {
         // Fails here, at start, when the stream does not exist or the credentials are refused.
         self.list().await?;
+        if self.scale.is_some() {
+            // The lease table says where each shard goes on.
+            return Ok(None);
+        }
         Ok(Some(self.position_mut().clone()))
     }
 
     async fn prepare(&mut self) -> Result<()> {
         self.list().await?;
+        if self.scale.is_some() {
+            self.sync(true).await?;
+        }
         self.start_feeds().await;
         Ok(())
     }
