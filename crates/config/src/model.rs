@@ -66,10 +66,11 @@ pub struct AppSection {
     #[schemars(with = "Option<sluice_core::time::DurationText>")]
     pub graceful_stop_timeout: Option<Duration>,
     /// Several gateways run this same config and share the work: each Kafka source's partitions
-    /// are divided among them by the broker (one consumer group), and each gateway's file and
-    /// object-store outputs go under a folder named by its `instance`. Needs `checkpoint_dir`: a
-    /// killed gateway's unfinished batches are finished from it when it restarts. See
-    /// docs/kafka.md, "Scale-out".
+    /// are divided among them by the broker (one consumer group), each Kinesis source's shards
+    /// through a DynamoDB lease table, and each gateway's file and object-store outputs go under a
+    /// folder named by its `instance`. Needs `checkpoint_dir`: a killed gateway's unfinished
+    /// batches are finished from it when it restarts. See docs/kafka.md and docs/kinesis.md,
+    /// "Scale-out".
     #[serde(default)]
     pub scale_out: bool,
     /// This gateway's name among those of a `scale_out` app (letters, digits, `-`, `_`, `.`).
