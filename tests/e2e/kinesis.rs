@@ -450,6 +450,26 @@ fn kinesis_a_missing_stream_is_a_clear_error_at_start() {
         "{log}"
     );
     assert!(!log.contains("secret_access_key = \"b\""));
+    // No credentials anywhere in the chain (none set, no profile, no instance metadata).
+    let toml = pipeline(&k, "there", "format = \"text\"", "SELECT data FROM events").replace(
+        "access_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        "",
+    );
+    std::fs::write(tmp.path().join("pipeline.toml"), toml).unwrap();
+    let out = crate::common::sluice()
+        .current_dir(tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", tmp.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", tmp.path().join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["run", "pipeline.toml", "--duration", "3s"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("credentials"), "{log}");
 }
 
 /// `--until-caught-up` reads what is there and exits by itself; `sluice replay --from --to` reads

@@ -110,13 +110,17 @@ impl Trouble {
                     _ => Trouble::Fatal(text),
                 }
             }
-            SdkError::DispatchFailure(d) => Trouble::Transient(format!(
-                "cannot reach the endpoint: {}",
-                chain(
-                    d.as_connector_error()
-                        .map(|c| c as &(dyn std::error::Error + 'static))
-                )
-            )),
+            SdkError::DispatchFailure(d) => {
+                let connector = d.as_connector_error();
+                let why = chain(connector.map(|c| c as &(dyn std::error::Error + 'static)));
+                let network = connector.is_some_and(|c| c.is_io() || c.is_timeout());
+                if !network && why.contains("credential") {
+                    // The request was never sent: no credentials in the chain.
+                    Trouble::Denied(why)
+                } else {
+                    Trouble::Transient(format!("cannot reach the endpoint: {why}"))
+                }
+            }
             SdkError::TimeoutError(_) => Trouble::Transient("the call timed out".into()),
             SdkError::ResponseError(_) => {
                 Trouble::Transient(format!("a bad response: {}", chain(Some(e))))
