@@ -51,6 +51,29 @@ pub(crate) fn start_logged(dir: &Path, log: &str) -> Child {
         .expect("start sluice")
 }
 
+/// The log `start` appends to in `dir`.
+pub(crate) fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+}
+
+/// Wait for `cond`, showing the gateway's log of `dir` when it times out.
+pub(crate) fn wait_for_log(
+    dir: &Path,
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            log_of(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Graceful stop (SIGTERM); the gateway must exit 0.
 pub(crate) fn stop(mut child: Child) {
     let ok = std::process::Command::new("kill")

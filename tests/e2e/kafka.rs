@@ -3,7 +3,8 @@
 //! as the independent client that prepares topics and checks what sluice wrote.
 
 use crate::crash::{
-    assert_exactly_once, committed_count, committed_rows, kills, seed, start, stop,
+    assert_exactly_once, committed_count, committed_rows, kills, log_of, seed, start, stop,
+    wait_for_log,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A tansu broker on 127.0.0.1, stopped when dropped.
 pub struct Kafka {
@@ -133,22 +134,6 @@ format = "json"
 }
 
 /// Wait for `cond`, showing the gateway's log when it times out.
-fn wait_for_log(dir: &Path, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            log_of(dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
-}
-
 /// The folder a replay wrote in (`<sink path>/replay-<time>/`): its output's own identity.
 fn replay_out(out: &Path) -> std::path::PathBuf {
     let found: Vec<_> = std::fs::read_dir(out)

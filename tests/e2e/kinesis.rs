@@ -3,7 +3,8 @@
 //! independent producer and reader, and aws-kinesis-agg making KPL aggregates sluice did not write.
 
 use crate::crash::{
-    assert_exactly_once, committed, committed_count, committed_rows, kills, seed, start, stop,
+    assert_exactly_once, committed, committed_count, committed_rows, kills, log_of, seed, start,
+    stop, wait_for_log,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,22 +14,6 @@ use sluice_testkit::signal;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
-}
-
-fn wait_for_log(dir: &Path, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; log:\n{}",
-            log_of(dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A pipeline reading stream `stream` of `peer` into job `copy` (a JSON file sink `out`), with
 /// dead letters in `rejected`.
@@ -78,6 +63,14 @@ fn numbered(from: usize, to: usize, keys: usize) -> String {
 
 fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap()
+}
+
+/// `<tmp>/gw` holding `pipeline.toml`.
+fn gateway_dir(tmp: &Path, toml: &str) -> std::path::PathBuf {
+    let gw = tmp.join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    std::fs::write(gw.join("pipeline.toml"), toml).unwrap();
+    gw
 }
 
 fn setup(peer: Peer) -> (tempfile::TempDir, Kinesis) {
@@ -159,18 +152,12 @@ fn kinesis_split_and_merge_during_a_run_keep_each_keys_order() {
             .collect()
     };
     k.client(&["put", "clicks"], Some(&rounds(0, 40)));
-    let gw = tmp.path().join("gw");
-    std::fs::create_dir_all(&gw).unwrap();
-    std::fs::write(
-        gw.join("pipeline.toml"),
-        pipeline(
+    let gw = gateway_dir(tmp.path(), &pipeline(
             &k,
             "clicks",
             "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"k string, c bigint\"\nmax_records_per_shard = 8",
             "SELECT k, c, shard_id FROM events",
-        ),
-    )
-    .unwrap();
+        ));
     let child = start(&gw);
     let out = gw.join("out");
     wait_for_log(&gw, "the first rows", Duration::from_secs(30), || {
@@ -253,18 +240,15 @@ fn kinesis_kpl_aggregates_are_deaggregated_and_bad_records_are_dead_letters() {
     bad.extend_from_slice(&[0u8; 16]);
     k.client_bytes(&["put-raw", "agg", "bad"], Some(&bad));
     k.client(&["put", "agg"], Some("odd\tnot json\n"));
-    let gw = tmp.path().join("gw");
-    std::fs::create_dir_all(&gw).unwrap();
-    std::fs::write(
-        gw.join("pipeline.toml"),
-        pipeline(
+    let gw = gateway_dir(
+        tmp.path(),
+        &pipeline(
             &k,
             "agg",
             "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"",
             "SELECT n, partition_key, sequence_number, sub_sequence_number FROM events",
         ),
-    )
-    .unwrap();
+    );
     let child = start(&gw);
     let out = gw.join("out");
     wait_for_log(&gw, "300 rows", Duration::from_secs(60), || {
@@ -308,18 +292,15 @@ fn kinesis_latest_is_fixed_at_the_first_start_and_records_put_while_down_are_rea
     let (tmp, k) = setup(Peer::KinesisLocal);
     k.client(&["create", "live", "2"], None);
     k.client(&["put", "live"], Some(&numbered(0, 10, 3)));
-    let gw = tmp.path().join("gw");
-    std::fs::create_dir_all(&gw).unwrap();
-    std::fs::write(
-        gw.join("pipeline.toml"),
-        pipeline(
+    let gw = gateway_dir(
+        tmp.path(),
+        &pipeline(
             &k,
             "live",
             "format = \"json\"\nschema = \"n bigint\"",
             "SELECT n FROM events",
         ),
-    )
-    .unwrap();
+    );
     let child = start(&gw);
     wait_for_log(&gw, "the shards", Duration::from_secs(30), || {
         log_of(&gw).matches("kinesis: reading a shard").count() >= 2
@@ -660,11 +641,7 @@ fn kinesis_rerun_of_a_batch_over_4_shards_with_backlogs_past_prefetch_makes_prog
         .map(|i| format!("k{}\t{{\"n\": {i}, \"pad\": \"{pad}\"}}\n", i % 101))
         .collect();
     k.client(&["put", "big"], Some(&lines));
-    let gw = tmp.path().join("gw");
-    std::fs::create_dir_all(&gw).unwrap();
-    std::fs::write(
-        gw.join("pipeline.toml"),
-        pipeline(
+    let gw = gateway_dir(tmp.path(), &pipeline(
             &k,
             "big",
             "start = \"trim_horizon\"\nformat = \"json\"\nschema = \"n bigint\"\nprefetch_mib = 1\nrecords_per_call = 100\nfetch_timeout = \"20s\"",
@@ -672,9 +649,7 @@ fn kinesis_rerun_of_a_batch_over_4_shards_with_backlogs_past_prefetch_makes_prog
         )
         // Batches of 2 s: the readers fill the budget before the first plan, whose ranges then
         // hold about all of it.
-        .replace("batch_interval = \"200ms\"", "batch_interval = \"2s\""),
-    )
-    .unwrap();
+        .replace("batch_interval = \"200ms\"", "batch_interval = \"2s\""));
     crate::crash::kill_mid_batch(&gw, 2000, || {});
     let child = start(&gw);
     let out = gw.join("out");

@@ -103,9 +103,7 @@ fn point(s: &str, what: &str) -> Result<Point, String> {
 /// `--until-caught-up`: stop at the partitions' ends as of the start (unless `until` says
 /// otherwise).
 pub(crate) fn until_caught_up(options: &mut serde_json::Value) {
-    if options.get("until").is_none() {
-        options["until"] = "end".into();
-    }
+    sluice_core::bounded::until_end(options);
 }
 
 /// `sluice replay`: read exactly the offsets from `from` to `to`, in a consumer group of the

@@ -80,6 +80,20 @@ pub enum Trouble {
 }
 
 impl Trouble {
+    /// What to tell the user, and what to check.
+    pub fn explained(self) -> String {
+        match self {
+            Trouble::NotFound(why) => format!(
+                "the stream does not exist ({why}); create it, or correct `stream`, `region` or `endpoint`"
+            ),
+            Trouble::Denied(why) => format!(
+                "the credentials were refused ({why}); check `access_key_id` / `secret_access_key` or the AWS credential chain"
+            ),
+            Trouble::Transient(why) | Trouble::Fatal(why) => why,
+            Trouble::Expired => "a shard iterator expired".into(),
+        }
+    }
+
     pub fn of<E>(e: &SdkError<E, HttpResponse>) -> Trouble
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,

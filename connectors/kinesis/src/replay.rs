@@ -22,9 +22,7 @@ pub(crate) fn planned(scope: Option<&str>, source: &str) -> Option<Planned> {
 }
 
 pub(crate) fn until_caught_up(options: &mut serde_json::Value) {
-    if options.get("until").is_none() {
-        options["until"] = "end".into();
-    }
+    sluice_core::bounded::until_end(options);
 }
 
 pub(crate) fn replay(

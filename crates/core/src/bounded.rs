@@ -13,6 +13,14 @@ pub struct ReplayOf<'a> {
     pub scope: &'a str,
 }
 
+/// `--until-caught-up` for a connector whose `until = "end"` means its input's end as the source
+/// starts: set it, unless the options already bound the run.
+pub fn until_end(options: &mut Value) {
+    if options.get("until").is_none() {
+        options["until"] = "end".into();
+    }
+}
+
 /// A source connector whose input can be bounded.
 pub trait Bounded: Send + Sync {
     /// Change the source's `options` so it stops at the ends its input has when it starts.

@@ -178,16 +178,7 @@ impl KinesisSource {
     }
 
     fn trouble(&self, t: Trouble) -> Error {
-        match t {
-            Trouble::NotFound(why) => self.fail(format!(
-                "the stream does not exist ({why}); create it, or correct `stream`, `region` or `endpoint`"
-            )),
-            Trouble::Denied(why) => self.fail(format!(
-                "the credentials were refused ({why}); check `access_key_id` / `secret_access_key` or the AWS credential chain"
-            )),
-            Trouble::Transient(why) | Trouble::Fatal(why) => self.fail(why),
-            Trouble::Expired => self.fail("a shard iterator expired"),
-        }
+        self.fail(t.explained())
     }
 
     async fn client(&mut self) -> Client {
