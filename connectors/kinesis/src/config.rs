@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_core::time::serde_duration;
 use sluice_core::{Accepted, ConfigError, Format, FormatOf, Secret};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Where and as whom: the keys both the source and the sink have.
@@ -95,6 +96,16 @@ pub struct KinesisSourceConfig {
     /// checkpoint, when present, wins.
     #[serde(default = "default_start")]
     pub start: String,
+    /// Exact start positions for some shards, e.g. `{ "shardId-000000000001" = "4959...2850" }`:
+    /// the record with this sequence number and those after it. They win over `start` (not over
+    /// the checkpoint).
+    #[serde(default)]
+    pub start_sequences: BTreeMap<String, String>,
+    /// Exact stop positions for some shards (a bounded run): each listed shard is read up to the
+    /// record with this sequence number, which is not read. They bound those shards beside
+    /// `until`.
+    #[serde(default)]
+    pub until_sequences: BTreeMap<String, String>,
     /// A bounded run (backfills, `--until-caught-up`, `sluice replay`): read each shard up to the
     /// first record that arrived at or after this — `end` (when the source starts) or a time
     /// (RFC 3339 or milliseconds since the epoch). Once every shard is there the gateway stops
@@ -228,6 +239,24 @@ impl Start {
             }
         }
     }
+}
+
+/// Check the sequence numbers of `start_sequences` / `until_sequences` (`key`).
+pub fn check_sequences(
+    path: &str,
+    key: &str,
+    map: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (shard, seq) in map {
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new(
+                format!("{path}.{key}.\"{shard}\""),
+                "a sequence number (decimal digits), e.g. \"49590338271490256608559692538361571095921575989136588898\"",
+                format!("\"{seq}\""),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A bounded run's end, milliseconds since the epoch (`end`: now).

@@ -34,20 +34,47 @@ pub(crate) fn replay(
     let joined: Joined<PayloadDecoding, Joined<Aws, KinesisSourceConfig>> =
         Options::parse("", options.clone()).map_err(|e| e.to_string())?;
     let aws = joined.own.shared;
-    let start = match from {
-        "earliest" | "trim_horizon" => Start::TrimHorizon,
+    let seqs = |text: &str, what: &str| -> Result<BTreeMap<String, String>, String> {
+        let mut m = BTreeMap::new();
+        for part in text.split(',') {
+            let (shard, seq) = part.split_once('=').ok_or_else(|| {
+                format!("{what} `{part}`: expected shard=sequence, e.g. shardId-000000000001=4959…")
+            })?;
+            m.insert(shard.trim().to_string(), seq.trim().to_string());
+        }
+        Ok(m)
+    };
+    let from_seqs = if from.contains('=') {
+        Some(seqs(from, "--from")?)
+    } else {
+        None
+    };
+    let to_seqs = match to {
+        Some(t) if t.contains('=') => Some(seqs(t, "--to")?),
+        _ => None,
+    };
+    let start = match (from, &from_seqs) {
+        (_, Some(_)) | ("earliest" | "trim_horizon", _) => Start::TrimHorizon,
         _ => match Start::parse("", from) {
             Ok(Start::Time(ms)) => Start::Time(ms),
             _ => {
                 return Err(format!(
-                    "--from `{from}`: expected earliest (trim_horizon) or a time \
-                     (2026-11-20T08:00:00Z or milliseconds)"
+                    "--from `{from}`: expected earliest (trim_horizon), a time \
+                     (2026-11-20T08:00:00Z or milliseconds) or sequence numbers shard=sequence,..."
                 ))
             }
         },
     };
-    let until = parse_until("", to.unwrap_or("end"))
-        .map_err(|_| format!("--to `{}`: expected end/now or a time", to.unwrap_or("")))?;
+    let until = match (to, &to_seqs) {
+        (_, Some(_)) | (None, _) => parse_until("", "end"),
+        (Some(t), None) => parse_until("", t),
+    }
+    .map_err(|_| {
+        format!(
+            "--to `{}`: expected end/now, a time or shard=sequence,...",
+            to.unwrap_or("")
+        )
+    })?;
     // The replay's shards and the oldest time `trim_horizon` can mean (the retention period).
     let (shards, retention_h) = tokio::runtime::Handle::current().block_on(async {
         let client = crate::client::connect(&aws).await;
@@ -74,6 +101,21 @@ pub(crate) fn replay(
         _ => "trim_horizon".into(),
     };
     options["until"] = until.to_string().into();
+    if let Some(m) = &from_seqs {
+        options["start_sequences"] = serde_json::to_value(m).expect("a map");
+    }
+    let mut until_seqs = to_seqs.unwrap_or_default();
+    if let Some(m) = &from_seqs {
+        // Shards --from does not name contribute nothing: they stop before their first record.
+        for shard in &shards {
+            if !m.contains_key(shard) {
+                until_seqs.insert(shard.clone(), "0".into());
+            }
+        }
+    }
+    if !until_seqs.is_empty() {
+        options["until_sequences"] = serde_json::to_value(&until_seqs).expect("a map");
+    }
     let planned: Planned = Default::default();
     PLANNED
         .lock()
@@ -98,10 +140,11 @@ impl ReplayProgress for Progress {
     /// Each shard, its range in seconds of arrival time.
     fn parts(&self) -> Vec<(String, u64)> {
         let secs = ((self.until_ms - self.from_ms).max(0) / 1000) as u64;
-        self.shards
-            .iter()
-            .map(|s| (format!("{s} (s)"), secs))
-            .collect()
+        self.shards.iter().map(|s| (s.clone(), secs)).collect()
+    }
+
+    fn unit(&self) -> &'static str {
+        "s"
     }
 
     fn done(&self) -> Vec<u64> {

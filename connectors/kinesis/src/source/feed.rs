@@ -124,6 +124,8 @@ pub struct ReadOptions {
     pub deaggregate: bool,
     /// A bounded run's end: records that arrived at or after it (ms since the epoch) are not read.
     pub until: Option<i64>,
+    /// A bounded run's end in this shard: this record and those after it are not read.
+    pub until_seq: Option<Pos>,
 }
 
 impl ReadOptions {
@@ -144,6 +146,7 @@ impl ReadOptions {
             idle_wait: cfg.idle_wait,
             deaggregate: cfg.deaggregate,
             until: None,
+            until_seq: None,
         }
     }
 }
@@ -390,14 +393,14 @@ impl Reader {
         }
         out.retain(|r| from.admits(&r.pos));
         let mut past_bound = false;
-        if let Some(until) = self.opts.until {
-            if let Some(i) = out
-                .iter()
-                .position(|r| r.arrival.is_some_and(|a| a >= until))
-            {
-                out.truncate(i);
-                past_bound = true;
-            }
+        let until = self.opts.until;
+        let until_seq = self.opts.until_seq.as_ref();
+        if let Some(i) = out.iter().position(|r| {
+            until.is_some_and(|u| r.arrival.is_some_and(|a| a >= u))
+                || until_seq.is_some_and(|u| &r.pos >= u)
+        }) {
+            out.truncate(i);
+            past_bound = true;
         }
         let cost: usize = out.iter().map(Rec::cost).sum();
         self.opts.budget.fetch_add(cost, Ordering::Relaxed);

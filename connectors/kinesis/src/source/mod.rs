@@ -87,6 +87,8 @@ impl SourceConnector for KinesisSourceConnector {
             .as_deref()
             .map(|u| crate::config::parse_until(path, u))
             .transpose()?;
+        crate::config::check_sequences(path, "start_sequences", &cfg.start_sequences)?;
+        crate::config::check_sequences(path, "until_sequences", &cfg.until_sequences)?;
         if cfg.max_records_per_shard == Some(0) {
             return Err(ConfigError::new(
                 at.key("max_records_per_shard"),
@@ -94,7 +96,7 @@ impl SourceConnector for KinesisSourceConnector {
                 "0",
             ));
         }
-        if cx.scale_out && until.is_some() {
+        if cx.scale_out && (until.is_some() || !cfg.until_sequences.is_empty()) {
             return Err(ConfigError::new(
                 at.key("until"),
                 "no bounded run with app.scale_out (run backfills with `sluice replay`)",
@@ -247,6 +249,31 @@ impl KinesisSource {
         Ok(())
     }
 
+    /// Where a shard the position does not know starts: its `start_sequences` entry, else
+    /// `start`.
+    fn shard_start(&self, id: &str, start: StartAt) -> From {
+        match self.cfg.start_sequences.get(id) {
+            Some(seq) => From::At(Pos::new(seq.clone(), 0)),
+            None => From::Start(start),
+        }
+    }
+
+    /// Whether the run is bounded (by time or, for some shards, by sequence number).
+    fn bounded(&self) -> bool {
+        self.until.is_some() || !self.cfg.until_sequences.is_empty()
+    }
+
+    /// How a reader of shard `id` reads.
+    fn feed_options(&self, client: Client, id: &str) -> ReadOptions {
+        let mut o = self.read_options(client);
+        o.until_seq = self
+            .cfg
+            .until_sequences
+            .get(id)
+            .map(|s| Pos::new(s.clone(), 0));
+        o
+    }
+
     fn read_options(&self, client: Client) -> ReadOptions {
         let mut o = ReadOptions::new(
             client,
@@ -273,9 +300,10 @@ impl KinesisSource {
             }
             let from = match position.shards.get(id) {
                 Some(Next::After(p)) => From::After(p.clone()),
-                _ => From::Start(position.start),
+                _ => self.shard_start(id, position.start),
             };
             tracing::info!(source = %self.name, shard = id, from = ?from, "kinesis: reading a shard");
+            let opts = self.feed_options(opts.client.clone(), id);
             self.feeds
                 .insert(id.to_string(), Feed::start(&opts, id, from));
         }
@@ -297,7 +325,7 @@ impl KinesisSource {
         if !self.feeds.get(&r.shard).is_some_and(|f| f.serves(&r.first)) {
             tracing::info!(source = %self.name, shard = %r.shard, first = %r.first, last = %r.last, "kinesis: reading a planned range again");
             let client = self.client().await;
-            let opts = self.read_options(client);
+            let opts = self.feed_options(client, &r.shard);
             self.feeds.remove(&r.shard);
             self.feeds.insert(
                 r.shard.clone(),
@@ -519,7 +547,7 @@ impl ReplayableSource for KinesisSource {
         let Some(position) = &self.position else {
             return false;
         };
-        if self.until.is_none() || self.refreshed.is_none() || self.listing.is_empty() {
+        if !self.bounded() || self.refreshed.is_none() || self.listing.is_empty() {
             return false;
         }
         // Every shard that may be read is finished, or read up to the bound and fully planned.

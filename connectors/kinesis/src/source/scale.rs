@@ -186,7 +186,7 @@ impl KinesisSource {
         let start = self.position_mut().start;
         let from = match &at {
             Some(p) => From::After(p.clone()),
-            None => From::Start(start),
+            None => self.shard_start(id, start),
         };
         match &at {
             Some(p) => {
@@ -200,7 +200,7 @@ impl KinesisSource {
         }
         tracing::info!(source = %self.name, shard = id, from = ?from, "kinesis: reading a shard");
         let client = self.client().await;
-        let opts = self.read_options(client);
+        let opts = self.feed_options(client, id);
         self.feeds
             .insert(id.to_string(), Feed::start(&opts, id, from));
         self.scale().held.insert(id.to_string());
