@@ -416,6 +416,10 @@ fn kinesis_a_missing_stream_is_a_clear_error_at_start() {
         log.contains("stream `nope`") && log.contains("does not exist"),
         "{log}"
     );
+    assert!(
+        !log.contains("source `events`: source `events`"),
+        "named once: {log}"
+    );
     k.client(&["create", "there", "1"], None);
     let toml = pipeline(&k, "there", "format = \"text\"", "SELECT data FROM events").replace(
         "[sinks.out]\ntype = \"file\"\npath = \"out\"\nformat = \"json\"",

@@ -290,10 +290,15 @@ async fn resume(
         tracing::info!(source = %name, "continuing from the origin fixed at the first start");
         return r.restore(&origin).map_err(cannot);
     }
-    let origin = r
-        .origin()
-        .await
-        .map_err(|e| Error::msg(format!("source `{name}`: {e}")))?;
+    let origin = r.origin().await.map_err(|e| {
+        // Connectors name their source in their own errors; others get the name here.
+        let text = e.to_string();
+        if text.starts_with(&format!("source `{name}`")) {
+            e
+        } else {
+            Error::msg(format!("source `{name}`: {text}"))
+        }
+    })?;
     if let Some(d) = durable.as_ref().filter(|_| !origin.is_null()) {
         let mut c = Changes::default();
         c.put_json(&ck::origin_key(name), &origin);
