@@ -144,6 +144,10 @@ impl KinesisSource {
                 }
             }
         }
+        // Readers of shards this gateway does not hold (started to re-run a batch claimed before
+        // a restart) stop: a batch that needs one again starts it (`gather`).
+        let held = self.scale().held.clone();
+        self.feeds.retain(|id, _| held.contains(id));
         self.scale().synced = Some(Instant::now());
         Ok(())
     }
