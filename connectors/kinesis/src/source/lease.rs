@@ -4,7 +4,7 @@
 //! gateway holding fewer than its share takes one from the busiest. Leases only divide the work.
 //!
 //! Which gateway processes a range is decided by a claim: before reading a planned range, its
-//! gateway writes the item `claim#<shard>#<position before the range>` if it does not exist. The
+//! gateway writes the item (`claim#<shard>`, <position before the range>) if it does not exist. The
 //! first claim wins; a gateway whose claim lost (its lease was taken meanwhile) reads nothing of
 //! that shard in that batch, and a batch re-run after a restart finds its own claim. Claims chain:
 //! each names the last record of its range, so a gateway that takes a lease starts after the last
@@ -80,11 +80,20 @@ fn lost<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(
         .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
-fn key_of_claim(shard: &str, after: Option<&Pos>) -> String {
-    format!(
-        "claim#{shard}#{}",
-        after.map_or("start".to_string(), |p| p.to_string())
+/// Items are keyed by `kind` (partition) and `key` (sort): the start item (`start`/`start`), the
+/// leases (`lease`/shard, read together with one Query) and each shard's claims
+/// (`claim#<shard>`/the record before the range), which the lease rounds never read.
+const LEASE: &str = "lease";
+
+fn claim_of(shard: &str, after: Option<&Pos>) -> (String, String) {
+    (
+        format!("claim#{shard}"),
+        after.map_or("start".to_string(), |p| p.to_string()),
     )
+}
+
+fn item_key(kind: &str, key: &str) -> Item {
+    HashMap::from([("kind".to_string(), s(kind)), ("key".to_string(), s(key))])
 }
 
 impl LeaseTable {
@@ -98,20 +107,28 @@ impl LeaseTable {
         let made = client
             .create_table()
             .table_name(table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("key")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("complete"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("key")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("complete"),
-            )
+            .set_attribute_definitions(Some(
+                ["kind", "key"]
+                    .map(|name| {
+                        AttributeDefinition::builder()
+                            .attribute_name(name)
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .expect("complete")
+                    })
+                    .to_vec(),
+            ))
+            .set_key_schema(Some(
+                [("kind", KeyType::Hash), ("key", KeyType::Range)]
+                    .map(|(name, kind)| {
+                        KeySchemaElement::builder()
+                            .attribute_name(name)
+                            .key_type(kind)
+                            .build()
+                            .expect("complete")
+                    })
+                    .to_vec(),
+            ))
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await;
@@ -154,7 +171,7 @@ impl LeaseTable {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("key", s("start"))
+            .set_item(Some(item_key("start", "start")))
             .item("start", s(text))
             .condition_expression("attribute_not_exists(#k)")
             .expression_attribute_names("#k", "key")
@@ -163,18 +180,18 @@ impl LeaseTable {
         match put {
             Ok(_) => Ok(mine),
             Err(e) if lost(&e) => {
-                let item = self.get("start").await?.unwrap_or_default();
+                let item = self.get("start", "start").await?.unwrap_or_default();
                 Ok(text_start(&item).unwrap_or(mine))
             }
             Err(e) => Err(Trouble::of(&e)),
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Item>, Trouble> {
+    async fn get(&self, kind: &str, key: &str) -> Result<Option<Item>, Trouble> {
         self.client
             .get_item()
             .table_name(&self.table)
-            .key("key", s(key))
+            .set_key(Some(item_key(kind, key)))
             .consistent_read(true)
             .send()
             .await
@@ -189,7 +206,7 @@ impl LeaseTable {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .item("key", s(format!("lease#{shard}")))
+                .set_item(Some(item_key(LEASE, shard)))
                 .item("owner", s(""))
                 .item("counter", n(0))
                 .condition_expression("attribute_not_exists(#k)")
@@ -212,17 +229,18 @@ impl LeaseTable {
         loop {
             let page = self
                 .client
-                .scan()
+                .query()
                 .table_name(&self.table)
+                .key_condition_expression("#kind = :lease")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":lease", s(LEASE))
                 .consistent_read(true)
                 .set_exclusive_start_key(from.take())
                 .send()
                 .await
                 .map_err(|e| Trouble::of(&e))?;
             for item in page.items.unwrap_or_default() {
-                let Some(shard) =
-                    text(&item, "key").and_then(|k| k.strip_prefix("lease#").map(str::to_string))
-                else {
+                let Some(shard) = text(&item, "key") else {
                     continue;
                 };
                 out.insert(
@@ -278,7 +296,7 @@ impl LeaseTable {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("key", s(format!("lease#{shard}")))
+            .set_key(Some(item_key(LEASE, shard)))
             .update_expression(update)
             .condition_expression("#o = :me")
             .expression_attribute_names("#o", "owner")
@@ -308,7 +326,7 @@ impl LeaseTable {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("key", s(format!("lease#{shard}")))
+            .set_key(Some(item_key(LEASE, shard)))
             .update_expression("SET #o = :me, #c = #c + :one")
             .condition_expression("#c = :seen AND #o = :was")
             .expression_attribute_names("#o", "owner")
@@ -336,12 +354,12 @@ impl LeaseTable {
         end: bool,
         batch: i64,
     ) -> Result<bool, Trouble> {
-        let key = key_of_claim(shard, after);
+        let (kind, key) = claim_of(shard, after);
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("key", s(&key))
+            .set_item(Some(item_key(&kind, &key)))
             .item("by", s(&self.instance))
             .item("batch", n(batch))
             .item("last", s(pos_text(last)))
@@ -353,7 +371,7 @@ impl LeaseTable {
         let won = match put {
             Ok(_) => true,
             Err(e) if lost(&e) => {
-                let item = self.get(&key).await?.unwrap_or_default();
+                let item = self.get(&kind, &key).await?.unwrap_or_default();
                 text(&item, "by").as_deref() == Some(self.instance.as_str())
                     && num(&item, "batch") == batch
             }
@@ -381,7 +399,8 @@ impl LeaseTable {
     ) -> Result<(Option<Pos>, bool), Trouble> {
         let mut at = from;
         loop {
-            match self.get(&key_of_claim(shard, at.as_ref())).await? {
+            let (kind, key) = claim_of(shard, at.as_ref());
+            match self.get(&kind, &key).await? {
                 None => return Ok((at, false)),
                 Some(item) => {
                     if flag(&item, "end") {
