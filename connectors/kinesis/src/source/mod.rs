@@ -396,8 +396,10 @@ impl ReplayableSource for KinesisSource {
         }
         self.check_feeds()?;
         let position = self.position_mut().clone();
-        // What each shard has ready after its last planned record.
-        let mut ready: Vec<(String, Vec<(Pos, Option<i64>)>, bool)> = Vec::new();
+        // What each shard has ready after its last planned record: where that begins in its
+        // buffer, how many, and whether the shard ended. (Only readers append meanwhile, and
+        // records leave a buffer only when a batch reads them, so the indices hold below.)
+        let mut ready: Vec<(String, usize, usize, bool)> = Vec::new();
         for (id, feed) in &self.feeds {
             if self.scale.as_ref().is_some_and(|s| !s.held.contains(id)) {
                 continue;
@@ -409,23 +411,16 @@ impl ReplayableSource for KinesisSource {
             };
             let buf = feed.shared.buf.lock().expect("poisoned");
             let skip = after.map_or(0, |a| buf.records.partition_point(|r| &r.pos <= a));
-            let positions: Vec<(Pos, Option<i64>)> = buf
-                .records
-                .iter()
-                .skip(skip)
-                .map(|r| (r.pos.clone(), r.arrival))
-                .collect();
-            ready.push((id.clone(), positions, buf.ended));
+            ready.push((id.clone(), skip, buf.records.len() - skip, buf.ended));
         }
-        let total: usize = ready.iter().map(|r| r.1.len()).sum();
+        let total: usize = ready.iter().map(|r| r.2).sum();
         let cap = self.cfg.max_records_per_shard.map(|n| n as usize);
         let mut ranges = Vec::new();
         let mut finished = false;
         let progress = self.progress.clone();
         let scaled = self.scale.is_some();
-        let position = self.position_mut();
-        for (id, positions, ended) in ready {
-            let n = positions.len();
+        let position = self.position.as_mut().expect("set above");
+        for (id, skip, n, ended) in ready {
             let mut take = cap.map_or(n, |c| n.min(c));
             if let Some(max) = max_records {
                 let share = ((max as f64) * (n as f64) / (total.max(1) as f64)).ceil() as usize;
@@ -437,8 +432,15 @@ impl ReplayableSource for KinesisSource {
             };
             let end = ended && take == n;
             if take > 0 {
-                let (first, (last, arrival)) =
-                    (positions[0].0.clone(), positions[take - 1].clone());
+                let (first, last, arrival) = {
+                    let buf = self.feeds[&id].shared.buf.lock().expect("poisoned");
+                    let last = &buf.records[skip + take - 1];
+                    (
+                        buf.records[skip].pos.clone(),
+                        last.pos.clone(),
+                        last.arrival,
+                    )
+                };
                 if let (Some(p), Some(at)) = (&progress, arrival) {
                     p.lock().expect("poisoned").insert(id.clone(), at);
                 }
