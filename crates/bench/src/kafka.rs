@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 const DEVICES: u64 = 10_000;
 const TOPIC: &str = "bench";
 
-fn record(i: u64, rng: &mut ChaCha8Rng) -> (String, String) {
+/// Record `i` of the seeded sensor workload: (its device, as key; its JSON, ~200 B). The Kinesis
+/// benchmark puts the same records.
+pub(crate) fn record(i: u64, rng: &mut ChaCha8Rng) -> (String, String) {
     let device = format!("dev-{:05}", rng.random_range(0..DEVICES));
     let value = format!(
         r#"{{"id":{i},"device":"{device}","ts":{},"temperature":{:.2},"humidity":{:.1},"status":"ok","firmware":"v2.3.1","note":"{}"}}"#,
@@ -218,13 +220,10 @@ pub async fn bench_kafka(
             records as f64 / run.seconds,
             run.peak_rss_mb
         );
-        let busy: Vec<String> = run
-            .batches
-            .iter()
-            .filter(|(n, _)| *n > 0)
-            .map(|(n, ms)| format!("{n}/{ms:.0}ms"))
-            .collect();
-        println!("batches with records (records/processing): {}", busy.join(" "));
+        println!(
+        "batches with records (records/processing): {}",
+        run.busy_batches()
+    );
         println!(
             "sluice's rate is {:.0}% of the bare consumer's (target ≥ 60%; RSS target < 500 MB)",
             100.0 * raw_s / run.seconds

@@ -5,30 +5,18 @@
 //! GetRecords loop per shard that only counts bytes, paced as the source is (at most 5 calls per
 //! second per shard, 10,000 records per call).
 
+use crate::kafka::record;
 use crate::object_store::drain;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use aws_sdk_kinesis::Client;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sluice_testkit::kinesis::{Kinesis, Peer};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const STREAM: &str = "bench";
-const DEVICES: u64 = 10_000;
-
-fn record(i: u64, rng: &mut ChaCha8Rng) -> (String, String) {
-    let device = format!("dev-{:05}", rng.random_range(0..DEVICES));
-    let value = format!(
-        r#"{{"id":{i},"device":"{device}","ts":{},"temperature":{:.2},"humidity":{:.1},"status":"ok","firmware":"v2.3.1","note":"{}"}}"#,
-        1_700_000_000_000u64 + i / 20,
-        rng.random_range(-10.0..40.0f64),
-        rng.random_range(10.0..90.0f64),
-        "x".repeat(64)
-    );
-    (device, value)
-}
 
 fn config(endpoint: &str, interval: &str) -> String {
     format!(
@@ -241,15 +229,9 @@ pub async fn bench_kinesis(
         records as f64 / run.seconds,
         run.peak_rss_mb
     );
-    let busy: Vec<String> = run
-        .batches
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, ms)| format!("{n}/{ms:.0}ms"))
-        .collect();
     println!(
         "batches with records (records/processing): {}",
-        busy.join(" ")
+        run.busy_batches()
     );
     println!(
         "sluice's rate is {:.0}% of the bare loop's (target ≥ 60%; RSS target < 300 MB)",

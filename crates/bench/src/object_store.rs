@@ -80,6 +80,18 @@ pub(crate) struct Drained {
     pub batches: Vec<(u64, f64)>,
 }
 
+impl Drained {
+    /// The batches that had records, as `records/processing` (`20000/27ms 40000/71ms …`).
+    pub fn busy_batches(&self) -> String {
+        self.batches
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, ms)| format!("{n}/{ms:.0}ms"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// Run the gateway on `toml` in `work` until its batches have taken `records` input records.
 pub(crate) fn drain(work: &Path, toml: &str, records: u64) -> anyhow::Result<Drained> {
     std::fs::create_dir_all(work)?;
