@@ -64,6 +64,36 @@ pub async fn dynamodb(aws: &Aws, endpoint: Option<&str>) -> aws_sdk_dynamodb::Cl
     aws_sdk_dynamodb::Client::new(&settings(aws, endpoint).await)
 }
 
+/// Call `call` until it succeeds or fails for good: transient trouble (throttled, unreachable) is
+/// waited out with backoff (200 ms to 5 s) while less than `limit` has passed since the first
+/// call; `retrying` is told why and how long the wait is, to log it.
+pub async fn patiently<T, Fut>(
+    limit: Duration,
+    mut retrying: impl FnMut(&str, Duration),
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, Trouble>
+where
+    Fut: std::future::Future<Output = Result<T, Trouble>>,
+{
+    let began = std::time::Instant::now();
+    let mut backoff = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times(),
+    );
+    loop {
+        match call().await {
+            Err(Trouble::Transient(why)) if began.elapsed() < limit => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                retrying(&why, wait);
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// What to do about a failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trouble {

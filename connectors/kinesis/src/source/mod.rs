@@ -213,27 +213,20 @@ impl KinesisSource {
     /// Read the shard list (retrying while the service is unreachable, up to `fetch_timeout`).
     async fn list(&mut self) -> Result<()> {
         let client = self.client().await;
-        let began = Instant::now();
-        let mut backoff = backon::BackoffBuilder::build(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .without_max_times(),
-        );
-        loop {
-            match shards::list(&client, &self.aws.stream).await {
-                Ok(l) => {
-                    self.listing = l;
-                    self.refreshed = Some(Instant::now());
-                    return Ok(());
-                }
-                Err(Trouble::Transient(why)) if began.elapsed() < self.cfg.fetch_timeout => {
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(source = %self.name, error = %why, retry_in = ?wait, "kinesis: cannot list the shards; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(t) => return Err(self.trouble(t)),
+        let name = &self.name;
+        let listed = client::patiently(
+            self.cfg.fetch_timeout,
+            |why, wait| tracing::warn!(source = %name, error = %why, retry_in = ?wait, "kinesis: cannot list the shards; retrying"),
+            || shards::list(&client, &self.aws.stream),
+        )
+        .await;
+        match listed {
+            Ok(l) => {
+                self.listing = l;
+                self.refreshed = Some(Instant::now());
+                Ok(())
             }
+            Err(t) => Err(self.trouble(t)),
         }
     }
 
@@ -287,12 +280,11 @@ impl KinesisSource {
     }
 
     async fn start_feeds(&mut self) {
-        let client = self.client().await;
-        let opts = self.read_options(client);
         if self.scale.is_some() {
             // The lease table decides which shards this gateway reads (`scale::sync`).
             return;
         }
+        let client = self.client().await;
         let position = self.position_mut().clone();
         for id in shards::eligible(&self.listing, &position.shards) {
             if self.feeds.contains_key(id) {
@@ -303,7 +295,7 @@ impl KinesisSource {
                 _ => self.shard_start(id, position.start),
             };
             tracing::info!(source = %self.name, shard = id, from = ?from, "kinesis: reading a shard");
-            let opts = self.feed_options(opts.client.clone(), id);
+            let opts = self.feed_options(client.clone(), id);
             self.feeds
                 .insert(id.to_string(), Feed::start(&opts, id, from));
         }

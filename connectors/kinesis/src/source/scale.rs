@@ -215,30 +215,14 @@ impl KinesisSource {
     /// claim came first. Waits out an unreachable table up to `fetch_timeout`.
     pub(super) async fn claim(&mut self, r: &ShardRange, batch: i64) -> Result<bool> {
         self.open_table().await?;
-        let began = Instant::now();
-        let mut backoff = backon::BackoffBuilder::build(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(std::time::Duration::from_millis(200))
-                .with_max_delay(std::time::Duration::from_secs(5))
-                .without_max_times(),
-        );
-        let won = loop {
-            match self
-                .table()
-                .claim(&r.shard, r.after.as_ref(), &r.last, r.end, batch)
-                .await
-            {
-                Ok(won) => break won,
-                Err(crate::client::Trouble::Transient(why))
-                    if began.elapsed() < self.cfg.fetch_timeout =>
-                {
-                    let wait = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
-                    tracing::warn!(source = %self.name, shard = %r.shard, error = %why, retry_in = ?wait, "kinesis: cannot claim a range in the lease table; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(t) => return Err(self.trouble(t)),
-            }
-        };
+        let (name, table) = (&self.name, self.table());
+        let claimed = crate::client::patiently(
+            self.cfg.fetch_timeout,
+            |why, wait| tracing::warn!(source = %name, shard = %r.shard, error = %why, retry_in = ?wait, "kinesis: cannot claim a range in the lease table; retrying"),
+            || table.claim(&r.shard, r.after.as_ref(), &r.last, r.end, batch),
+        )
+        .await;
+        let won = claimed.map_err(|t| self.trouble(t))?;
         if !won {
             tracing::info!(source = %self.name, shard = %r.shard, batch, "kinesis: another gateway claimed the range first; this batch reads nothing of the shard");
             self.drop_shard(&r.shard, "another gateway claimed its next range");
