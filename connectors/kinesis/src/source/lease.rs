@@ -282,14 +282,20 @@ impl LeaseTable {
 
     /// Renew a lease this gateway holds; false if it was taken.
     pub async fn renew(&self, shard: &str) -> Result<bool, Trouble> {
-        self.update_owned(shard, "SET #c = #c + :one", &[(":one", n(1))])
-            .await
+        self.update_owned(
+            shard,
+            "SET #c = #c + :one",
+            &[("#c", "counter")],
+            &[(":one", n(1))],
+        )
+        .await
     }
 
     async fn update_owned(
         &self,
         shard: &str,
         update: &str,
+        names: &[(&str, &str)],
         values: &[(&str, AttributeValue)],
     ) -> Result<bool, Trouble> {
         let mut req = self
@@ -301,14 +307,8 @@ impl LeaseTable {
             .condition_expression("#o = :me")
             .expression_attribute_names("#o", "owner")
             .expression_attribute_values(":me", s(&self.instance));
-        if update.contains("#c") {
-            req = req.expression_attribute_names("#c", "counter");
-        }
-        if update.contains("#p") {
-            req = req.expression_attribute_names("#p", "checkpoint");
-        }
-        if update.contains("#d") {
-            req = req.expression_attribute_names("#d", "done");
+        for (k, name) in names {
+            req = req.expression_attribute_names(*k, *name);
         }
         for (k, v) in values {
             req = req.expression_attribute_values(*k, v.clone());
@@ -380,12 +380,14 @@ impl LeaseTable {
         if won {
             // The hint where the next owner starts; only the owner moves it.
             let mut update = "SET #p = :p".to_string();
+            let mut names = vec![("#p", "checkpoint")];
             let mut values = vec![(":p", s(pos_text(last)))];
             if end {
                 update.push_str(", #d = :t");
+                names.push(("#d", "done"));
                 values.push((":t", AttributeValue::Bool(true)));
             }
-            self.update_owned(shard, &update, &values).await?;
+            self.update_owned(shard, &update, &names, &values).await?;
         }
         Ok(won)
     }
