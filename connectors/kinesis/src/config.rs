@@ -222,21 +222,16 @@ impl Start {
         match s {
             "trim_horizon" => Ok(Start::TrimHorizon),
             "latest" => Ok(Start::Latest),
-            _ => {
-                if let Ok(ms) = s.parse::<i64>() {
-                    return Ok(Start::Time(ms));
-                }
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .map(|t| Start::Time(t.timestamp_millis()))
-                    .map_err(|_| {
-                        ConfigError::new(
-                            format!("{path}.start"),
-                            "`trim_horizon`, `latest`, an RFC 3339 time (2026-11-20T08:00:00Z) \
-                             or milliseconds since the epoch",
-                            format!("\"{s}\""),
-                        )
-                    })
-            }
+            _ => sluice_core::time::parse_instant(s)
+                .map(Start::Time)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{path}.start"),
+                        "`trim_horizon`, `latest`, an RFC 3339 time (2026-11-20T08:00:00Z) \
+                         or milliseconds since the epoch",
+                        format!("\"{s}\""),
+                    )
+                }),
         }
     }
 }

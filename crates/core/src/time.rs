@@ -54,6 +54,16 @@ impl fmt::Display for BatchTime {
     }
 }
 
+/// An instant given in a config or on the command line: milliseconds since the epoch, or an RFC
+/// 3339 time (`2026-11-20T08:00:00Z`); as milliseconds since the epoch.
+pub fn parse_instant(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
